@@ -32,6 +32,7 @@ from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
 from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
+from lorafleet.home import lorafleet_home, validate_name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -202,3 +203,16 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: s
                 f"{expected} in this base, the adapter expects {actual}"
             )
 
+
+
+def adapters_dir() -> Path:
+    """Where named adapters live: `$LORAFLEET_HOME/adapters/`."""
+    return lorafleet_home() / "adapters"
+
+
+def adapter_path(ref: str | os.PathLike[str]) -> Path:
+    """The directory of an adapter given by path, or by plain name under `$LORAFLEET_HOME/adapters/`."""
+    text = str(ref)
+    if os.sep in text or "/" in text or Path(text).exists():
+        return Path(text).expanduser()
+    return adapters_dir() / validate_name(text, what="adapter name")

@@ -1,0 +1,1 @@
+"""The `lorafleet` command line: thin Typer commands that call the library."""

@@ -1,0 +1,132 @@
+"""`lorafleet adapters`: create, inspect, merge and combine adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lorafleet.home import lorafleet_home, validate_name
+
+app = typer.Typer(help="Create, inspect, merge and combine adapters (PEFT format).", no_args_is_help=True)
+
+AdapterArg = Annotated[str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model: 'default', a HF directory, a .gguf file.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of $LORAFLEET_HOME.")]
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Name of the new adapter (letters, digits, '.', '_', '-').")],
+    model: ModelOpt = "default",
+    r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank.")] = 8,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha; the update is scaled by alpha/r.")] = 16.0,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Module to adapt (repeatable); default all-linear.")
+    ] = None,
+    quantization: Annotated[str | None, typer.Option(help="'nf4' for a QLoRA adapter.")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Create a new, untrained adapter for a base model (the starting point of training)."""
+    from lorafleet.adapters import LoraSettings, attach, count_parameters, save_adapter
+    from lorafleet.adapters.storage import adapters_dir
+    from lorafleet.models import load_base
+
+    validate_name(name, what="adapter name")
+    settings = LoraSettings.parse(r=r, alpha=alpha, target_modules=target or "all-linear")
+    destination = output or adapters_dir() / name
+    base, _ = load_base(model, device="cpu")
+    peft_model = attach(base, settings, quantization=quantization)  # type: ignore[arg-type]
+    path = save_adapter(peft_model, destination, name=name)
+    typer.echo(f"created {path}  ({count_parameters(peft_model)})")
+
+
+@app.command("inspect")
+def inspect(
+    adapter: AdapterArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show an adapter's rank, alpha, targets, parameters, size, base model and lineage."""
+    from lorafleet.adapters.inspection import inspect_adapter
+    from lorafleet.adapters.storage import adapter_path
+
+    info = inspect_adapter(adapter_path(adapter))
+    if as_json:
+        typer.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    table = Table(show_header=False)
+    rows = {
+        "path": info.path,
+        "name": info.name or "-",
+        "rank / alpha": f"{info.rank} / {info.alpha:g}" + (" (rsLoRA)" if info.use_rslora else ""),
+        "targets": ", ".join(info.targets) + f"  ({info.modules} modules)",
+        "parameters": f"{info.parameters:,}",
+        "size on disk": f"{info.size_bytes / 1024:,.1f} KiB",
+        "base model": info.base_model,
+        "base fingerprint": (info.base_fingerprint or "unknown (plain PEFT adapter)")[:16],
+        "created": info.created_at or "-",
+        "lineage": _lineage_text(info.lineage),
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@app.command("merge")
+def merge(
+    adapter: AdapterArg,
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the merged model in $LORAFLEET_HOME/models.")],
+    model: ModelOpt = "default",
+    output: OutputOpt = None,
+) -> None:
+    """Merge an adapter into its base and save a standard HF model directory."""
+    from lorafleet.adapters import load_adapter
+    from lorafleet.adapters.merge import save_merged
+    from lorafleet.adapters.storage import adapter_path
+    from lorafleet.models import load_base
+
+    validate_name(name, what="model name")
+    destination = output or lorafleet_home() / "models" / name
+    base, tokenizer = load_base(model, device="cpu", dtype="float32")
+    peft_model = load_adapter(base, adapter_path(adapter))
+    path = save_merged(peft_model, tokenizer, destination)
+    typer.echo(f"merged model written to {path}  (load it with: lorafleet generate --model {path} ...)")
+
+
+@app.command("combine")
+def combine(
+    name: Annotated[str, typer.Argument(help="Name of the new combined adapter.")],
+    adapters: Annotated[list[str], typer.Option("--from", "-f", help="An adapter to combine (repeat for each).")],
+    weight: Annotated[
+        list[float] | None, typer.Option("--weight", "-w", help="Weight of each --from adapter (default 1 each).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="linear, cat (exact), svd, ties, dare_linear or dare_ties.")] = "cat",
+    rank: Annotated[int | None, typer.Option(help="Target rank for svd/ties/dare (default: largest input).")] = None,
+    density: Annotated[float, typer.Option(help="Fraction of entries kept by ties/dare.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed for dare's random pruning.")] = 0,
+    output: OutputOpt = None,
+) -> None:
+    """Combine several adapters of one base into a new adapter with weights."""
+    from lorafleet.adapters.combine import combine_adapters
+    from lorafleet.adapters.storage import adapter_path, adapters_dir, write_adapter
+
+    validate_name(name, what="adapter name")
+    weights = weight or [1.0] * len(adapters)
+    paths = [str(adapter_path(a)) for a in adapters]
+    config, state, card = combine_adapters(paths, weights, method=method, rank=rank, density=density, seed=seed)
+    card = card.model_copy(update={"name": name})
+    path = write_adapter(output or adapters_dir() / name, config, state, card)
+    typer.echo(f"combined {len(paths)} adapters ({method}, rank {config.r}) into {path}")
+
+
+def _lineage_text(lineage: dict[str, object]) -> str:
+    parents = lineage.get("parents") or []
+    if not parents:
+        return str(lineage.get("method") or "-")
+    weights = lineage.get("weights") or [None] * len(parents)  # type: ignore[arg-type]
+    parts = [f"{p} ×{w:g}" if w is not None else str(p) for p, w in zip(parents, weights, strict=False)]  # type: ignore[call-overload]
+    return f"{lineage.get('method')}: " + ", ".join(parts)

@@ -1,0 +1,62 @@
+"""The `lorafleet` command: sub-commands, `--version`, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from lorafleet import __version__
+from lorafleet.cli import adapters, generate, models
+from lorafleet.errors import LorafleetError
+
+
+class _FriendlyErrors(TyperGroup):
+    """Print a `LorafleetError` as `error: ...` on stderr and exit 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LorafleetError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_FriendlyErrors,
+    help="lorafleet: fine-tune, version, serve and keep improving LoRA adapters on one shared base model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models.app, name="models")
+app.add_typer(adapters.app, name="adapters")
+app.command("generate")(generate.generate)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lorafleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """lorafleet: fine-tune, version, serve and keep improving LoRA adapters on one shared base model.
+
+    Models and adapters live under $LORAFLEET_HOME (default ~/.lorafleet).
+    """
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(app())

@@ -1,0 +1,84 @@
+"""Streaming text generation for one prompt on one model (base, base + adapter, or merged).
+
+The chat template is applied when the tokenizer has one (instruct models), so a plain question is
+answered as the model was trained to answer it. Greedy when temperature is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from threading import Thread
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+
+
+class SamplingSettings(BaseModel):
+    """How to pick each next token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(128, ge=1, le=32768, description="Most tokens to generate.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy; higher = more random.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Sample only from the smallest set of tokens of this mass.")
+    top_k: int = Field(0, ge=0, description="Sample only from the k likeliest tokens (0 = no limit).")
+    seed: int | None = Field(None, description="Seed for sampling, for reproducible samples.")
+    chat: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
+
+
+def stream_generate(
+    model: PreTrainedModel | torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    settings: SamplingSettings | None = None,
+) -> Iterator[str]:
+    """Yield the completion of `prompt` piece by piece as it is generated."""
+    settings = settings or SamplingSettings()
+    inputs = encode_prompt(tokenizer, prompt, chat=settings.chat)
+    device = next(model.parameters()).device
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)  # type: ignore[arg-type]
+    sampling = settings.temperature > 0
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    kwargs = dict(
+        **inputs,
+        max_new_tokens=settings.max_tokens,
+        do_sample=sampling,
+        streamer=streamer,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if sampling:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)  # type: ignore[operator]
+        except BaseException as err:  # re-raised in the caller's thread below
+            errors.append(err)
+            streamer.end()
+
+    worker = Thread(target=run, daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()
+    if errors:
+        raise errors[0]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = True) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask for `prompt`, rendered as a user turn when `chat` and a template exist."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}  # type: ignore[index]
+    encoded = tokenizer(prompt, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
