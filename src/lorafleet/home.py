@@ -1,4 +1,4 @@
-"""Where lorafleet keeps its files (`$LORAFLEET_HOME`, default `~/.lorafleet`) and the rule for names that become paths."""
+"""Where lorafleet keeps its files (`$LORAFLEET_HOME`, default `~/.lorafleet`), and safe names for paths."""
 
 from __future__ import annotations
 
@@ -25,13 +25,18 @@ def validate_name(name: str, *, what: str = "name") -> str:
     if not name:
         raise InvalidNameError(f"{what} is empty")
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidNameError(f"{what} {name[:20]!r}... is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+        raise InvalidNameError(
+            f"{what} {name[:20]!r}... is {len(name)} characters; the limit is {MAX_NAME_LENGTH}"
+        )
     if "/" in name or "\\" in name:
-        raise InvalidNameError(f"{what} {name!r} contains a path separator; use a plain name like 'support-v2'")
+        raise InvalidNameError(
+            f"{what} {name!r} contains a path separator; use a plain name like 'support-v2'"
+        )
     if ".." in name:
         raise InvalidNameError(f"{what} {name!r} contains '..'; use a plain name like 'support-v2'")
     if not _NAME.match(name):
         raise InvalidNameError(
-            f"{what} {name!r} may hold only letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"{what} {name!r} may hold only letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
         )
     return name

@@ -34,7 +34,12 @@ def make_adapter() -> AdapterFactory:
 
     def make(base: PreTrainedModel, path: Path, seed: int = 0, **settings: object) -> Path:
         torch.manual_seed(seed)
-        options: dict[str, object] = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "init": "random"}
+        options: dict[str, object] = {
+            "r": 4,
+            "alpha": 8.0,
+            "target_modules": ["q_proj", "v_proj"],
+            "init": "random",
+        }
         options.update(settings)
         peft_model = attach(copy.deepcopy(base), LoraSettings(**options))  # type: ignore[arg-type]
         return save_adapter(peft_model, path)

@@ -15,7 +15,9 @@ from lorafleet.models import tiny_model
 from .conftest import AdapterFactory
 
 
-def test_merged_logits_equal_unmerged(tmp_path: Path, tiny_base: PreTrainedModel, tokens: torch.Tensor, make_adapter: AdapterFactory) -> None:
+def test_merged_logits_equal_unmerged(
+    tmp_path: Path, tiny_base: PreTrainedModel, tokens: torch.Tensor, make_adapter: AdapterFactory
+) -> None:
     model = load_adapter(tiny_base, make_adapter(tiny_base, tmp_path / "a", target_modules="all-linear"))
     unmerged = model(tokens).logits
     merge(model)
@@ -29,7 +31,9 @@ def test_merge_then_unmerge_restores_weights(
     model = load_adapter(tiny_base, make_adapter(tiny_base, tmp_path / "a"))
     weight = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
     merge(model)
-    assert not torch.allclose(weight, original["model.layers.0.self_attn.q_proj.weight"])  # merging changed it
+    assert not torch.allclose(
+        weight, original["model.layers.0.self_attn.q_proj.weight"]
+    )  # merging changed it
     unmerge(model)
     restored = model.get_base_model().state_dict()
     for key, value in original.items():

@@ -24,7 +24,9 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("options", SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
-def test_lorafleet_adapter_loads_in_peft(tmp_path: Path, options: dict[str, object], tokens: torch.Tensor) -> None:
+def test_lorafleet_adapter_loads_in_peft(
+    tmp_path: Path, options: dict[str, object], tokens: torch.Tensor
+) -> None:
     base, _ = tiny_model("llama")
     ours = attach(copy.deepcopy(base), LoraSettings(init="random", **options))  # type: ignore[arg-type]
     save_adapter(ours, tmp_path / "a")
@@ -38,7 +40,9 @@ def test_lorafleet_adapter_loads_in_peft(tmp_path: Path, options: dict[str, obje
 def test_peft_adapter_loads_in_lorafleet(tmp_path: Path, arch: str, tokens: torch.Tensor) -> None:
     base, _ = tiny_model(arch)  # type: ignore[arg-type]
     targets = ["c_attn"] if arch == "gpt2" else ["q_proj", "v_proj"]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     reference = get_peft_model(copy.deepcopy(base), config).eval()
     reference.save_pretrained(str(tmp_path / "peft"))
 
@@ -74,6 +78,9 @@ def test_qlora_parameter_counts_equal_peft() -> None:
     base, _ = tiny_model("llama", hidden_size=64, intermediate_size=128)
     settings = LoraSettings(r=4, target_modules=["q_proj", "v_proj"])
     ours = attach(base, settings, quantization="nf4")
-    assert (count_parameters(ours).trainable, count_parameters(ours).total) == ours.get_nb_trainable_parameters()
+    assert (
+        count_parameters(ours).trainable,
+        count_parameters(ours).total,
+    ) == ours.get_nb_trainable_parameters()
     full = get_peft_model(tiny_model("llama", hidden_size=64, intermediate_size=128)[0], settings.to_peft())
     assert count_parameters(ours).total == full.get_nb_trainable_parameters()[1]

@@ -1,4 +1,4 @@
-"""QLoRA on the CPU: the NF4 layer computes bitsandbytes' dequantize-then-matmul plus the LoRA term, and trains."""
+"""QLoRA on the CPU: the NF4 layer computes bitsandbytes' dequantize-then-matmul plus LoRA, and it trains."""
 
 from __future__ import annotations
 

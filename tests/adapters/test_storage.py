@@ -18,7 +18,9 @@ from lorafleet.models import tiny_model
 from .conftest import AdapterFactory
 
 
-def test_sidecar_records_base_and_time(tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory) -> None:
+def test_sidecar_records_base_and_time(
+    tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory
+) -> None:
     path = make_adapter(tiny_base, tmp_path / "a")
     card = json.loads((path / SIDECAR_FILE).read_text())
     assert card["base_model"]["id"] == "lorafleet/tiny-llama"
@@ -56,7 +58,9 @@ def test_plain_peft_adapter_on_wrong_shapes_names_module(
         load_adapter(wider, path)
 
 
-def test_truncated_weights_fail_cleanly(tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory) -> None:
+def test_truncated_weights_fail_cleanly(
+    tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory
+) -> None:
     path = make_adapter(tiny_base, tmp_path / "a")
     weights = path / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -69,7 +73,11 @@ def test_truncated_weights_fail_cleanly(tmp_path: Path, tiny_base: PreTrainedMod
     [
         (lambda p: (p / WEIGHTS_FILE).write_bytes(b"\x00" * 64), CorruptFileError, "safetensors"),
         (lambda p: (p / WEIGHTS_FILE).unlink(), AdapterError, "no adapter_model.safetensors"),
-        (lambda p: (p / "adapter_config.json").write_text("{not json"), CorruptFileError, "adapter_config.json"),
+        (
+            lambda p: (p / "adapter_config.json").write_text("{not json"),
+            CorruptFileError,
+            "adapter_config.json",
+        ),
         (lambda p: (p / SIDECAR_FILE).write_text('{"format": 1}'), CorruptFileError, SIDECAR_FILE),
         (lambda p: (p / "adapter_config.json").unlink(), AdapterError, "no adapter_config.json"),
     ],
@@ -88,7 +96,9 @@ def test_damaged_directories_fail_cleanly(
         read_adapter(path)
 
 
-def test_pickled_weights_are_refused(tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory) -> None:
+def test_pickled_weights_are_refused(
+    tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory
+) -> None:
     path = make_adapter(tiny_base, tmp_path / "a")
     (path / WEIGHTS_FILE).rename(path / "adapter_model.bin")
     with pytest.raises(AdapterError, match="only safetensors"):
@@ -133,7 +143,9 @@ def test_adapter_names_are_checked(lorafleet_home: Path) -> None:
             adapter_path(bad)
 
 
-def test_inspect_reports_the_adapter(tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory) -> None:
+def test_inspect_reports_the_adapter(
+    tmp_path: Path, tiny_base: PreTrainedModel, make_adapter: AdapterFactory
+) -> None:
     info = inspect_adapter(make_adapter(tiny_base, tmp_path / "a", r=4, alpha=8.0))
     assert (info.rank, info.alpha, info.targets, info.modules) == (4, 8.0, ["q_proj", "v_proj"], 4)
     # 2 layers × (q: A 4×32 + B 32×4, v: A 4×32 + B 16×4; v is narrower with 2 of 4 heads as KV heads)

@@ -11,7 +11,7 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lorafleet.adapters.identity import base_identity
+from lorafleet.adapters.identity import base_identity, remember_identity
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.adapters.settings import LoraSettings
 from lorafleet.errors import ConfigError
@@ -32,7 +32,10 @@ class ParameterCount:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} "
+            f"|| trainable%: {self.percent:.4f}"
+        )
 
 
 def attach(
@@ -60,8 +63,8 @@ def attach(
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
         model.enable_input_require_grads()  # type: ignore[operator]
-    peft_model = get_peft_model(model, settings.to_peft(), adapter_name=ADAPTER_NAME)  # type: ignore[arg-type]
-    peft_model.lorafleet_base = identity
+    peft_model = get_peft_model(model, settings.to_peft(), adapter_name=ADAPTER_NAME)
+    remember_identity(peft_model, identity)
     return peft_model
 
 
@@ -79,7 +82,11 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct short names of `model`'s linear layers (what `target_modules` may name)."""
-    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear | Conv1D)}
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)
+    }
     return sorted(names)
 
 

@@ -78,7 +78,9 @@ def combine_adapters(
     configs = [config for config, _, _ in loaded]
     for path, config in zip(paths, configs, strict=True):
         if config.use_dora:
-            raise ConfigError(f"{path}: DoRA adapters cannot be combined (their magnitude vectors do not add)")
+            raise ConfigError(
+                f"{path}: DoRA adapters cannot be combined (their magnitude vectors do not add)"
+            )
     factors = [lora_factors(state) for _, state, _ in loaded]
     scaled = [w * lora_scale(c) for w, c in zip(weights, configs, strict=True)]
     modules = sorted(set().union(*factors))
@@ -86,7 +88,9 @@ def combine_adapters(
 
     if method == "linear":
         if len(set(ranks)) != 1:
-            raise ConfigError(f"method 'linear' needs adapters of one rank, got ranks {ranks}; use cat or svd")
+            raise ConfigError(
+                f"method 'linear' needs adapters of one rank, got ranks {ranks}; use cat or svd"
+            )
         new_rank = ranks[0]
     elif method == "cat":
         new_rank = sum(ranks)
@@ -118,7 +122,9 @@ def combine_adapters(
     )
     base = next((card.base_model for card in cards if card is not None), None)
     if base is None:
-        raise AdapterError(f"{paths[0]}: no lorafleet.json, so its base model is unknown; save it with lorafleet")
+        raise AdapterError(
+            f"{paths[0]}: no lorafleet.json, so its base model is unknown; save it with lorafleet"
+        )
     card = AdapterCard(
         base_model=base,
         lineage=Lineage(parents=[str(p) for p in paths], method=f"combine:{method}", weights=list(weights)),
@@ -126,9 +132,7 @@ def combine_adapters(
     return config, state, card
 
 
-def _cat(
-    factors: list[dict[str, Factors]], scaled: list[float], ranks: list[int], module: str
-) -> Factors:
+def _cat(factors: list[dict[str, Factors]], scaled: list[float], ranks: list[int], module: str) -> Factors:
     """Stack wᵢsᵢAᵢ and Bᵢ; an adapter without this module contributes zero blocks of its rank."""
     reference = next(f[module] for f in factors if module in f)
     in_features, out_features = reference[0].shape[1], reference[1].shape[0]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from weakref import WeakKeyDictionary
 
 import torch
+from peft import PeftModel
 from pydantic import BaseModel, Field
 from torch import nn
 
@@ -33,6 +35,8 @@ _CONFIG_KEYS = (
     "n_inner",
     "tie_word_embeddings",
 )
+# Identities taken before a model was quantized or wrapped, which its weights can no longer tell.
+_REMEMBERED: WeakKeyDictionary[nn.Module, BaseIdentity] = WeakKeyDictionary()
 # Parts of a PEFT-wrapped model that are the adapter, not the base.
 _ADAPTER_PARTS = ("lora_", "modules_to_save", "lora_magnitude_vector")
 
@@ -50,10 +54,9 @@ def base_identity(model: nn.Module) -> BaseIdentity:
 
     A model prepared by `attach` or `load_adapter` carries the identity computed before it was quantized.
     """
-    known = getattr(model, "lorafleet_base", None)
-    if isinstance(known, BaseIdentity):
-        return known
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if model in _REMEMBERED:
+        return _REMEMBERED[model]
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
     config = getattr(base, "config", None)
     modules = _module_digests(base)
     shape = {key: getattr(config, key) for key in _CONFIG_KEYS if config is not None and hasattr(config, key)}
@@ -62,6 +65,11 @@ def base_identity(model: nn.Module) -> BaseIdentity:
         digest.update(f"{name}={module_digest};".encode())
     model_id = getattr(config, "name_or_path", "") or type(base).__name__
     return BaseIdentity(id=str(model_id), fingerprint=digest.hexdigest(), modules=modules)
+
+
+def remember_identity(model: nn.Module, identity: BaseIdentity) -> None:
+    """Record `identity` as `model`'s base identity (for a model whose base was quantized after measuring)."""
+    _REMEMBERED[model] = identity
 
 
 def check_same_base(expected: BaseIdentity, actual: BaseIdentity, *, adapter: str) -> None:

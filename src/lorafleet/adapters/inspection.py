@@ -36,7 +36,7 @@ class AdapterInfo:
 
 
 def inspect_adapter(path: str | os.PathLike[str]) -> AdapterInfo:
-    """Rank, alpha, targets, parameter count, size on disk, base model and lineage of the adapter at `path`."""
+    """Rank, alpha, targets, parameters, size on disk, base model and lineage of the adapter at `path`."""
     config, state, card = read_adapter(path)
     folder = Path(path)
     targets = config.target_modules

@@ -29,7 +29,11 @@ def unmerge(model: PeftModel) -> None:
 
 
 def save_merged(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike[str], *, overwrite: bool = False
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Merge the adapter for good and write base + adapter as one HF model directory, atomically.
 

@@ -20,17 +20,17 @@ from lorafleet.errors import ConfigError
 NF4_BLOCK = 64
 
 
-def quantize_nf4(model: nn.Module, *, compute_dtype: torch.dtype, skip: tuple[str, ...] = ("lm_head",)) -> int:
-    """Replace every `nn.Linear` of `model` (but those named in `skip`) by an NF4 `bnb.nn.Linear4bit` in place.
+def quantize_nf4(
+    model: nn.Module, *, compute_dtype: torch.dtype, skip: tuple[str, ...] = ("lm_head",)
+) -> int:
+    """Replace every `nn.Linear` of `model` (but those named in `skip`) by an NF4 `bnb.nn.Linear4bit`.
 
     Works on CPU and CUDA (bitsandbytes ≥ 0.45). Returns how many layers were quantized.
     """
     try:
         import bitsandbytes as bnb
     except ImportError as err:
-        raise ConfigError(
-            "quantization 'nf4' needs bitsandbytes: pip install 'lorafleet[qlora]'"
-        ) from err
+        raise ConfigError("quantization 'nf4' needs bitsandbytes: pip install 'lorafleet[qlora]'") from err
     device = next(model.parameters()).device
     replaced = 0
     for parent_name, parent in list(model.named_modules()):

@@ -27,8 +27,12 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    r: int = Field(8, ge=1, le=4096, description="Rank of the update BA: trainable numbers per layer are r·(in+out).")
-    alpha: float = Field(16.0, gt=0, le=1e6, description="Scale numerator: the update is multiplied by alpha/r.")
+    r: int = Field(
+        8, ge=1, le=4096, description="Rank of the update BA: trainable numbers per layer are r·(in+out)."
+    )
+    alpha: float = Field(
+        16.0, gt=0, le=1e6, description="Scale numerator: the update is multiplied by alpha/r."
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input path during training.")
     target_modules: list[str] | str = Field(
         "all-linear",
@@ -57,7 +61,9 @@ class LoraSettings(BaseModel):
                 raise ValueError("target_modules is empty; name modules such as q_proj, or use 'all-linear'")
             for name in value:
                 if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
-                    raise ValueError(f"target module name {name!r} may hold only letters, digits, '_' and '.'")
+                    raise ValueError(
+                        f"target module name {name!r} may hold only letters, digits, '_' and '.'"
+                    )
             return value
         if value != "all-linear":
             try:
@@ -80,7 +86,7 @@ class LoraSettings(BaseModel):
         from pydantic import ValidationError
 
         try:
-            return cls(**values)  # type: ignore[arg-type]
+            return cls(**values)
         except ValidationError as err:
             raise ConfigError(describe_validation_error(err, "lora")) from err
 
@@ -90,7 +96,7 @@ class LoraSettings(BaseModel):
         return LoraConfig(
             task_type="CAUSAL_LM",
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=int(self.alpha) if self.alpha.is_integer() else self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,
             target_modules=self.target_modules,
             bias=self.bias,

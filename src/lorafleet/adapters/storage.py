@@ -3,7 +3,7 @@
 An adapter directory holds:
 
     adapter_config.json          PEFT's LoraConfig
-    adapter_model.safetensors    PEFT key names, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+    adapter_model.safetensors    PEFT key names (…layers.0.self_attn.q_proj.lora_A.weight)
     lorafleet.json               base model identity, training config, metrics, lineage, creation time
 
 Directories are written into a temporary sibling, fsynced and renamed into place, so a crash never
@@ -29,7 +29,7 @@ from torch import nn
 
 from lorafleet import __version__
 from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
-from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base
+from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base, remember_identity
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
 from lorafleet.home import lorafleet_home, validate_name
@@ -42,9 +42,11 @@ SIDECAR_FILE = "lorafleet.json"
 class Lineage(BaseModel):
     """Where an adapter came from: the adapters it was made of and how."""
 
-    parents: list[str] = Field(default_factory=list, description="Paths or ids of the adapters it was made from.")
-    method: str | None = Field(None, description="How it was made: 'train', 'combine:cat', ...")
-    weights: list[float] | None = Field(None, description="Combination weights, one per parent.")
+    parents: list[str] = Field(
+        default_factory=list, description="Paths or ids of the adapters it was made from."
+    )
+    method: str | None = Field(default=None, description="How it was made: 'train', 'combine:cat', ...")
+    weights: list[float] | None = Field(default=None, description="Combination weights, one per parent.")
 
 
 class AdapterCard(BaseModel):
@@ -57,7 +59,7 @@ class AdapterCard(BaseModel):
     base_model: BaseIdentity
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
-    lineage: Lineage = Field(default_factory=Lineage)
+    lineage: Lineage = Field(default_factory=lambda: Lineage())
 
 
 def save_adapter(
@@ -118,7 +120,9 @@ def write_adapter(
     return target
 
 
-def read_adapter(path: str | os.PathLike[str]) -> tuple[LoraConfig, dict[str, torch.Tensor], AdapterCard | None]:
+def read_adapter(
+    path: str | os.PathLike[str],
+) -> tuple[LoraConfig, dict[str, torch.Tensor], AdapterCard | None]:
     """Read and validate an adapter directory: its config, its tensors, and its card (None for plain PEFT)."""
     folder = Path(path)
     if not folder.exists():
@@ -140,14 +144,18 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[LoraConfig, dict[str, to
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{weights_path}: unreadable safetensors file, truncated or corrupted ({err})") from err
+        raise CorruptFileError(
+            f"{weights_path}: unreadable safetensors file, truncated or corrupted ({err})"
+        ) from err
     card = None
     sidecar = folder / SIDECAR_FILE
     if sidecar.is_file():
         try:
             card = AdapterCard.model_validate_json(sidecar.read_text())
         except ValidationError as err:
-            raise CorruptFileError(f"{sidecar}: not a valid lorafleet sidecar ({err.errors()[0]['msg']})") from err
+            raise CorruptFileError(
+                f"{sidecar}: not a valid lorafleet sidecar ({err.errors()[0]['msg']})"
+            ) from err
     return config, state, card
 
 
@@ -164,7 +172,7 @@ def load_adapter(
     Fails with `BaseModelMismatchError` naming the first mismatching module when the adapter was
     saved for another base, and with `CorruptFileError` for truncated or corrupted files.
     """
-    config, state, card = read_adapter(path)
+    _, state, card = read_adapter(path)
     identity = base_identity(model)
     if card is not None:
         check_same_base(card.base_model, identity, adapter=str(path))
@@ -174,13 +182,15 @@ def load_adapter(
     if isinstance(model, PeftModel):
         model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
         return model
-    peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-    peft_model.lorafleet_base = identity
+    peft_model = PeftModel.from_pretrained(
+        model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+    )
+    remember_identity(peft_model, identity)
     return peft_model
 
 
 def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: str) -> None:
-    """Raise `BaseModelMismatchError` naming the first module whose shape does not fit the adapter's tensors."""
+    """Raise `BaseModelMismatchError` naming the first module whose shape does not fit the adapter."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     modules = {name.replace(".base_layer", ""): module for name, module in base.named_modules()}
     for key, tensor in state.items():
@@ -189,7 +199,9 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: s
         module_name = key.removeprefix("base_model.model.").split(".lora_")[0]
         module = modules.get(module_name)
         if module is None:
-            raise BaseModelMismatchError(f"{adapter}: adapts module {module_name}, which this base model lacks")
+            raise BaseModelMismatchError(
+                f"{adapter}: adapts module {module_name}, which this base model lacks"
+            )
         weight = getattr(module, "base_layer", module)
         in_features = getattr(weight, "in_features", None)
         out_features = getattr(weight, "out_features", None)
@@ -202,7 +214,6 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: s
                 f"{adapter}: module {module_name} has {'in' if '.lora_A.' in key else 'out'} features "
                 f"{expected} in this base, the adapter expects {actual}"
             )
-
 
 
 def adapters_dir() -> Path:

@@ -14,9 +14,15 @@ from lorafleet.home import lorafleet_home, validate_name
 
 app = typer.Typer(help="Create, inspect, merge and combine adapters (PEFT format).", no_args_is_help=True)
 
-AdapterArg = Annotated[str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model: 'default', a HF directory, a .gguf file.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of $LORAFLEET_HOME.")]
+AdapterArg = Annotated[
+    str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")
+]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Base model: 'default', a HF directory, a .gguf file.")
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write here instead of $LORAFLEET_HOME.")
+]
 
 
 @app.command("create")
@@ -26,7 +32,8 @@ def create(
     r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank.")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha; the update is scaled by alpha/r.")] = 16.0,
     target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="Module to adapt (repeatable); default all-linear.")
+        list[str] | None,
+        typer.Option("--target", "-t", help="Module to adapt (repeatable); default all-linear."),
     ] = None,
     quantization: Annotated[str | None, typer.Option(help="'nf4' for a QLoRA adapter.")] = None,
     output: OutputOpt = None,
@@ -79,7 +86,9 @@ def inspect(
 @app.command("merge")
 def merge(
     adapter: AdapterArg,
-    name: Annotated[str, typer.Option("--name", "-n", help="Name of the merged model in $LORAFLEET_HOME/models.")],
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="Name of the merged model in $LORAFLEET_HOME/models.")
+    ],
     model: ModelOpt = "default",
     output: OutputOpt = None,
 ) -> None:
@@ -100,12 +109,19 @@ def merge(
 @app.command("combine")
 def combine(
     name: Annotated[str, typer.Argument(help="Name of the new combined adapter.")],
-    adapters: Annotated[list[str], typer.Option("--from", "-f", help="An adapter to combine (repeat for each).")],
+    adapters: Annotated[
+        list[str], typer.Option("--from", "-f", help="An adapter to combine (repeat for each).")
+    ],
     weight: Annotated[
-        list[float] | None, typer.Option("--weight", "-w", help="Weight of each --from adapter (default 1 each).")
+        list[float] | None,
+        typer.Option("--weight", "-w", help="Weight of each --from adapter (default 1 each)."),
     ] = None,
-    method: Annotated[str, typer.Option(help="linear, cat (exact), svd, ties, dare_linear or dare_ties.")] = "cat",
-    rank: Annotated[int | None, typer.Option(help="Target rank for svd/ties/dare (default: largest input).")] = None,
+    method: Annotated[
+        str, typer.Option(help="linear, cat (exact), svd, ties, dare_linear or dare_ties.")
+    ] = "cat",
+    rank: Annotated[
+        int | None, typer.Option(help="Target rank for svd/ties/dare (default: largest input).")
+    ] = None,
     density: Annotated[float, typer.Option(help="Fraction of entries kept by ties/dare.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for dare's random pruning.")] = 0,
     output: OutputOpt = None,
@@ -117,7 +133,9 @@ def combine(
     validate_name(name, what="adapter name")
     weights = weight or [1.0] * len(adapters)
     paths = [str(adapter_path(a)) for a in adapters]
-    config, state, card = combine_adapters(paths, weights, method=method, rank=rank, density=density, seed=seed)
+    config, state, card = combine_adapters(
+        paths, weights, method=method, rank=rank, density=density, seed=seed
+    )
     card = card.model_copy(update={"name": name})
     path = write_adapter(output or adapters_dir() / name, config, state, card)
     typer.echo(f"combined {len(paths)} adapters ({method}, rank {config.r}) into {path}")

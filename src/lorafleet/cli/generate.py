@@ -9,7 +9,9 @@ import typer
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (a user message for chat models).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: 'default', a HF dir, a .gguf.")] = "default",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Base model: 'default', a HF dir, a .gguf.")
+    ] = "default",
     adapter: Annotated[str | None, typer.Option("--adapter", "-a", help="Adapter directory or name.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; higher = more random.")] = 0.0,
@@ -18,16 +20,19 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
     chat: Annotated[bool, typer.Option(help="Apply the model's chat template.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps (default: best present).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16 (default: per device).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16, float16 (default: per device).")
+    ] = None,
 ) -> None:
     """Generate a completion, streamed to the terminal (greedy by default, sampled with --temperature)."""
+    from transformers.utils import logging as transformers_logging
+
     from lorafleet.adapters import load_adapter
     from lorafleet.adapters.settings import describe_validation_error
     from lorafleet.adapters.storage import adapter_path
     from lorafleet.errors import ConfigError
     from lorafleet.models import load_base
     from lorafleet.serving import SamplingSettings, stream_generate
-    from transformers.utils import logging as transformers_logging
 
     try:
         settings = SamplingSettings(

@@ -37,7 +37,9 @@ def list_models() -> None:
 
 @app.command("pull")
 def pull(
-    spec: Annotated[str, typer.Argument(help="'default' (the bundled SmolLM2-135M-Instruct) or a .gguf file.")],
+    spec: Annotated[
+        str, typer.Argument(help="'default' (the bundled SmolLM2-135M-Instruct) or a .gguf file.")
+    ],
     force: Annotated[bool, typer.Option(help="Convert again even if already converted.")] = False,
 ) -> None:
     """Convert a GGUF model (the bundled default, or a file) once into $LORAFLEET_HOME/models."""

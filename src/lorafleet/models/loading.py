@@ -1,4 +1,4 @@
-"""`load_base(spec)`: a base causal LM and its tokenizer from a HF directory, a hub id, a GGUF file, or `default`."""
+"""`load_base(spec)`: a causal LM and its tokenizer from a HF directory, hub id, GGUF file or `default`."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def load_base(
     marker = Path(source) / MARKER_FILE
     if marker.is_file():  # a converted GGUF: report the id of the model it came from
         model.config.name_or_path = model.name_or_path = json.loads(marker.read_text())["id"]
-    return model.to(target).eval(), tokenizer
+    return model.to(target).eval(), tokenizer  # type: ignore[arg-type]
 
 
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -56,7 +56,7 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
             tokenizer.pad_token = tokenizer.unk_token
         else:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
                 model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -80,7 +80,9 @@ def _resolve(spec: str) -> str:
     if not looks_like_hub_id:
         raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelLoadError(f"{spec}: not a local path, and HF_HUB_OFFLINE=1 forbids fetching it from the hub")
+        raise ModelLoadError(
+            f"{spec}: not a local path, and HF_HUB_OFFLINE=1 forbids fetching it from the hub"
+        )
     return spec
 
 

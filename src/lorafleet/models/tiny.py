@@ -32,7 +32,7 @@ CHATML_TEMPLATE = (
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer: ids 0–255 are bytes, then `<|pad|>`, `<|im_start|>`, `<|im_end|>`, `<|unk|>`."""
+    """A byte-level tokenizer: 256 byte tokens, then `<|pad|>`, `<|im_start|>`, `<|im_end|>`, `<|unk|>`."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
@@ -70,7 +70,7 @@ def tiny_model(
     torch.manual_seed(seed)
     model: PreTrainedModel
     if arch == "llama":
-        config = LlamaConfig(
+        llama = LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,
@@ -81,9 +81,9 @@ def tiny_model(
             tie_word_embeddings=False,
             **special,
         )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(llama)
     elif arch == "qwen2":
-        config = Qwen2Config(
+        qwen2 = Qwen2Config(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,
@@ -94,9 +94,9 @@ def tiny_model(
             tie_word_embeddings=True,
             **special,
         )
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(qwen2)
     elif arch == "gpt2":
-        config = GPT2Config(
+        gpt2 = GPT2Config(
             vocab_size=vocab_size,
             n_embd=hidden_size,
             n_layer=num_layers,
@@ -105,9 +105,9 @@ def tiny_model(
             n_positions=512,
             **special,
         )
-        model = GPT2LMHeadModel(config)
+        model = GPT2LMHeadModel(gpt2)
     else:
         raise ConfigError(f"tiny_model arch {arch!r} is not one of llama, qwen2, gpt2")
     model.config.name_or_path = f"lorafleet/tiny-{arch}"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(dtype).eval(), tokenizer
+    return model.to(dtype).eval(), tokenizer  # type: ignore[arg-type]

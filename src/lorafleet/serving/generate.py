@@ -21,7 +21,9 @@ class SamplingSettings(BaseModel):
 
     max_tokens: int = Field(128, ge=1, le=32768, description="Most tokens to generate.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy; higher = more random.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Sample only from the smallest set of tokens of this mass.")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Sample only from the smallest set of tokens of this mass."
+    )
     top_k: int = Field(0, ge=0, description="Sample only from the k likeliest tokens (0 = no limit).")
     seed: int | None = Field(None, description="Seed for sampling, for reproducible samples.")
     chat: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
@@ -38,7 +40,7 @@ def stream_generate(
     inputs = encode_prompt(tokenizer, prompt, chat=settings.chat)
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in inputs.items()}
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)  # type: ignore[arg-type]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = settings.temperature > 0
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -72,13 +74,15 @@ def stream_generate(
         raise errors[0]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = True) -> dict[str, torch.Tensor]:
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = True
+) -> dict[str, torch.Tensor]:
     """Token ids and attention mask for `prompt`, rendered as a user turn when `chat` and a template exist."""
     if chat and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}]
         encoded = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}  # type: ignore[index]
-    encoded = tokenizer(prompt, return_tensors="pt")
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    else:
+        encoded = tokenizer(prompt, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}  # type: ignore[index,call-overload,dict-item]
