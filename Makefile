@@ -36,9 +36,15 @@ test: lint
 test-fast: setup
 	$(BIN)/pytest -q
 
+# Until `lorafleet train` lands, the demo prepares the bundled model, asks it a question, and
+# creates, inspects and merges an (untrained) adapter for it.
 demo: setup
 	$(BIN)/lorafleet models pull default
 	$(BIN)/lorafleet generate --model default --max-tokens 48 "What is the capital of France?"
+	$(BIN)/lorafleet adapters create demo-adapter --model default --r 16 --alpha 32 \
+		--target q_proj --target k_proj --target v_proj --target o_proj --overwrite
+	$(BIN)/lorafleet adapters inspect demo-adapter
+	$(BIN)/lorafleet generate --model default --adapter demo-adapter --max-tokens 48 "Name three primary colors."
 
 bench: setup
 	$(BIN)/python bench/lora_overhead.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +19,7 @@ from lorafleet.errors import ConfigError
 
 Quantization = Literal["nf4"] | None
 ADAPTER_NAME = "default"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ def attach(
     With `quantization="nf4"` the base's linear layers are first stored in NF4 with double quantization
     (QLoRA) and the adapters are kept in the model's compute dtype. The base identity (fingerprint) is
     taken before quantizing, so the adapter still matches the full-precision base. Target names that
-    match nothing raise `ConfigError` listing the model's linear module names.
+    match nothing raise `ConfigError` listing the model's linear module names. The trainable and
+    total parameter counts are logged; `count_parameters` returns them.
     """
     check_targets(model, settings)
     identity = base_identity(model)
@@ -65,6 +68,7 @@ def attach(
         model.enable_input_require_grads()  # type: ignore[operator]
     peft_model = get_peft_model(model, settings.to_peft(), adapter_name=ADAPTER_NAME)
     remember_identity(peft_model, identity)
+    logger.info("attached LoRA r=%d: %s", settings.r, count_parameters(peft_model))
     return peft_model
 
 

@@ -113,6 +113,7 @@ def _module_digests(model: nn.Module) -> dict[str, str]:
 def _sample(param: torch.Tensor) -> bytes:
     flat = param.detach().reshape(-1)
     count = min(SAMPLES_PER_TENSOR, flat.numel())
-    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    step = (flat.numel() - 1) // max(count - 1, 1)  # integer steps: float linspace overshoots large tensors
+    index = torch.arange(count, device=flat.device) * step
     values = flat[index].float().to(torch.bfloat16).view(torch.int16)
     return values.cpu().numpy().tobytes()

@@ -74,7 +74,9 @@ def save_adapter(
 ) -> Path:
     """Write `model`'s adapter to `path` in PEFT format with a `lorafleet.json` sidecar; return the path."""
     config = model.peft_config[ADAPTER_NAME]
-    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    # The base's embeddings are checked by fingerprint, never copied into the adapter; "auto" would ask
+    # the hub whether the vocabulary was resized.
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
     card = AdapterCard(
         name=name,
         base_model=base_identity(model),

@@ -23,6 +23,7 @@ ModelOpt = Annotated[
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write here instead of $LORAFLEET_HOME.")
 ]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory there.")]
 
 
 @app.command("create")
@@ -37,6 +38,7 @@ def create(
     ] = None,
     quantization: Annotated[str | None, typer.Option(help="'nf4' for a QLoRA adapter.")] = None,
     output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Create a new, untrained adapter for a base model (the starting point of training)."""
     from lorafleet.adapters import LoraSettings, attach, count_parameters, save_adapter
@@ -48,7 +50,7 @@ def create(
     destination = output or adapters_dir() / name
     base, _ = load_base(model, device="cpu")
     peft_model = attach(base, settings, quantization=quantization)  # type: ignore[arg-type]
-    path = save_adapter(peft_model, destination, name=name)
+    path = save_adapter(peft_model, destination, name=name, overwrite=overwrite)
     typer.echo(f"created {path}  ({count_parameters(peft_model)})")
 
 
@@ -91,6 +93,7 @@ def merge(
     ],
     model: ModelOpt = "default",
     output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Merge an adapter into its base and save a standard HF model directory."""
     from lorafleet.adapters import load_adapter
@@ -102,7 +105,7 @@ def merge(
     destination = output or lorafleet_home() / "models" / name
     base, tokenizer = load_base(model, device="cpu", dtype="float32")
     peft_model = load_adapter(base, adapter_path(adapter))
-    path = save_merged(peft_model, tokenizer, destination)
+    path = save_merged(peft_model, tokenizer, destination, overwrite=overwrite)
     typer.echo(f"merged model written to {path}  (load it with: lorafleet generate --model {path} ...)")
 
 
@@ -125,6 +128,7 @@ def combine(
     density: Annotated[float, typer.Option(help="Fraction of entries kept by ties/dare.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for dare's random pruning.")] = 0,
     output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Combine several adapters of one base into a new adapter with weights."""
     from lorafleet.adapters.combine import combine_adapters
@@ -137,7 +141,7 @@ def combine(
         paths, weights, method=method, rank=rank, density=density, seed=seed
     )
     card = card.model_copy(update={"name": name})
-    path = write_adapter(output or adapters_dir() / name, config, state, card)
+    path = write_adapter(output or adapters_dir() / name, config, state, card, overwrite=overwrite)
     typer.echo(f"combined {len(paths)} adapters ({method}, rank {config.r}) into {path}")
 
 

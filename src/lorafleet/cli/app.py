@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -58,4 +59,7 @@ def root(
 
 def main() -> None:
     """Console entry point."""
+    # Deprecation notices from transformers/PEFT internals are for library authors, not for CLI users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     sys.exit(app())

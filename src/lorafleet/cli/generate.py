@@ -25,7 +25,6 @@ def generate(
     ] = None,
 ) -> None:
     """Generate a completion, streamed to the terminal (greedy by default, sampled with --temperature)."""
-    from transformers.utils import logging as transformers_logging
 
     from lorafleet.adapters import load_adapter
     from lorafleet.adapters.settings import describe_validation_error
@@ -40,7 +39,6 @@ def generate(
         )
     except ValueError as err:
         raise ConfigError(describe_validation_error(err, "")) from err
-    transformers_logging.disable_progress_bar()  # a one-second load needs no bar between prompt and answer
     base, tokenizer = load_base(model, device=device, dtype=dtype)
     runnable = load_adapter(base, adapter_path(adapter)) if adapter else base
     for piece in stream_generate(runnable, tokenizer, prompt, settings):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from lorafleet.errors import ModelLoadError
 from lorafleet.models.bundled import DEFAULT_MODEL_ID, MARKER_FILE, convert_gguf, pull_default
@@ -32,11 +33,16 @@ def load_base(
     target = choose_device(device)
     torch_dtype = choose_dtype(target, dtype)
     source = _resolve(str(spec))
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # loading safetensors takes about a second: no bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load a causal LM from {spec!s}: {_first_line(err)}") from err
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     ensure_pad_token(model, tokenizer)
     marker = Path(source) / MARKER_FILE
     if marker.is_file():  # a converted GGUF: report the id of the model it came from
