@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(autouse=True)
 def lorafleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty $LORAFLEET_HOME (slow tests use a shared one, see tests/slow)."""
+    """Every test gets its own empty $LORAFLEET_HOME (the slow default-model tests share one)."""
     home = tmp_path / "home"
     monkeypatch.setenv("LORAFLEET_HOME", str(home))
     return home

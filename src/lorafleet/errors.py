@@ -15,6 +15,10 @@ class ConfigError(LorafleetError, ValueError):
     """A setting is missing, unknown or out of range; the message names the field."""
 
 
+class AlreadyExistsError(LorafleetError, FileExistsError):
+    """The directory to write exists and overwriting was not asked for."""
+
+
 class InvalidNameError(ConfigError):
     """A name that becomes a path holds `..`, a separator, or an unsafe character."""
 

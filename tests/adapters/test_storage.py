@@ -12,7 +12,13 @@ from transformers import PreTrainedModel
 from lorafleet.adapters import load_adapter, read_adapter
 from lorafleet.adapters.inspection import inspect_adapter
 from lorafleet.adapters.storage import SIDECAR_FILE, WEIGHTS_FILE, adapter_path, write_adapter
-from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError, InvalidNameError
+from lorafleet.errors import (
+    AdapterError,
+    AlreadyExistsError,
+    BaseModelMismatchError,
+    CorruptFileError,
+    InvalidNameError,
+)
 from lorafleet.models import tiny_model
 
 from .conftest import AdapterFactory
@@ -115,7 +121,7 @@ def test_existing_adapter_is_never_overwritten_by_accident(
 ) -> None:
     path = make_adapter(tiny_base, tmp_path / "a", seed=1)
     before = (path / WEIGHTS_FILE).read_bytes()
-    with pytest.raises(AdapterError, match="already exists"):
+    with pytest.raises(AlreadyExistsError, match="already exists"):
         make_adapter(tiny_base, path, seed=2)
     assert (path / WEIGHTS_FILE).read_bytes() == before
 

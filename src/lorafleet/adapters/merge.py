@@ -7,14 +7,13 @@ saved with `save_merged` it is a standard HF model directory that transformers l
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from lorafleet.errors import AdapterError
+from lorafleet.errors import AdapterError, AlreadyExistsError
+from lorafleet.files import atomic_directory
 
 
 def merge(model: PeftModel) -> None:
@@ -41,23 +40,12 @@ def save_merged(
     """
     _require_full_precision(model)
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise AdapterError(f"{target} already exists; choose another path or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not overwrite:  # checked before the model is consumed
+        raise AlreadyExistsError(f"{target} already exists; choose another name or path, or overwrite it")
     merged = model.merge_and_unload()
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=overwrite) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
 from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base, remember_identity
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
+from lorafleet.files import atomic_directory
 from lorafleet.home import lorafleet_home, validate_name
 
 CONFIG_FILE = "adapter_config.json"
@@ -97,28 +96,11 @@ def write_adapter(
 ) -> Path:
     """Write an adapter directory atomically from its PEFT config, PEFT-keyed state dict and card."""
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise AdapterError(f"{target} already exists; choose another path or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=overwrite) as staging:
         config.save_pretrained(str(staging))
         tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / SIDECAR_FILE).write_text(card.model_dump_json(indent=2))
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -224,8 +206,14 @@ def adapters_dir() -> Path:
 
 
 def adapter_path(ref: str | os.PathLike[str]) -> Path:
-    """The directory of an adapter given by path, or by plain name under `$LORAFLEET_HOME/adapters/`."""
+    """The directory of an adapter given by name (in `$LORAFLEET_HOME/adapters/`) or by path.
+
+    A plain name means the named adapter when one exists, else a directory of that name here.
+    """
     text = str(ref)
-    if os.sep in text or "/" in text or Path(text).exists():
+    if os.sep in text or "/" in text:
         return Path(text).expanduser()
-    return adapters_dir() / validate_name(text, what="adapter name")
+    if not Path(text).exists():
+        return adapters_dir() / validate_name(text, what="adapter name")
+    named = adapters_dir() / text
+    return named if named.is_dir() else Path(text)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lorafleet.cli import plain_console
 from lorafleet.home import lorafleet_home, validate_name
 
 app = typer.Typer(help="Create, inspect, merge and combine adapters (PEFT format).", no_args_is_help=True)
@@ -68,6 +68,8 @@ def inspect(
         typer.echo(json.dumps(info.as_dict(), indent=2))
         return
     table = Table(show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths wrap, never cut short
     rows = {
         "path": info.path,
         "name": info.name or "-",
@@ -82,7 +84,7 @@ def inspect(
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    Console().print(table)
+    plain_console().print(table)
 
 
 @app.command("merge")

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lorafleet.cli import plain_console
 from lorafleet.errors import ModelLoadError
 
 app = typer.Typer(help="List and prepare base models.", no_args_is_help=True)
@@ -32,7 +32,7 @@ def list_models() -> None:
     table.add_row(f"default ({DEFAULT_MODEL_ID})", status, where, size)
     for model in local.values():
         table.add_row(model.name, "ready", str(model.path), f"{model.size_bytes / 2**20:,.0f} MiB")
-    Console().print(table)
+    plain_console().print(table)
 
 
 @app.command("pull")
@@ -43,7 +43,7 @@ def pull(
     force: Annotated[bool, typer.Option(help="Convert again even if already converted.")] = False,
 ) -> None:
     """Convert a GGUF model (the bundled default, or a file) once into $LORAFLEET_HOME/models."""
-    from lorafleet.models.bundled import convert_gguf, pull_default
+    from lorafleet.models.bundled import convert_gguf, gguf_model_name, pull_default
 
     if spec == "default":
         path = pull_default(force=force)
@@ -51,5 +51,5 @@ def pull(
         gguf = Path(spec).expanduser()
         if not gguf.is_file() or gguf.suffix != ".gguf":
             raise ModelLoadError(f"{spec}: not 'default' and not an existing .gguf file")
-        path = convert_gguf(gguf, name=gguf.stem, model_id=gguf.stem, force=force)
+        path = convert_gguf(gguf, name=gguf_model_name(gguf), model_id=gguf.stem, force=force)
     typer.echo(f"ready: {path}")

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lorafleet.errors import ModelLoadError
+from lorafleet.files import atomic_directory
 from lorafleet.home import lorafleet_home, validate_name
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -77,9 +76,7 @@ def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -
             return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=True) as staging:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
@@ -96,33 +93,26 @@ def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / MARKER_FILE).write_text(json.dumps({"name": name, "id": model_id, **source}, indent=2))
-        _fsync_tree(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
+def gguf_model_name(gguf: Path) -> str:
+    """A safe model name for a GGUF file: its stem with unsafe characters replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", gguf.stem).strip("-._")[:64] or "model"
+
+
 def list_local_models() -> list[LocalModel]:
-    """Models converted under `$LORAFLEET_HOME/models/` (half-finished conversions are not listed)."""
+    """Models under `$LORAFLEET_HOME/models/`: converted GGUFs and merged adapters (staging dirs skipped)."""
     found: list[LocalModel] = []
     root = models_dir()
     if not root.is_dir():
         return found
-    for marker in sorted(root.glob(f"*/{MARKER_FILE}")):
-        info = json.loads(marker.read_text())
-        size = sum(f.stat().st_size for f in marker.parent.iterdir() if f.is_file())
-        found.append(
-            LocalModel(name=marker.parent.name, path=marker.parent, source=info["source"], size_bytes=size)
-        )
+    for config in sorted(root.glob("*/config.json")):
+        folder = config.parent
+        if folder.name.startswith("."):
+            continue
+        marker = folder / MARKER_FILE
+        source = json.loads(marker.read_text())["source"] if marker.is_file() else "merged or copied here"
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        found.append(LocalModel(name=folder.name, path=folder, source=source, size_bytes=size))
     return found
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())

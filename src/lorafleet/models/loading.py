@@ -11,7 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as transformers_logging
 
 from lorafleet.errors import ModelLoadError
-from lorafleet.models.bundled import DEFAULT_MODEL_ID, MARKER_FILE, convert_gguf, pull_default
+from lorafleet.models.bundled import (
+    DEFAULT_MODEL_ID,
+    MARKER_FILE,
+    convert_gguf,
+    gguf_model_name,
+    pull_default,
+)
 from lorafleet.models.devices import choose_device, choose_dtype
 
 PAD_TOKEN = "<|pad|>"
@@ -71,6 +77,10 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 def _resolve(spec: str) -> str:
     """A local directory transformers can load for `spec` (hub ids are passed through)."""
+    if not spec.strip():
+        raise ModelLoadError(
+            "the model spec is empty; give 'default', a HF model directory, a .gguf file or a hub id"
+        )
     if spec == "default":
         return str(pull_default())
     path = Path(spec).expanduser()
@@ -81,7 +91,7 @@ def _resolve(spec: str) -> str:
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: a model file must be .gguf; or give a HF model directory")
-        return str(convert_gguf(path, name=path.stem, model_id=path.stem))
+        return str(convert_gguf(path, name=gguf_model_name(path), model_id=path.stem))
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
@@ -93,7 +103,9 @@ def _resolve(spec: str) -> str:
 
 
 def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The error's message on one line (transformers' messages span several), at most 300 characters."""
+    text = " ".join(str(err).split())
+    return text[:300] if text else type(err).__name__
 
 
 __all__ = ["DEFAULT_MODEL_ID", "ensure_pad_token", "load_base"]

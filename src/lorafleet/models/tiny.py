@@ -32,7 +32,7 @@ CHATML_TEMPLATE = (
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer: 256 byte tokens, then `<|pad|>`, `<|im_start|>`, `<|im_end|>`, `<|unk|>`."""
+    """A byte-level tokenizer: 256 byte tokens, then `<|im_start|>`, `<|im_end|>`, `<|unk|>`, `<|pad|>`."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
@@ -61,13 +61,28 @@ def tiny_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A random `arch` causal LM of the given size and its tokenizer; same seed, same weights."""
     tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = _build(arch, tokenizer, hidden_size, num_layers, num_heads, intermediate_size)
+    model.config.name_or_path = f"lorafleet/tiny-{arch}"
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dtype).eval(), tokenizer  # type: ignore[arg-type]
+
+
+def _build(
+    arch: str,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+) -> PreTrainedModel:
     vocab_size = len(tokenizer)
     special = {
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    torch.manual_seed(seed)
     model: PreTrainedModel
     if arch == "llama":
         llama = LlamaConfig(
@@ -108,6 +123,4 @@ def tiny_model(
         model = GPT2LMHeadModel(gpt2)
     else:
         raise ConfigError(f"tiny_model arch {arch!r} is not one of llama, qwen2, gpt2")
-    model.config.name_or_path = f"lorafleet/tiny-{arch}"
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(dtype).eval(), tokenizer  # type: ignore[arg-type]
+    return model
