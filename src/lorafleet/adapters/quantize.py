@@ -56,4 +56,11 @@ def quantize_nf4(
             replaced += 1
     if replaced == 0:
         raise ConfigError("quantization 'nf4' found no nn.Linear layer to quantize in this model")
+    # The weights left in full precision (embeddings, norms, the head) may still be views of the
+    # memory-mapped checkpoint; copying them lets the mapping, and every fp32 page read while
+    # quantizing, be released.
+    with torch.no_grad():
+        for param in model.parameters():
+            if getattr(param, "quant_state", None) is None:
+                param.data = param.data.clone()
     return replaced
