@@ -5,7 +5,6 @@ All tests share one $LORAFLEET_HOME for the session, so the ~45 s conversion hap
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,21 +38,14 @@ def lorafleet_home(shared_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def first_load(shared_home: Path) -> tuple[Loaded, float]:
-    """The first `load_base("default")` of the session (converts the GGUF) and how long it took."""
+def default_base(shared_home: Path) -> Loaded:
+    """The first `load_base("default")` of the session, which converts the GGUF."""
     assert not (shared_home / "models").exists()
-    start = time.perf_counter()
-    loaded = load_base("default", device="cpu")
-    return loaded, time.perf_counter() - start
+    return load_base("default", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def default_base(first_load: tuple[Loaded, float]) -> Loaded:
-    return first_load[0]
-
-
-def test_first_load_converts_the_bundled_gguf(first_load: tuple[Loaded, float], shared_home: Path) -> None:
-    (model, _), _ = first_load
+def test_default_base_converts_the_bundled_gguf(default_base: Loaded, shared_home: Path) -> None:
+    model, _ = default_base
     converted = shared_home / "models" / DEFAULT_MODEL_NAME
 
     assert (converted / "model.safetensors").is_file()
@@ -63,13 +55,19 @@ def test_first_load_converts_the_bundled_gguf(first_load: tuple[Loaded, float], 
     assert model.dtype == torch.float32
 
 
-def test_second_load_is_fast(default_base: Loaded) -> None:
-    start = time.perf_counter()
-    model, _ = load_base("default", device="cpu")
-    elapsed = time.perf_counter() - start
+def test_second_load_reuses_the_conversion(
+    default_base: Loaded, shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = shared_home / "models" / DEFAULT_MODEL_NAME / "model.safetensors"
+    before = weights.stat()
 
-    assert elapsed < 5.0, f"second load took {elapsed:.1f} s"
+    def no_conversion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the GGUF was converted again")
+
+    monkeypatch.setattr("lorafleet.models.bundled.atomic_directory", no_conversion)
+    model, _ = load_base("default", device="cpu")  # how fast this is: bench/lora_overhead.py
     assert model.config.name_or_path == DEFAULT_MODEL_ID
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_pad_token_is_not_eos(default_base: Loaded) -> None:

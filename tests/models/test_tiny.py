@@ -1,8 +1,6 @@
-"""Tiny random models: fast to build, right shapes, a round-tripping byte-level tokenizer, seeded weights."""
+"""Tiny random models: right shapes, a round-tripping byte-level tokenizer, seeded weights."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -23,12 +21,9 @@ TEXTS = [
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_builds_fast_in_eval_mode(arch: str) -> None:
-    start = time.perf_counter()
+def test_builds_in_eval_mode(arch: str) -> None:
     model, tokenizer = tiny_model(arch)
-    elapsed = time.perf_counter() - start
 
-    assert elapsed < 1.0, f"tiny {arch} took {elapsed:.2f} s to build"
     assert isinstance(model, CLASSES[arch])
     assert not model.training
     assert model.config.vocab_size == len(tokenizer)
