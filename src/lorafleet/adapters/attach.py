@@ -49,6 +49,9 @@ def attach(
 ) -> PeftModel:
     """Wrap `model` with a new trainable LoRA adapter described by `settings`.
 
+    `model` itself is changed: PEFT replaces its target layers in place (and NF4 its linear layers),
+    so keep a copy if the plain base is still needed.
+
     With `quantization="nf4"` the base's linear layers are first stored in NF4 with double quantization
     (QLoRA) and the adapters are kept in the model's compute dtype. The base identity (fingerprint) is
     taken before quantizing, so the adapter still matches the full-precision base. Target names that

@@ -6,6 +6,7 @@ template, so chat rendering, padding and EOS behave as they do for real instruct
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -15,6 +16,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -25,6 +27,11 @@ from lorafleet.errors import ConfigError
 
 Arch = Literal["llama", "qwen2", "gpt2"]
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+# Llama-shaped architectures: config class, model class, whether the output head shares the embedding.
+_LLAMA_LIKE: dict[str, tuple[Callable[..., PretrainedConfig], Callable[..., PreTrainedModel], bool]] = {
+    "llama": (LlamaConfig, LlamaForCausalLM, False),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, True),
+}
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -77,50 +84,34 @@ def _build(
     num_heads: int,
     intermediate_size: int,
 ) -> PreTrainedModel:
-    vocab_size = len(tokenizer)
     special = {
+        "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    model: PreTrainedModel
-    if arch == "llama":
-        llama = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=max(1, num_heads // 2),
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-            **special,
+    if arch == "gpt2":
+        return GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=hidden_size,
+                n_layer=num_layers,
+                n_head=num_heads,
+                n_inner=intermediate_size,
+                n_positions=512,
+                **special,
+            )
         )
-        model = LlamaForCausalLM(llama)
-    elif arch == "qwen2":
-        qwen2 = Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=max(1, num_heads // 2),
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            **special,
-        )
-        model = Qwen2ForCausalLM(qwen2)
-    elif arch == "gpt2":
-        gpt2 = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=hidden_size,
-            n_layer=num_layers,
-            n_head=num_heads,
-            n_inner=intermediate_size,
-            n_positions=512,
-            **special,
-        )
-        model = GPT2LMHeadModel(gpt2)
-    else:
+    if arch not in _LLAMA_LIKE:
         raise ConfigError(f"tiny_model arch {arch!r} is not one of llama, qwen2, gpt2")
-    return model
+    config_class, model_class, tied = _LLAMA_LIKE[arch]
+    config = config_class(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),  # grouped-query attention, as in the real models
+        max_position_embeddings=512,
+        tie_word_embeddings=tied,
+        **special,
+    )
+    return model_class(config)
