@@ -80,7 +80,7 @@ def check_same_base(expected: BaseIdentity, actual: BaseIdentity, *, adapter: st
         if name not in actual.modules:
             problem = f"module {name} is missing from this base"
         elif actual.modules[name] != module_digest:
-            problem = f"module {name} has other weights"
+            problem = f"module {name} differs (other weights or shape)"
         else:
             continue
         raise BaseModelMismatchError(
