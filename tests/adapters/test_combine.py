@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from lorafleet.adapters import load_adapter
 from lorafleet.adapters.combine import combine_adapters, lora_factors, lora_scale
 from lorafleet.adapters.storage import read_adapter, write_adapter
-from lorafleet.errors import BaseModelMismatchError, ConfigError
+from lorafleet.errors import AdapterError, BaseModelMismatchError, ConfigError
 from lorafleet.models import tiny_model
 
 from .conftest import AdapterFactory
@@ -134,3 +134,27 @@ def test_bad_requests_fail_clearly(three: list[str], tmp_path: Path, make_adapte
     foreign = make_adapter(other, tmp_path / "foreign")
     with pytest.raises(BaseModelMismatchError, match=r"module model\.embed_tokens"):
         combine_adapters([three[0], str(foreign)], [1.0, 1.0], method="cat")
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [({"use_dora": True}, "DoRA"), ({"modules_to_save": ["lm_head"]}, "modules_to_save")],
+)
+def test_adapters_that_do_not_add_are_refused(
+    tmp_path: Path,
+    tiny_base: PreTrainedModel,
+    make_adapter: AdapterFactory,
+    three: list[str],
+    settings: dict[str, object],
+    needle: str,
+) -> None:
+    odd = make_adapter(tiny_base, tmp_path / "odd", **settings)
+    with pytest.raises(ConfigError, match=needle):
+        combine_adapters([three[0], str(odd)], [1.0, 1.0], method="cat")
+
+
+def test_adapters_of_unknown_base_are_refused(three: list[str]) -> None:
+    for path in three:
+        (Path(path) / "lorafleet.json").unlink()
+    with pytest.raises(AdapterError, match="base model is unknown"):
+        combine_adapters(three, WEIGHTS, method="cat")

@@ -71,15 +71,23 @@ def combine_adapters(
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"density must be in (0, 1], got {density}")
     loaded = [read_adapter(path) for path in paths]
-    cards = [card for _, _, card in loaded]
-    for path, card in zip(paths[1:], cards[1:], strict=True):
-        if card is not None and cards[0] is not None:
-            check_same_base(cards[0].base_model, card.base_model, adapter=path)
+    known = [(path, card) for path, (_, _, card) in zip(paths, loaded, strict=True) if card is not None]
+    if not known:
+        raise AdapterError(
+            f"{paths[0]}: no lorafleet.json, so its base model is unknown; save it with lorafleet"
+        )
+    base = known[0][1].base_model
+    for path, card in known[1:]:
+        check_same_base(base, card.base_model, adapter=path)
     configs = [config for config, _, _ in loaded]
     for path, config in zip(paths, configs, strict=True):
         if config.use_dora:
             raise ConfigError(
                 f"{path}: DoRA adapters cannot be combined (their magnitude vectors do not add)"
+            )
+        if config.modules_to_save:
+            raise ConfigError(
+                f"{path}: adapters with modules_to_save cannot be combined (full modules do not add)"
             )
     factors = [lora_factors(state) for _, state, _ in loaded]
     scaled = [w * lora_scale(c) for w, c in zip(weights, configs, strict=True)]
@@ -120,11 +128,6 @@ def combine_adapters(
         rank_pattern={},
         alpha_pattern={},
     )
-    base = next((card.base_model for card in cards if card is not None), None)
-    if base is None:
-        raise AdapterError(
-            f"{paths[0]}: no lorafleet.json, so its base model is unknown; save it with lorafleet"
-        )
     card = AdapterCard(
         base_model=base,
         lineage=Lineage(parents=[str(p) for p in paths], method=f"combine:{method}", weights=list(weights)),
