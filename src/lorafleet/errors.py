@@ -37,3 +37,14 @@ class CorruptFileError(AdapterError):
 
 class BaseModelMismatchError(AdapterError):
     """An adapter was trained on another base model; the message names the first mismatching module."""
+
+
+def describe_validation_error(err: object, prefix: str) -> str:
+    """One line per bad field of a pydantic `ValidationError`: `lora.r: Input should be ≥ 1 (got 0)`."""
+    lines = []
+    for item in err.errors():  # type: ignore[attr-defined]
+        field = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{field}: {item['msg']}{shown}")
+    return "; ".join(lines)

@@ -16,7 +16,7 @@ from typing import Literal
 from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lorafleet.errors import ConfigError
+from lorafleet.errors import ConfigError, describe_validation_error
 
 InitName = Literal["default", "gaussian", "olora", "pissa", "orthogonal", "random"]
 _PISSA_NITER = re.compile(r"^pissa_niter_[1-9][0-9]*$")
@@ -122,14 +122,3 @@ class LoraSettings(BaseModel):
             init={True: "default", False: "random"}.get(init, str(init)),  # type: ignore[arg-type]
             modules_to_save=list(config.modules_to_save) if config.modules_to_save else None,
         )
-
-
-def describe_validation_error(err: object, prefix: str) -> str:
-    """One line per bad field of a pydantic `ValidationError`: `lora.r: Input should be ≥ 1 (got 0)`."""
-    lines = []
-    for item in err.errors():  # type: ignore[attr-defined]
-        field = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
-        got = item.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{field}: {item['msg']}{shown}")
-    return "; ".join(lines)

@@ -27,9 +27,8 @@ def generate(
     """Generate a completion, streamed to the terminal (greedy by default, sampled with --temperature)."""
 
     from lorafleet.adapters import load_adapter
-    from lorafleet.adapters.settings import describe_validation_error
     from lorafleet.adapters.storage import adapter_path
-    from lorafleet.errors import ConfigError
+    from lorafleet.errors import ConfigError, describe_validation_error
     from lorafleet.models import load_base
     from lorafleet.serving import SamplingSettings, stream_generate
 
