@@ -11,7 +11,8 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from lorafleet.adapters import load_adapter
-from lorafleet.adapters.combine import combine_adapters, lora_factors, lora_scale
+from lorafleet.adapters.combine import combine_adapters
+from lorafleet.adapters.factors import lora_factors, lora_scale
 from lorafleet.adapters.storage import read_adapter, write_adapter
 from lorafleet.errors import AdapterError, BaseModelMismatchError, ConfigError
 from lorafleet.models import tiny_model

@@ -25,31 +25,13 @@ import torch
 from peft import LoraConfig
 from peft.utils import merge_utils
 
+from lorafleet.adapters.factors import Factors, lora_factors, lora_scale
 from lorafleet.adapters.identity import check_same_base
 from lorafleet.adapters.storage import AdapterCard, Lineage, read_adapter
 from lorafleet.errors import AdapterError, ConfigError
 
 Method = Literal["linear", "cat", "svd", "ties", "dare_linear", "dare_ties"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
-Factors = tuple[torch.Tensor, torch.Tensor]  # A (r, in), B (out, r)
-
-
-def lora_scale(config: LoraConfig) -> float:
-    """s = α/r, or α/√r with rsLoRA."""
-    return config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
-
-
-def lora_factors(state: dict[str, torch.Tensor]) -> dict[str, Factors]:
-    """Module name → (A, B) from a PEFT-keyed adapter state dict, in fp32."""
-    factors: dict[str, Factors] = {}
-    for key, a in state.items():
-        if key.endswith(".lora_A.weight"):
-            module = key.removesuffix(".lora_A.weight")
-            b_key = f"{module}.lora_B.weight"
-            if b_key not in state:
-                raise AdapterError(f"adapter has {key} but not {b_key}")
-            factors[module] = (a.float(), state[b_key].float())
-    return factors
 
 
 def combine_adapters(

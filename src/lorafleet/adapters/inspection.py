@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafleet.adapters.combine import lora_factors
+from lorafleet.adapters.factors import lora_factors
 from lorafleet.adapters.storage import read_adapter
 
 

@@ -43,13 +43,7 @@ def pull(
     force: Annotated[bool, typer.Option(help="Convert again even if already converted.")] = False,
 ) -> None:
     """Convert a GGUF model (the bundled default, or a file) once into $LORAFLEET_HOME/models."""
-    from lorafleet.models.bundled import convert_gguf, gguf_model_name, pull_default
+    from lorafleet.models.bundled import pull_model
 
-    if spec == "default":
-        path = pull_default(force=force)
-    else:
-        gguf = Path(spec).expanduser()
-        if not gguf.is_file() or gguf.suffix != ".gguf":
-            raise ModelLoadError(f"{spec}: not 'default' and not an existing .gguf file")
-        path = convert_gguf(gguf, name=gguf_model_name(gguf), model_id=gguf.stem, force=force)
+    path = pull_model(spec, force=force)
     typer.echo(f"ready: {path}")

@@ -62,6 +62,18 @@ def pull_default(*, force: bool = False) -> Path:
     return convert_gguf(bundled_gguf(), name=DEFAULT_MODEL_NAME, model_id=DEFAULT_MODEL_ID, force=force)
 
 
+def pull_model(spec: str, *, force: bool = False) -> Path:
+    """Convert `default` or a `.gguf` file once into `$LORAFLEET_HOME/models/`; return the model directory."""
+    if spec == "default":
+        return pull_default(force=force)
+    gguf = Path(spec).expanduser()
+    if not gguf.is_file():
+        raise ModelLoadError(f"{spec}: not 'default' and not an existing .gguf file")
+    if gguf.suffix != ".gguf":
+        raise ModelLoadError(f"{gguf}: a model file must be .gguf; or give a HF model directory")
+    return convert_gguf(gguf, name=gguf_model_name(gguf), model_id=gguf.stem, force=force)
+
+
 def convert_gguf(gguf: Path, *, name: str, model_id: str, force: bool = False) -> Path:
     """De-quantize `gguf` into `$LORAFLEET_HOME/models/<name>/` (safetensors + tokenizer), atomically.
 

@@ -11,13 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as transformers_logging
 
 from lorafleet.errors import ModelLoadError
-from lorafleet.models.bundled import (
-    DEFAULT_MODEL_ID,
-    MARKER_FILE,
-    convert_gguf,
-    gguf_model_name,
-    pull_default,
-)
+from lorafleet.models.bundled import DEFAULT_MODEL_ID, MARKER_FILE, pull_model
 from lorafleet.models.devices import choose_device, choose_dtype
 
 PAD_TOKEN = "<|pad|>"
@@ -81,17 +75,13 @@ def _resolve(spec: str) -> str:
         raise ModelLoadError(
             "the model spec is empty; give 'default', a HF model directory, a .gguf file or a hub id"
         )
-    if spec == "default":
-        return str(pull_default())
     path = Path(spec).expanduser()
+    if spec == "default" or path.is_file():
+        return str(pull_model(spec))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: not a HF model directory (no config.json)")
         return str(path)
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise ModelLoadError(f"{path}: a model file must be .gguf; or give a HF model directory")
-        return str(convert_gguf(path, name=gguf_model_name(path), model_id=path.stem))
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
