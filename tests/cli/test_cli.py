@@ -220,7 +220,7 @@ def test_inspect_shows_rank(tiny_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "4 / 8" in result.stdout  # rank / alpha
     assert "q_proj  (2 modules)" in result.stdout
-    assert "train" in result.stdout  # lineage
+    assert "create" in result.stdout  # lineage
 
 
 def test_inspect_json(tiny_dir: Path, lorafleet_home: Path) -> None:
@@ -237,7 +237,7 @@ def test_inspect_json(tiny_dir: Path, lorafleet_home: Path) -> None:
     # 2 layers × r·(in + out) for q_proj (32 → 32) and v_proj (32 → 16: 2 kv heads of 8 dims)
     assert info["parameters"] == 2 * 4 * ((32 + 32) + (32 + 16))
     assert info["path"] == str(lorafleet_home / "adapters" / "one")
-    assert info["lineage"]["method"] == "train"
+    assert info["lineage"]["method"] == "create"
 
 
 def test_combine_cat_adds_ranks_and_records_lineage(tiny_dir: Path, lorafleet_home: Path) -> None:

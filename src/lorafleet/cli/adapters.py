@@ -41,7 +41,7 @@ def create(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Create a new, untrained adapter for a base model (the starting point of training)."""
-    from lorafleet.adapters import LoraSettings, attach, count_parameters, save_adapter
+    from lorafleet.adapters import Lineage, LoraSettings, attach, count_parameters, save_adapter
     from lorafleet.adapters.storage import adapters_dir
     from lorafleet.models import load_base
 
@@ -50,7 +50,9 @@ def create(
     destination = output or adapters_dir() / name
     base, _ = load_base(model, device="cpu")
     peft_model = attach(base, settings, quantization=quantization)  # type: ignore[arg-type]
-    path = save_adapter(peft_model, destination, name=name, overwrite=overwrite)
+    path = save_adapter(
+        peft_model, destination, name=name, lineage=Lineage(method="create"), overwrite=overwrite
+    )
     typer.echo(f"created {path}  ({count_parameters(peft_model)})")
 
 
