@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as transformers_logging
 
 from lorafleet.errors import ModelLoadError
-from lorafleet.models.bundled import DEFAULT_MODEL_ID, MARKER_FILE, pull_model
+from lorafleet.models.bundled import MARKER_FILE, pull_model
 from lorafleet.models.devices import choose_device, choose_dtype
 
 PAD_TOKEN = "<|pad|>"
@@ -98,4 +98,4 @@ def _first_line(err: Exception) -> str:
     return text[:300] if text else type(err).__name__
 
 
-__all__ = ["DEFAULT_MODEL_ID", "ensure_pad_token", "load_base"]
+__all__ = ["ensure_pad_token", "load_base"]
