@@ -36,18 +36,16 @@ test: lint
 test-fast: setup
 	$(BIN)/pytest -q
 
-# Until `lorafleet train` lands, the demo prepares the bundled model, asks it a question, and
-# creates, inspects and merges an (untrained) adapter for it.
+# The main job on the embedded default: generate the example task, score the bundled model on the
+# held-out tickets, fine-tune the default recipe on the CPU, score the adapter, print both.
 demo: setup
 	$(BIN)/lorafleet models pull default
-	$(BIN)/lorafleet generate --model default --max-tokens 48 "What is the capital of France?"
-	$(BIN)/lorafleet adapters create demo-adapter --model default --r 16 --alpha 32 \
-		--target q_proj --target k_proj --target v_proj --target o_proj --overwrite
-	$(BIN)/lorafleet adapters inspect demo-adapter
-	$(BIN)/lorafleet generate --model default --adapter demo-adapter --max-tokens 48 "Name three primary colors."
+	$(BIN)/lorafleet data example data/support_tickets
+	$(BIN)/lorafleet train configs/default.yaml --overwrite
 
 bench: setup
 	$(BIN)/python bench/lora_overhead.py
+	$(BIN)/python bench/serve_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,10 @@ maps each kind to a 4xx answer.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+_Model = TypeVar("_Model", bound=Any)  # a pydantic model class
+
 
 class LorafleetError(Exception):
     """Base class of every error lorafleet raises on purpose."""
@@ -39,6 +43,16 @@ class BaseModelMismatchError(AdapterError):
     """An adapter was trained on another base model; the message names the first mismatching module."""
 
 
+def validated(model: type[_Model], prefix: str, **values: object) -> _Model:
+    """`model(**values)` for a pydantic model, or `ConfigError` naming each bad field as `prefix.field`."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, prefix)) from err
+
+
 def describe_validation_error(err: object, prefix: str) -> str:
     """One line per bad field of a pydantic `ValidationError`: `lora.r: Input should be ≥ 1 (got 0)`."""
     lines = []
@@ -48,3 +62,25 @@ def describe_validation_error(err: object, prefix: str) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{field}: {item['msg']}{shown}")
     return "; ".join(lines)
+
+
+class UnknownAdapterError(AdapterError):
+    """No adapter, version, alias or task of that name is known; the message names it and what is known."""
+
+
+class QueueFullError(LorafleetError):
+    """The request queue (or one tenant's share of it) is full; the API answers 503 with Retry-After."""
+
+    retry_after: float  # seconds the client should wait before trying again (HTTP Retry-After)
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DataError(ConfigError):
+    """A data file is missing or unreadable, or a row is bad; the message names `file:line` and the fault."""
+
+
+class TrainingInterrupted(LorafleetError):
+    """Training stopped on Ctrl-C after saving a checkpoint; `lorafleet train --resume` continues it."""

@@ -9,53 +9,19 @@ import pytest
 import torch
 from click.testing import Result
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
 from lorafleet import __version__
 from lorafleet.adapters import LoraSettings, attach, load_adapter, save_adapter
-from lorafleet.cli.app import app
 from lorafleet.models import load_base, tiny_model
+from tests.helpers import assert_friendly_error, invoke
 
 COMMANDS = {
-    (): ["models", "adapters", "generate"],
+    (): ["models", "adapters", "data", "generate", "train", "eval", "chat", "estimate"],
     ("models",): ["list", "pull"],
+    ("data",): ["stats", "example"],
     ("adapters",): ["create", "inspect", "merge", "combine"],
 }
 SUBCOMMANDS = [("models", "list"), ("models", "pull"), *[("adapters", c) for c in COMMANDS[("adapters",)]]]
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args), prog_name="lorafleet")
-
-
-def assert_friendly_error(result: Result, *needles: str) -> str:
-    """Exit code 2, `error: ...` in one or two lines on stderr, no traceback; return the message."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    message = result.stderr.strip()
-    assert message.startswith("error:"), message
-    assert len(message.splitlines()) <= 2, message
-    for needle in needles:
-        assert needle in message
-    return message
-
-
-@pytest.fixture
-def tiny_dir(tmp_path: Path) -> Path:
-    """A tiny llama saved with `save_pretrained` (model + tokenizer), usable as `--model`."""
-    model, tokenizer = tiny_model("llama")
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def random_adapter(tiny_dir: Path, lorafleet_home: Path) -> Path:
-    """A non-zero (init="random") rank-4 adapter of `tiny_dir`, saved by the library as adapters/rand."""
-    base, _ = load_base(str(tiny_dir), device="cpu")
-    peft_model = attach(base, LoraSettings(r=4, target_modules=["q_proj", "v_proj"], init="random"))
-    return save_adapter(peft_model, lorafleet_home / "adapters" / "rand", name="rand")
 
 
 def create(name: str, tiny_dir: Path, *extra: str) -> Result:

@@ -23,7 +23,7 @@ def lora_scale(config: LoraConfig) -> float:
 def lora_factors(state: dict[str, torch.Tensor]) -> dict[str, Factors]:
     """Module name → (A, B) from a PEFT-keyed adapter state dict, in fp32."""
     factors: dict[str, Factors] = {}
-    for key, a in state.items():
+    for key, a in sorted(state.items()):  # sorted: the same module order however the file was written
         if key.endswith(".lora_A.weight"):
             module = key.removesuffix(".lora_A.weight")
             b_key = f"{module}.lora_B.weight"

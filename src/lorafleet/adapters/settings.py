@@ -16,7 +16,7 @@ from typing import Literal
 from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lorafleet.errors import ConfigError, describe_validation_error
+from lorafleet.errors import validated
 
 InitName = Literal["default", "gaussian", "olora", "pissa", "orthogonal", "random"]
 _PISSA_NITER = re.compile(r"^pissa_niter_[1-9][0-9]*$")
@@ -83,12 +83,7 @@ class LoraSettings(BaseModel):
     @classmethod
     def parse(cls, **values: object) -> LoraSettings:
         """Build from untrusted values, raising `ConfigError` that names the bad field."""
-        from pydantic import ValidationError
-
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            raise ConfigError(describe_validation_error(err, "lora")) from err
+        return validated(cls, "lora", **values)
 
     def to_peft(self) -> LoraConfig:
         """The PEFT `LoraConfig` with the same meaning."""

@@ -22,7 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from pydantic import BaseModel, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from lorafleet import __version__
@@ -126,7 +126,9 @@ def read_adapter(
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         raise CorruptFileError(f"{config_path}: not a valid LoRA adapter config ({err})") from err
     try:
-        state = load_file(str(weights_path))
+        # Read into memory rather than memory-map: tensors that own their memory survive the file
+        # being rewritten or truncated later (a mapped one would crash the process with SIGBUS).
+        state = load(weights_path.read_bytes())
     except (SafetensorError, OSError, ValueError) as err:
         raise CorruptFileError(
             f"{weights_path}: unreadable safetensors file, truncated or corrupted ({err})"
@@ -177,7 +179,7 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], *, adapter: s
     """Raise `BaseModelMismatchError` naming the first module whose shape does not fit the adapter."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     modules = {name.replace(".base_layer", ""): module for name, module in base.named_modules()}
-    for key, tensor in state.items():
+    for key, tensor in sorted(state.items()):  # sorted: report the same module whatever the file order
         if ".lora_A." not in key and ".lora_B." not in key:
             continue
         module_name = key.removeprefix("base_model.model.").split(".lora_")[0]

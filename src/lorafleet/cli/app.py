@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from lorafleet import __version__
-from lorafleet.cli import adapters, generate, models
+from lorafleet.cli import adapters, data, estimate, generate, models, train
 from lorafleet.errors import LorafleetError
 
 
@@ -35,7 +35,12 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(adapters.app, name="adapters")
+app.add_typer(data.app, name="data")
 app.command("generate")(generate.generate)
+app.command("train")(train.train)
+app.command("eval")(train.evaluate)
+app.command("chat")(train.chat)
+app.command("estimate")(estimate.estimate)
 
 
 def _print_version(value: bool) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from threading import Thread
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,20 @@ class SamplingSettings(BaseModel):
     top_k: int = Field(0, ge=0, description="Sample only from the k likeliest tokens (0 = no limit).")
     seed: int | None = Field(None, description="Seed for sampling, for reproducible samples.")
     chat: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Strings that end the completion when generated (not included in the text).",
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Divide positive logits (multiply negative ones) of tokens seen before by this; 1 = off.",
+    )
+    ignore_eos: bool = Field(
+        False, description="Never stop at the end-of-sequence token: always generate max_tokens (benchmarks)."
+    )
 
 
 def stream_generate(
@@ -52,6 +67,12 @@ def stream_generate(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    if settings.repetition_penalty != 1.0:
+        kwargs.update(repetition_penalty=settings.repetition_penalty)
+    if settings.stop:
+        kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+    if settings.ignore_eos:
+        kwargs.update(min_new_tokens=settings.max_tokens)
     if sampling:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
     else:
@@ -68,10 +89,29 @@ def stream_generate(
 
     worker = Thread(target=run, daemon=True)
     worker.start()
-    yield from streamer
+    yield from _until_stop(streamer, settings.stop) if settings.stop else streamer
     worker.join()
     if errors:
         raise errors[0]
+
+
+def _until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
+    """`pieces` up to (not including) the first stop string; what could still begin one is held back."""
+    hold = max(len(s) for s in stop) - 1
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        hits = [i for i in (text.find(s, max(0, sent - hold)) for s in stop) if i >= 0]
+        end = min(hits) if hits else max(sent, len(text) - hold)
+        if end > sent:
+            yield text[sent:end]
+            sent = end
+        if hits:
+            for _ in pieces:  # generation stops at the string by itself; let it finish
+                pass
+            return
+    if len(text) > sent:
+        yield text[sent:]
 
 
 def encode_prompt(

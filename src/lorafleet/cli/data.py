@@ -1,0 +1,102 @@
+"""`lorafleet data`: check a data file and show its statistics; write the example dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lorafleet.cli import plain_console
+from lorafleet.errors import ModelLoadError
+
+app = typer.Typer(help="Check training data and show its statistics.", no_args_is_help=True)
+
+
+@app.command("stats")
+def stats(
+    file: Annotated[
+        Path, typer.Argument(help="A .jsonl/.json, .csv or .parquet file, or a datasets directory.")
+    ],
+    format: Annotated[
+        str, typer.Option(help="Row format: auto, text, prompt_completion, alpaca or chat.")
+    ] = "auto",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Whose tokenizer counts tokens: 'default', a HF directory, a .gguf."
+        ),
+    ] = "default",
+    max_length: Annotated[
+        int, typer.Option(help="Tokens per example; longer rows count as truncated.")
+    ] = 512,
+    skip_bad_rows: Annotated[
+        bool, typer.Option("--skip-bad-rows", help="Drop and count malformed rows instead of failing.")
+    ] = False,
+    train_on_inputs: Annotated[
+        bool, typer.Option("--train-on-inputs", help="Count prompt tokens as labelled too.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Read every row, tokenize it as training would, and print counts and token-length percentiles."""
+    from lorafleet.data import DataConfig, prepare_data
+
+    config = DataConfig.parse(
+        path=str(file),
+        format=format,
+        max_length=max_length,
+        skip_bad_rows=skip_bad_rows,
+        train_on_inputs=train_on_inputs,
+        validation_fraction=0.0,
+    )
+    prepared = prepare_data(config, load_tokenizer(model))
+    numbers = prepared.train_stats.as_dict()
+    if as_json:
+        typer.echo(json.dumps({"path": str(file), "format": prepared.format, **numbers}, indent=2))
+        return
+    for note in prepared.notes:
+        typer.echo(f"note: {note}", err=True)
+    table = Table(show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    table.add_row("format", prepared.format)
+    for key, value in numbers.items():
+        table.add_row(key.replace("_", " "), f"{value:,}")
+    plain_console().print(table)
+
+
+@app.command("example")
+def example(
+    directory: Annotated[Path, typer.Argument(help="Directory to write train.jsonl and test.jsonl into.")],
+    train_rows: Annotated[int, typer.Option(min=1, help="Rows in train.jsonl.")] = 1000,
+    test_rows: Annotated[int, typer.Option(min=1, help="Rows in test.jsonl.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the generated tickets; same seed, same files.")] = 0,
+) -> None:
+    """Write the bundled example task (support tickets → JSON fields) as prompt/completion JSONL files."""
+    from lorafleet.data.support_tickets import write_example_dataset
+
+    train, test = write_example_dataset(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
+    typer.echo(f"wrote {train} ({train_rows} rows) and {test} ({test_rows} rows)")
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of base model `spec` ('default', a HF directory, a .gguf file or a hub id), alone."""
+    from transformers import AutoTokenizer
+
+    from lorafleet.models.bundled import pull_model
+
+    path = Path(spec).expanduser()
+    if spec == "default" or path.is_file():
+        source = str(pull_model(spec))  # converts a GGUF once; fast when already converted
+    elif path.is_dir() or (spec.count("/") == 1 and not spec.startswith((".", "/", "~"))):
+        source = spec
+    else:
+        raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load a tokenizer from {spec}: {' '.join(str(err).split())[:300]}"
+        ) from err

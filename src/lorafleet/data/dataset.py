@@ -1,0 +1,204 @@
+"""`prepare_data`: read → split → tokenize, with statistics; `batches`: one epoch of collated batches."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lorafleet.data.config import DataConfig
+from lorafleet.data.formats import Example, read_examples, with_system_prompt
+from lorafleet.data.packing import PackedSequence, collate, pack_examples
+from lorafleet.data.tokenize import TokenizedExample, tokenize_example
+from lorafleet.errors import DataError
+
+GROUP_BATCHES = 32  # length grouping sorts windows of this many batches' worth of shuffled examples
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """Counts and token lengths of one split, after truncation."""
+
+    rows: int  # examples kept
+    skipped: int  # malformed rows dropped (skip_bad_rows)
+    truncated: int  # rows longer than max_length (kept with their first max_length tokens, or dropped)
+    dropped: int  # truncated rows left with no labelled token, so not kept
+    tokens: int  # input tokens of the kept examples
+    label_tokens: int  # tokens that carry loss
+    length_p50: int
+    length_p90: int
+    length_p99: int
+    length_max: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The statistics as a plain dict (for JSON and logs)."""
+        return asdict(self)
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train and validation examples, the validation rows for generation, and statistics."""
+
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+    eval_examples: list[Example]  # the validation rows as read, for evaluation by generation
+    train_stats: DataStats
+    validation_stats: DataStats
+    format: str
+    notes: tuple[str, ...] = ()
+
+
+def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
+    """Read `config.path` (and `validation_path`), split, and tokenize every row with `tokenizer`."""
+    train_read = read_examples(
+        config.path, format=config.format, skip_bad_rows=config.skip_bad_rows, max_rows=config.max_rows
+    )
+    train_rows = [with_system_prompt(e, config.system_prompt) for e in train_read.examples]
+    validation_skipped, notes = 0, list(train_read.notes)
+    if config.validation_path is not None:
+        held_out = read_examples(
+            config.validation_path,
+            format=train_read.format,
+            skip_bad_rows=config.skip_bad_rows,
+            max_rows=config.max_rows,
+        )
+        validation_rows = [with_system_prompt(e, config.system_prompt) for e in held_out.examples]
+        validation_skipped, notes = held_out.skipped, [*notes, *held_out.notes]
+    else:
+        train_index, validation_index = split_indices(
+            len(train_rows), config.validation_fraction, config.seed
+        )
+        validation_rows = [train_rows[i] for i in validation_index]
+        train_rows = [train_rows[i] for i in train_index]
+
+    train, train_failed, train_dropped = _tokenize_all(train_rows, tokenizer, config)
+    validation, validation_failed, validation_dropped = _tokenize_all(validation_rows, tokenizer, config)
+    if not train:
+        raise DataError(
+            f"{config.path}: no training examples left: {train_dropped} lost every labelled token to "
+            f"truncation at max_length {config.max_length}, {len(train_failed)} failed to tokenize; "
+            "raise max_length or shorten the prompts"
+        )
+    return PreparedData(
+        train=train,
+        validation=validation,
+        eval_examples=[e for e in validation_rows if e.source not in validation_failed],
+        train_stats=dataset_stats(
+            train, skipped=train_read.skipped + len(train_failed), dropped=train_dropped
+        ),
+        validation_stats=dataset_stats(
+            validation, skipped=validation_skipped + len(validation_failed), dropped=validation_dropped
+        ),
+        format=train_read.format,
+        notes=tuple(notes),
+    )
+
+
+def _tokenize_all(
+    rows: list[Example], tokenizer: Any, config: DataConfig
+) -> tuple[list[TokenizedExample], set[str], int]:
+    """Rows that keep a labelled token, sources of rows that failed (skip_bad_rows), count dropped."""
+    kept: list[TokenizedExample] = []
+    failed: set[str] = set()
+    dropped = 0
+    for example in rows:
+        try:
+            tokenized = tokenize_example(
+                example, tokenizer, max_length=config.max_length, train_on_inputs=config.train_on_inputs
+            )
+        except DataError:
+            if not config.skip_bad_rows:
+                raise
+            failed.add(example.source)
+            continue
+        if tokenized.label_tokens == 0:
+            dropped += 1
+        else:
+            kept.append(tokenized)
+    return kept, failed, dropped
+
+
+def split_indices(rows: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices, each ascending: a seeded permutation's first round(rows·fraction)
+    rows are held out (at least one when fraction > 0, never all). Same inputs → same split, in any process.
+    """
+    held = 0 if fraction <= 0 or rows < 2 else min(rows - 1, max(1, round(rows * fraction)))
+    order = list(range(rows))
+    random.Random(seed).shuffle(order)  # Python's Mersenne Twister: the same on every platform
+    validation = sorted(order[:held])
+    chosen = set(validation)
+    return [i for i in range(rows) if i not in chosen], validation
+
+
+def dataset_stats(examples: Sequence[TokenizedExample], *, skipped: int = 0, dropped: int = 0) -> DataStats:
+    """Statistics of `examples`; `dropped` rows count as truncated too. Percentiles are nearest-rank."""
+    lengths = sorted(len(e) for e in examples)
+
+    def percentile(p: float) -> int:
+        return lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] if lengths else 0
+
+    return DataStats(
+        rows=len(examples),
+        skipped=skipped,
+        truncated=sum(e.truncated for e in examples) + dropped,
+        dropped=dropped,
+        tokens=sum(lengths),
+        label_tokens=sum(e.label_tokens for e in examples),
+        length_p50=percentile(50),
+        length_p90=percentile(90),
+        length_p99=percentile(99),
+        length_max=lengths[-1] if lengths else 0,
+    )
+
+
+def batches(
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    max_length: int,
+    packing: bool,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    group_by_length: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """One epoch of collated batches, the same for the same (seed, epoch).
+
+    Packing: examples are packed into `max_length` sequences (best-fit decreasing), shuffled when asked,
+    and `batch_size` packed sequences make a batch (keys input_ids, labels, position_ids). Otherwise
+    `batch_size` examples make a batch (keys input_ids, labels, attention_mask); with `shuffle` and
+    `group_by_length`, each window of GROUP_BATCHES batches' worth of shuffled examples is sorted by
+    length before being cut into batches, whose order is then shuffled: batches hold similar lengths
+    (less padding) and stay random. Without `shuffle` the order is kept.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(examples)))
+    if shuffle:
+        rng.shuffle(order)
+    rows: list[TokenizedExample | PackedSequence]
+    groups: list[list[TokenizedExample | PackedSequence]]
+    if packing:
+        rows = list(pack_examples([examples[i] for i in order], max_length))
+        if shuffle:
+            rng.shuffle(rows)
+        groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    elif shuffle and group_by_length:
+        window = batch_size * GROUP_BATCHES
+        groups = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: len(examples[i]))
+            groups += [
+                [examples[i] for i in chunk[j : j + batch_size]] for j in range(0, len(chunk), batch_size)
+            ]
+        rng.shuffle(groups)
+    else:
+        rows = [examples[i] for i in order]
+        groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [collate(group, pad_token_id=pad_token_id) for group in groups]

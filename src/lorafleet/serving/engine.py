@@ -1,0 +1,399 @@
+"""The embedded serving engine: many tenants' requests, each with its own adapter, batched on one base model.
+
+Continuous (iteration-level) batching: the running batch changes between decode steps. One `step`:
+
+1. admit: while the batch has room, take the next request from the fair queue, pin its adapter in a slot
+   of the multi-LoRA layers (the device tier; a miss asks the `AdapterCache`, the CPU tier), and prefill
+   the joiners together; each joiner's first token comes from its prefill logits. A request whose
+   adapter fails to load finishes with an error naming the adapter; the others go on.
+2. decode: one forward pass gives every running row its next token, each row through its own adapter.
+3. retire: rows that produced EOS, a stop string or max_tokens (or were cancelled) leave the batch and
+   unpin their adapters.
+
+Rows never see each other (per-row attention mask and positions, per-row LoRA), so a request's greedy
+tokens are the same whatever else shares its batch. In merged mode the engine serves one adapter
+folded into the base weights (W₀ + s·B·A) with no LoRA work at all. Drive it with `step()` /
+`run_until_idle()` in one thread, or `start()` a background thread and consume handles from others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from lorafleet.errors import AdapterError, ConfigError, LorafleetError, QueueFullError
+from lorafleet.serving.cache import AdapterCache
+from lorafleet.serving.generate import encode_prompt
+from lorafleet.serving.kv import BatchKV, check_batchable
+from lorafleet.serving.multilora import AdapterSlots, LoraBatch, MultiLoraLinear, merge_into, wrap_linears
+from lorafleet.serving.queue import FairQueue
+from lorafleet.serving.requests import Completion, FinishReason, Request, RequestHandle
+from lorafleet.serving.sampling import TextStream, TokenChooser, choose_tokens
+
+
+@dataclass(eq=False)
+class _Row:
+    """A request in the running batch."""
+
+    handle: RequestHandle
+    slot: int
+    chooser: TokenChooser
+    text: TextStream
+    last: int = -1
+    finish: FinishReason | None = None
+    tokens: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Serves requests for many adapters in mixed batches on one base model (see the module docstring).
+
+    The engine takes over `model`: it wraps its linear layers (all but the output head, or `targets`)
+    in place, or, with `merged=REF`, adds that adapter into the weights. Build `cache` (its base identity
+    and module shapes) from the model before making the engine. `max_batch` rows run at once; the device
+    tier holds at most `max_slots` adapters (and `max_slot_bytes` of factors); `queue_size` requests wait.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        cache: AdapterCache,
+        max_batch: int = 32,
+        max_slots: int = 64,
+        max_slot_bytes: int | None = None,
+        queue_size: int = 256,
+        merged: str | None = None,
+        targets: list[str] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1 (got {max_batch})")
+        if any(isinstance(m, MultiLoraLinear) for m in model.modules()):
+            raise ConfigError("this model is already served by another engine; load a fresh copy")
+        check_batchable(getattr(model, "config", None))
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.max_batch = max_batch
+        self.merged = merged
+        self.queue: FairQueue[RequestHandle] = FairQueue(queue_size)
+        self.device = next(model.parameters()).device
+        config = getattr(model, "config", None)
+        self.max_positions: int | None = getattr(config, "max_position_embeddings", None)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+        self.slots: AdapterSlots | None = None
+        self.routing: LoraBatch | None = None
+        if merged is not None:
+            merge_into(model, cache.get(merged))
+        else:
+            layers = wrap_linears(model, targets)
+            self.routing = next(iter(layers.values())).batch
+            self.slots = AdapterSlots(layers, max_slots=max_slots, max_bytes=max_slot_bytes)
+        self._rows: list[_Row] = []
+        self._kv: BatchKV | None = None
+        self._waiting: deque[RequestHandle] = deque()  # taken from the queue, not yet admitted
+        self._step_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # --- submitting --------------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> RequestHandle:
+        """Queue `request` and return its handle; `QueueFullError` when the queue is full.
+
+        The prompt is tokenized here, so a prompt that cannot be served raises `ConfigError` at once.
+        """
+        handle = RequestHandle(request, self._encode(request))
+        self.queue.put(handle, tenant=request.tenant)
+        return handle
+
+    def generate(self, requests: Iterable[Request]) -> list[Completion]:
+        """Run `requests` as mixed batches; their completions in order (stepping here unless started)."""
+        handles: list[RequestHandle] = []
+        for request in requests:
+            while True:
+                try:
+                    handles.append(self.submit(request))
+                    break
+                except QueueFullError as err:
+                    if self.running:
+                        time.sleep(min(err.retry_after, 0.05))
+                    else:
+                        self.step()
+        if not self.running:
+            while not all(handle.done for handle in handles):
+                self.step()
+        return [handle.result() for handle in handles]
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is serving."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Serve in a background thread until `stop()`."""
+        if self.running:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._serve, name="lorafleet-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread after its step; running and queued requests stay for a later start."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def run_until_idle(self) -> None:
+        """Step in this thread until no request is running or waiting."""
+        if self.running:
+            raise ConfigError(
+                "the engine is serving in its background thread; stop() it before stepping here"
+            )
+        while self.step():
+            pass
+
+    def step(self) -> bool:
+        """Admit waiting requests, decode one token for every running row, retire finished rows.
+
+        Returns whether requests are still running or waiting.
+        """
+        with self._step_lock:
+            try:
+                self._admit()
+                self._retire()
+                if self._rows:
+                    self._decode()
+                    self._retire()
+            except Exception as err:  # a failed forward fails the running requests, not the engine
+                self._fail(self._rows, err)
+                self._rows, self._kv = [], None
+            return bool(self._rows or self._waiting or len(self.queue))
+
+    def stats(self) -> dict[str, Any]:
+        """Running rows, waiting requests, and the device tier's slots."""
+        return {
+            "running": len(self._rows),
+            "waiting": len(self._waiting) + len(self.queue),
+            "slots": self.slots.stats() if self.slots is not None else None,
+        }
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            if not self.step():
+                handle = self.queue.get(timeout=0.05)
+                if handle is not None:
+                    self._waiting.append(handle)
+
+    # --- one step -----------------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while there is room, prefilling them together."""
+        joiners: list[_Row] = []
+        while len(self._rows) + len(joiners) < self.max_batch:
+            handle = self._waiting.popleft() if self._waiting else self.queue.get_nowait()
+            if handle is None:
+                break
+            if handle.cancelled:
+                self._complete(handle, [], "", "cancelled")
+                continue
+            try:
+                slot = self._pin_adapter(handle.request.adapter)
+            except Exception as err:  # a bad adapter fails its own request only
+                message = str(err) if isinstance(err, LorafleetError) else f"{type(err).__name__}: {err}"
+                self._complete(handle, [], "", "error", error=message)
+                continue
+            if slot is None:  # every slot is pinned by a running request: wait for one to finish
+                self._waiting.appendleft(handle)
+                break
+            settings = handle.request.sampling
+            text = TextStream(self.tokenizer, list(settings.stop))
+            joiners.append(_Row(handle, slot, TokenChooser(settings, handle.prompt_ids), text))
+        if not joiners:
+            return
+        ids, mask, positions = BatchKV.prefill_inputs(
+            [row.handle.prompt_ids for row in joiners], self.pad_id, self.device
+        )
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        if self.routing is not None:
+            self.routing.route([row.slot for row in joiners], token_mask=mask)
+        try:
+            logits = self._forward(ids, mask, positions, cache)  # (J, V)
+        except Exception as err:  # the running rows' cache is untouched: only the joiners fail
+            self._fail(joiners, err)
+            return
+        kv = BatchKV(cache, mask)
+        if self._kv is None:
+            self._kv = kv
+        else:
+            self._kv.merge(kv)
+        self._rows += joiners
+        self._advance(joiners, choose_tokens(logits, [row.chooser for row in joiners]))
+
+    def _decode(self) -> None:
+        assert self._kv is not None
+        last = torch.tensor([[row.last] for row in self._rows], device=self.device)  # (B, 1)
+        mask, positions = self._kv.decode_inputs()  # (B, L + 1), (B, 1)
+        if self.routing is not None:
+            self.routing.route([row.slot for row in self._rows])
+        logits = self._forward(last, mask, positions, self._kv.cache)  # (B, V)
+        self._advance(self._rows, choose_tokens(logits, [row.chooser for row in self._rows]))
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Last-position logits (B, V) of one forward pass over ids (B, T), filling `cache`."""
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1].float()
+
+    def _advance(self, rows: list[_Row], tokens: list[int]) -> None:
+        """Give each row its next token: stream its text, and mark it finished when it is."""
+        now = time.perf_counter()
+        with self._tokenizer_lock:  # decoding shares the tokenizer with `submit` in other threads
+            pieces = [row.text.add(token) for row, token in zip(rows, tokens, strict=True)]
+        for row, token, piece in zip(rows, tokens, pieces, strict=True):
+            handle, settings = row.handle, row.handle.request.sampling
+            row.last = token
+            row.tokens.append(token)
+            if handle.first_token_at is None:
+                handle.first_token_at = now
+            if piece:
+                handle._emit(piece)
+            full = (
+                self.max_positions is not None
+                and len(handle.prompt_ids) + len(row.tokens) >= self.max_positions
+            )
+            if row.text.stopped or (token in self.eos_ids and not settings.ignore_eos):
+                row.finish = "stop"
+            elif len(row.tokens) >= settings.max_tokens or full:
+                row.finish = "length"
+
+    def _retire(self) -> None:
+        """Complete the finished (or cancelled) rows and drop them from the batch and its KV cache."""
+        for row in self._rows:
+            if row.finish is None and row.handle.cancelled:
+                row.finish = "cancelled"
+        keep = [i for i, row in enumerate(self._rows) if row.finish is None]
+        if len(keep) == len(self._rows):
+            return
+        for row in self._rows:
+            if row.finish is not None:
+                self._release(row)
+                piece = row.text.flush()
+                if piece:
+                    row.handle._emit(piece)
+                self._complete(row.handle, row.tokens, row.text.text, row.finish)
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._kv = None
+        elif self._kv is not None:
+            self._kv.keep(keep)
+
+    def _fail(self, rows: list[_Row], err: Exception) -> None:
+        message = f"generation failed: {type(err).__name__}: {err}"
+        for row in rows:
+            self._release(row)
+            self._complete(row.handle, row.tokens, row.text.text, "error", error=message)
+
+    # --- adapters, prompts, completions -------------------------------------------------------------------
+
+    def _pin_adapter(self, ref: str | None) -> int | None:
+        """The slot serving `ref` (0 = base), pinned for the request; None when every slot is in use."""
+        if self.slots is None:
+            if ref is not None and ref != self.merged:
+                raise AdapterError(
+                    f"adapter {ref!r} is not served here: this engine serves only {self.merged!r}, merged"
+                )
+            return 0
+        if ref is None:
+            return 0
+        loaded = None if self.slots.slot_of(ref) is not None else self.cache.get(ref)
+        return self.slots.acquire(ref, loaded)
+
+    def _release(self, row: _Row) -> None:
+        ref = row.handle.request.adapter
+        if self.slots is not None and ref is not None and row.slot:
+            self.slots.release(ref)
+
+    def _encode(self, request: Request) -> list[int]:
+        with self._tokenizer_lock:
+            if request.messages is None:
+                ids = encode_prompt(self.tokenizer, request.prompt or "", chat=request.sampling.chat)
+            elif getattr(self.tokenizer, "chat_template", None):
+                ids = self.tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                )  # type: ignore[assignment]
+            else:
+                raise ConfigError("request has chat messages, but the tokenizer has no chat template")
+        prompt: list[int] = ids["input_ids"][0].tolist()
+        if not prompt:
+            raise ConfigError(f"request {request.request_id}: the prompt is empty (no tokens)")
+        if self.max_positions is not None and len(prompt) >= self.max_positions:
+            raise ConfigError(
+                f"request {request.request_id}: the prompt has {len(prompt)} tokens; the model takes at most "
+                f"{self.max_positions - 1} before generating"
+            )
+        return prompt
+
+    def _complete(
+        self,
+        handle: RequestHandle,
+        tokens: list[int],
+        text: str,
+        reason: FinishReason,
+        error: str | None = None,
+    ) -> None:
+        now = time.perf_counter()
+        first = handle.first_token_at
+        handle._finish(
+            Completion(
+                request_id=handle.request.request_id,
+                adapter=handle.request.adapter,
+                text=text,
+                token_ids=list(tokens),
+                prompt_tokens=len(handle.prompt_ids),
+                completion_tokens=len(tokens),
+                finish_reason=reason,
+                error=error,
+                time_to_first_token=None if first is None else first - handle.submitted_at,
+                time_per_output_token=(now - first) / (len(tokens) - 1)
+                if first and len(tokens) > 1
+                else None,
+            )
+        )
+
+
+def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a completion: the tokenizer's EOS and the model's generation config's."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation = getattr(model, "generation_config", None)
+    configured = getattr(generation, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list):
+        ids.update(int(i) for i in configured)
+    return ids

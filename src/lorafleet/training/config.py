@@ -1,0 +1,203 @@
+"""`FinetuneConfig`: one schema for YAML recipes, `lorafleet train` flags and (later) the jobs API.
+
+A recipe is YAML with the sections below; `--set section.field=value` overrides any field (the
+value is read as YAML, so `--set training.learning_rate=1e-4` gives a float). Unknown keys and
+out-of-range values fail with `ConfigError` naming the key, e.g. `training.learning_rate: ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lorafleet.adapters.settings import LoraSettings
+from lorafleet.data.config import DataConfig
+from lorafleet.errors import ConfigError, describe_validation_error
+from lorafleet.home import lorafleet_home, validate_name
+from lorafleet.training.metrics import TASK_METRICS
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+# YAML 1.1 (PyYAML) reads "1e-4" as a string: it wants a dot ("1.0e-4"). Overrides accept both.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ModelConfig(BaseModel):
+    """The base model to adapt."""
+
+    model_config = _STRICT
+
+    name: str = Field("default", min_length=1, description="'default', a HF directory, a .gguf or a hub id.")
+    device: Literal["cpu", "cuda", "mps"] | None = Field(None, description="Default: the best present.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype; default fp32 on CPU, bf16 (or fp16) on CUDA, fp16 on MPS."
+    )
+
+
+class QuantizationConfig(BaseModel):
+    """How the frozen base weights are stored during training."""
+
+    model_config = _STRICT
+
+    method: Literal["none", "nf4"] = Field(
+        "none", description="none: plain LoRA; nf4: QLoRA (bitsandbytes NF4 with double quantization)."
+    )
+
+
+class TrainingConfig(BaseModel):
+    """The optimisation loop."""
+
+    model_config = _STRICT
+
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training rows (unless max_steps).")
+    max_steps: int | None = Field(
+        None, ge=1, le=10**8, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches per optimizer step (effective batch = product)."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1e6, description="Gradient clipping norm (0: off).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA where supported, else fp16 with loss scaling; fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation, shuffling and dropout.")
+    checkpoint_steps: int = Field(
+        100, ge=0, le=10**8, description="Write a resumable checkpoint every N steps (0: only on Ctrl-C)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="How many recent checkpoints to keep.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=1000, description="Stop after this many evaluations without a better validation loss."
+    )
+    tracker: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="An accelerate tracker to log to as well (JSONL and PNG are always written)."
+    )
+    liger_kernels: bool = Field(
+        True, description="Apply Liger kernels when CUDA and liger-kernel (extra 'gpu') are present."
+    )
+
+
+class EvalConfig(BaseModel):
+    """What is measured during and after training."""
+
+    model_config = _STRICT
+
+    steps: int = Field(
+        0, ge=0, le=10**8, description="Validation loss every N steps (0: only at the end of training)."
+    )
+    metric: Literal["none", *TASK_METRICS] = Field(  # type: ignore[valid-type]
+        "none", description="Task metric scored by generating answers to held-out prompts."
+    )
+    test_path: str | None = Field(
+        None, description="Held-out rows for the task metric; default: the validation rows."
+    )
+    generation_rows: int = Field(200, ge=1, le=10**6, description="Held-out rows scored by generation.")
+    max_new_tokens: int = Field(128, ge=1, le=32768, description="Longest generated answer.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Prompts generated together.")
+    compare_base: bool = Field(
+        False, description="Also score the base model before training, for a before/after table."
+    )
+
+
+class OutputConfig(BaseModel):
+    """Where the adapter and the run's files go."""
+
+    model_config = _STRICT
+
+    name: str = Field("adapter", description="Adapter name: saved as $LORAFLEET_HOME/adapters/<name>.")
+    run_dir: str | None = Field(
+        None, description="Checkpoints, metrics, curves, summary; default $LORAFLEET_HOME/runs/<name>."
+    )
+    overwrite: bool = Field(False, description="Replace an existing adapter of that name.")
+
+
+class FinetuneConfig(BaseModel):
+    """A whole fine-tuning run: model, data, LoRA, quantization, training, evaluation and output."""
+
+    model_config = _STRICT
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> FinetuneConfig:
+        validate_name(self.output.name, what="output.name")
+        return self
+
+    def adapter_dir(self) -> Path:
+        """Where the trained adapter is saved."""
+        from lorafleet.adapters.storage import adapters_dir
+
+        return adapters_dir() / self.output.name
+
+    def run_dir(self) -> Path:
+        """Where checkpoints, metrics, the loss curve and the summary are written."""
+        if self.output.run_dir:
+            return Path(self.output.run_dir).expanduser()
+        return lorafleet_home() / "runs" / self.output.name
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    """Read a YAML recipe (or start from nothing) and apply `section.field=value` overrides."""
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such recipe file")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file}: not valid YAML ({err})") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: a recipe is a mapping of sections (model, data, lora, ...)")
+        values = loaded or {}
+    for override in overrides or []:
+        apply_override(values, override)
+    return parse_config(values, source=source)
+
+
+def parse_config(values: dict[str, Any], *, source: str = "config") -> FinetuneConfig:
+    """Validate a recipe mapping, raising `ConfigError` that names the file and key at fault."""
+    try:
+        return FinetuneConfig.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_validation_error(err, '')}") from err
+
+
+def apply_override(values: dict[str, Any], override: str) -> None:
+    """Set `section.field=value` in a nested mapping; the value is parsed as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: write it as section.field=value")
+    try:
+        value = yaml.safe_load(raw)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            value = float(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({err})") from err
+    *parents, leaf = key.strip().split(".")
+    node = values
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,478 @@
+"""The fine-tuning loop: `train(config)` turns a recipe into a trained adapter and a run directory.
+
+    setup     load base → (score base) → attach LoRA/QLoRA → tokenize data → AdamW + schedule
+    train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
+              token of the step, backward, clip, step; log, evaluate, checkpoint every N steps
+    finish    evaluate, save the adapter (PEFT files + lorafleet.json), curves and summary
+
+Runs on `accelerate`: one process on CPU or one GPU, or several GPUs under `accelerate launch`
+(each process takes every n-th micro-batch). Data order depends only on (seed, epoch), and
+checkpoints hold the optimizer, schedule and RNG states, so a resumed run continues with the same
+losses as one that was never stopped. Ctrl-C writes a checkpoint and raises `TrainingInterrupted`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from lorafleet.adapters import attach, count_parameters, merge, save_adapter, unmerge
+from lorafleet.adapters.storage import Lineage
+from lorafleet.data import Example, PreparedData, batches, prepare_data, read_examples, with_system_prompt
+from lorafleet.errors import AlreadyExistsError, ConfigError, TrainingInterrupted
+from lorafleet.models import load_base
+from lorafleet.models.devices import choose_device
+from lorafleet.training.checkpoint import Progress, checkpoints, load_checkpoint, save_checkpoint
+from lorafleet.training.config import FinetuneConfig
+from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
+from lorafleet.training.loss import causal_lm_loss
+from lorafleet.training.progress import TrainingProgress
+from lorafleet.training.report import (
+    CURVE_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    peak_memory_mb,
+    plot_losses,
+    read_metrics,
+    write_summary,
+)
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the outputs are and what the run measured (the contents of summary.json)."""
+
+    adapter_dir: Path
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def train(
+    config: FinetuneConfig,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Fine-tune `config.model` on `config.data` and save the adapter; see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    run_dir, adapter_dir = config.run_dir(), config.adapter_dir()
+    _check_outputs(config, run_dir, adapter_dir, resume=resume)
+    set_seed(config.training.seed)
+    device = choose_device(config.model.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=_mixed_precision(config, device),
+        log_with=None if config.training.tracker == "none" else config.training.tracker,
+        project_dir=str(run_dir),
+    )
+    main = accelerator.is_main_process
+
+    model, tokenizer = load_base(config.model.name, device=str(accelerator.device), dtype=config.model.dtype)
+    data = prepare_data(config.data, tokenizer)
+    say = log if main else _silent
+    say(_describe_data(data))
+    eval_examples = _task_examples(config, data)
+
+    evaluations: dict[str, EvalResult] = {}
+    if config.eval.compare_base and not resume:
+        evaluations["base"] = _evaluate(
+            config,
+            model,
+            tokenizer,
+            data,
+            eval_examples,
+            "base model",
+            say,
+            show_progress=show_progress and main,
+        )
+    _apply_liger(config, model, accelerator.device, say)
+    peft_model = attach(
+        model,
+        config.lora,
+        "nf4" if config.quantization.method == "nf4" else None,
+        gradient_checkpointing=config.training.gradient_checkpointing,
+    )
+    params = count_parameters(peft_model)
+    say(f"LoRA r={config.lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
+
+    accum = config.training.gradient_accumulation_steps
+    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator))
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
+    total_steps = config.training.max_steps or config.training.epochs * steps_per_epoch
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=config.training.learning_rate,
+        weight_decay=config.training.weight_decay,
+        fused=accelerator.device.type == "cuda" or None,
+    )
+    scheduler = _scheduler(config, optimizer, total_steps)
+    peft_model, optimizer, scheduler = accelerator.prepare(peft_model, optimizer, scheduler)
+
+    progress = Progress()
+    if resume:
+        progress = load_checkpoint(
+            checkpoints(run_dir)[-1], _unwrap(accelerator, peft_model), optimizer, scheduler
+        )
+        say(f"resumed from step {progress.step} ({checkpoints(run_dir)[-1]})")
+    metrics_log = MetricsLog(run_dir / METRICS_FILE, truncate_after_step=progress.step if resume else None)
+    if config.training.tracker != "none":
+        accelerator.init_trackers("lorafleet", config=_flat(config.model_dump(mode="json")))
+
+    def checkpoint() -> Path:
+        return save_checkpoint(
+            run_dir,
+            _unwrap(accelerator, peft_model),
+            optimizer,
+            scheduler,
+            progress,
+            keep=config.training.keep_checkpoints,
+        )
+
+    bar = TrainingProgress(total_steps, start=progress.step, enabled=show_progress and main)
+    train_started, tokens_at_start = time.perf_counter(), progress.tokens
+    pad_id = tokenizer.pad_token_id
+    step_rng = None  # RNG states at the start of an unfinished step
+    try:
+        with bar:
+            while progress.step < total_steps:
+                epoch_batches = _epoch_batches(config, data, tokenizer, progress.epoch, accelerator)
+                while progress.batch < len(epoch_batches) and progress.step < total_steps:
+                    window = epoch_batches[progress.batch : progress.batch + accum]
+                    step_rng = _rng_state(accelerator.device)
+                    loss, grad_norm, tokens = _optimizer_step(
+                        config, accelerator, peft_model, optimizer, scheduler, trainable, window
+                    )
+                    progress.batch += len(window)
+                    progress.step += 1
+                    progress.tokens += tokens
+                    step_rng = None
+                    elapsed = time.perf_counter() - train_started
+                    record = {
+                        "step": progress.step,
+                        "epoch": progress.epoch + progress.batch / len(epoch_batches),
+                        "loss": loss,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "tokens": progress.tokens,
+                        "tokens_per_second": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
+                    }
+                    if config.eval.steps and progress.step % config.eval.steps == 0 and data.validation:
+                        record |= _periodic_eval(config, peft_model, data, pad_id, progress)
+                    if main:
+                        metrics_log.write(record)
+                    if config.training.tracker != "none":
+                        accelerator.log(record, step=progress.step)
+                    bar.update(record)
+                    if on_step is not None:
+                        on_step(record)
+                    every = config.training.checkpoint_steps  # 0: only on Ctrl-C
+                    if every and progress.step % every == 0 and progress.step < total_steps and main:
+                        checkpoint()
+                    if _should_stop_early(config, progress):
+                        say(f"early stopping at step {progress.step}: validation loss stopped improving")
+                        total_steps = progress.step
+                if progress.batch >= len(epoch_batches):
+                    progress.epoch, progress.batch = progress.epoch + 1, 0
+    except KeyboardInterrupt:
+        if step_rng is not None:  # stopped inside a step: rewind its dropout draws, so a resume redoes them
+            _set_rng_state(accelerator.device, step_rng)
+        if main:
+            path = checkpoint()
+            raise TrainingInterrupted(
+                f"interrupted at step {progress.step}; checkpoint saved in {path}; "
+                "continue with `lorafleet train ... --resume`"
+            ) from None
+        raise
+    train_seconds = time.perf_counter() - train_started
+
+    model_out = _unwrap(accelerator, peft_model)
+    with _merged(model_out, quantized=config.quantization.method != "none"):
+        evaluations["adapter"] = _evaluate(
+            config,
+            model_out,
+            tokenizer,
+            data,
+            eval_examples,
+            "adapter",
+            say,
+            show_progress=show_progress and main,
+        )
+    summary = {
+        "adapter": str(adapter_dir),
+        "run_dir": str(run_dir),
+        "steps": progress.step,
+        "epochs": progress.epoch + progress.batch / max(micro_per_epoch, 1),
+        "final_train_loss": _recent_loss(run_dir / METRICS_FILE),
+        "evaluation": {name: result.as_dict() for name, result in evaluations.items()},
+        "trainable_parameters": params.trainable,
+        "total_parameters": params.total,
+        "tokens": progress.tokens,
+        "tokens_per_second": (progress.tokens - tokens_at_start) / max(train_seconds, 1e-9),
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "data": {"train": data.train_stats.as_dict(), "validation": data.validation_stats.as_dict()},
+    }
+    if main:
+        save_adapter(
+            model_out,
+            adapter_dir,
+            name=config.output.name,
+            training=config.model_dump(mode="json"),
+            metrics={name: result.task or {"loss": result.loss} for name, result in evaluations.items()},
+            lineage=Lineage(method="train"),
+            overwrite=config.output.overwrite,
+        )
+        plot_losses(read_metrics(run_dir / METRICS_FILE), run_dir / CURVE_FILE, title=config.output.name)
+        summary["loss_curve"] = str(run_dir / CURVE_FILE)
+        write_summary(run_dir / SUMMARY_FILE, summary)
+    accelerator.end_training()
+    return TrainResult(adapter_dir=adapter_dir, run_dir=run_dir, summary=summary)
+
+
+def _optimizer_step(
+    config: FinetuneConfig,
+    accelerator: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainable: list[torch.nn.Parameter],
+    window: list[dict[str, torch.Tensor]],
+) -> tuple[float, float | None, int]:
+    """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens)."""
+    model.train()
+    label_tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in window)
+    total = 0.0
+    for i, batch in enumerate(window):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            loss_sum, _ = causal_lm_loss(model, batch)
+            accelerator.backward(loss_sum / max(label_tokens, 1))
+        total += loss_sum.item()
+    grad_norm = None
+    if config.training.max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(trainable, config.training.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / max(label_tokens, 1), grad_norm, sum(_real_tokens(batch) for batch in window)
+
+
+def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens in a micro-batch, padding excluded (packed rows are counted whole)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
+
+
+def _epoch_batches(
+    config: FinetuneConfig, data: PreparedData, tokenizer: Any, epoch: int, accelerator: Any
+) -> list[dict[str, torch.Tensor]]:
+    """This process's micro-batches of `epoch` (every n-th batch under multi-process training)."""
+    all_batches = batches(
+        data.train,
+        batch_size=config.training.batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=config.data.max_length,
+        packing=config.data.packing,
+        shuffle=True,
+        seed=config.data.seed + config.training.seed,
+        epoch=epoch,
+    )
+    return all_batches[accelerator.process_index :: accelerator.num_processes]
+
+
+def _evaluate(
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: PreparedData,
+    examples: list[Example],
+    label: str,
+    say: Callable[[str], None],
+    *,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Validation loss (when there are validation rows) and the task metric (when configured)."""
+    total = len(examples) if config.eval.metric != "none" else 0
+    with TrainingProgress.counter(f"scoring {label}", total, enabled=show_progress and total > 0) as advance:
+        result = evaluate_model(
+            model,
+            tokenizer,
+            validation=data.validation,
+            examples=examples,
+            metric=config.eval.metric,
+            max_length=config.data.max_length,
+            max_new_tokens=config.eval.max_new_tokens,
+            batch_size=config.eval.batch_size,
+            on_batch=advance,
+        )
+    say(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(result).items()))
+    return result
+
+
+def _periodic_eval(
+    config: FinetuneConfig, model: torch.nn.Module, data: PreparedData, pad_id: int, progress: Progress
+) -> dict[str, float]:
+    loss, perplexity = validation_loss(
+        model,
+        data.validation,
+        batch_size=config.eval.batch_size,
+        pad_token_id=pad_id,
+        max_length=config.data.max_length,
+    )
+    if progress.best_eval_loss is None or loss < progress.best_eval_loss:
+        progress.best_eval_loss, progress.evals_without_improvement = loss, 0
+    else:
+        progress.evals_without_improvement += 1
+    return {"eval_loss": loss, "eval_perplexity": perplexity}
+
+
+def _should_stop_early(config: FinetuneConfig, progress: Progress) -> bool:
+    patience = config.training.early_stopping_patience
+    return patience is not None and progress.evals_without_improvement >= patience
+
+
+def _task_examples(config: FinetuneConfig, data: PreparedData) -> list[Example]:
+    """Rows scored by generation: `eval.test_path` if given, else the validation rows."""
+    if config.eval.metric == "none":
+        return []
+    if config.eval.test_path:
+        read = read_examples(config.eval.test_path, format=data.format)
+        rows = [with_system_prompt(e, config.data.system_prompt) for e in read.examples]
+    else:
+        rows = data.eval_examples
+    return [row for row in rows if row.reference is not None][: config.eval.generation_rows]
+
+
+def _check_outputs(config: FinetuneConfig, run_dir: Path, adapter_dir: Path, *, resume: bool) -> None:
+    """Fail before any work if outputs would be clobbered, or if there is nothing to resume."""
+    if resume and not checkpoints(run_dir):
+        raise ConfigError(f"{run_dir}: no checkpoint to resume from; run without --resume")
+    if adapter_dir.exists() and not config.output.overwrite:
+        raise AlreadyExistsError(
+            f"{adapter_dir}: adapter {config.output.name!r} exists; set output.overwrite (--overwrite) "
+            "or choose another output.name"
+        )
+    if resume:
+        return
+    if checkpoints(run_dir):
+        if not config.output.overwrite:
+            raise AlreadyExistsError(
+                f"{run_dir}: holds checkpoints of an earlier run; continue it with --resume or start "
+                "over with --overwrite"
+            )
+        shutil.rmtree(run_dir / "checkpoints")
+
+
+def _mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
+    choice = config.training.mixed_precision
+    if choice != "auto":
+        if choice != "no" and device.type != "cuda":
+            raise ConfigError(f"training.mixed_precision: {choice} needs a CUDA device (running on {device})")
+        return choice
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _scheduler(config: FinetuneConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(
+        config.training.lr_scheduler, config.training.lr_scheduler
+    )
+    warmup = round(config.training.warmup_ratio * total_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _apply_liger(
+    config: FinetuneConfig, model: torch.nn.Module, device: torch.device, say: Callable[[str], None]
+) -> None:
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) on CUDA when liger-kernel is installed."""
+    if not config.training.liger_kernels or device.type != "cuda":
+        return
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        say("liger-kernel is not installed (pip install 'lorafleet[gpu]'); using plain transformers layers")
+        return
+    _apply_liger_kernel_to_instance(model=model)
+    say("Liger kernels applied")
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The RNG states dropout draws from: the CPU's and, on a GPU, that device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def _merged(model: PeftModel, *, quantized: bool) -> Iterator[None]:
+    """Score with the adapter merged into the base weights (no LoRA matmuls); NF4 bases stay unmerged."""
+    if quantized:
+        yield
+        return
+    merge(model)
+    try:
+        yield
+    finally:
+        unmerge(model)
+
+
+def _unwrap(accelerator: Any, model: torch.nn.Module) -> PeftModel:
+    unwrapped: PeftModel = accelerator.unwrap_model(model)
+    return unwrapped
+
+
+def _describe_data(data: PreparedData) -> str:
+    s = data.train_stats
+    return (
+        f"data ({data.format}): {s.rows} training rows, {data.validation_stats.rows} validation; "
+        f"{s.tokens:,} tokens ({s.label_tokens:,} with loss); length p50 {s.length_p50}, p90 {s.length_p90}, "
+        f"max {s.length_max}; {s.truncated} truncated, {s.skipped} skipped"
+    )
+
+
+def _recent_loss(path: Path, last: int = 10) -> float | None:
+    losses = [m["loss"] for m in read_metrics(path) if "loss" in m][-last:]
+    return sum(losses) / len(losses) if losses else None
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def _silent(_: str) -> None:
+    pass
