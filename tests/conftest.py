@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +59,20 @@ def random_adapter(tiny_dir: Path, lorafleet_home: Path) -> Path:
     base, _ = load_base(str(tiny_dir), device="cpu")
     peft_model = attach(base, LoraSettings(r=4, target_modules=["q_proj", "v_proj"], init="random"))
     return save_adapter(peft_model, lorafleet_home / "adapters" / "rand", name="rand")
+
+
+@pytest.fixture
+def tiny_base() -> torch.nn.Module:
+    """A tiny random llama (hidden 32, 2 layers), built from config."""
+    from lorafleet.models import tiny_model
+
+    model, _ = tiny_model("llama", seed=0)
+    return model
+
+
+@pytest.fixture
+def make_adapter() -> Callable[..., Path]:
+    """`make_adapter(base, path, seed=0, **settings)`: save a random (B ≠ 0) adapter of a copy of `base`."""
+    from tests.helpers import save_random_adapter
+
+    return save_random_adapter

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
+from lorafleet.adapters import LoraSettings, attach, save_adapter
 from lorafleet.cli.app import app
+
+AdapterFactory = Callable[..., Path]  # save_random_adapter's signature, as the make_adapter fixture
 
 
 def invoke(*args: str, input: str | None = None) -> Result:
@@ -33,3 +39,17 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write `rows` as JSON lines and return `path`."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def save_random_adapter(base: torch.nn.Module, path: Path, seed: int = 0, **settings: object) -> Path:
+    """Save a random (B ≠ 0, so it changes outputs) adapter of a copy of `base`: r4 on q,v unless told."""
+    torch.manual_seed(seed)
+    options: dict[str, object] = {
+        "r": 4,
+        "alpha": 8.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "init": "random",
+    }
+    options.update(settings)
+    peft_model = attach(copy.deepcopy(base), LoraSettings(**options))  # type: ignore[arg-type]
+    return save_adapter(peft_model, path)

@@ -16,8 +16,7 @@ from lorafleet.adapters.factors import lora_factors, lora_scale
 from lorafleet.adapters.storage import read_adapter, write_adapter
 from lorafleet.errors import AdapterError, BaseModelMismatchError, ConfigError
 from lorafleet.models import tiny_model
-
-from .conftest import AdapterFactory
+from tests.helpers import AdapterFactory
 
 WEIGHTS = [0.7, -0.4, 1.3]
 

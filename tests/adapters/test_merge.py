@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from lorafleet.adapters import load_adapter
 from lorafleet.adapters.merge import merge, save_merged, unmerge
 from lorafleet.models import tiny_model
-
-from .conftest import AdapterFactory
+from tests.helpers import AdapterFactory
 
 
 def test_merged_logits_equal_unmerged(

@@ -20,8 +20,7 @@ from lorafleet.errors import (
     InvalidNameError,
 )
 from lorafleet.models import tiny_model
-
-from .conftest import AdapterFactory
+from tests.helpers import AdapterFactory
 
 
 def test_sidecar_records_base_and_time(

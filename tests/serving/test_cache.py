@@ -15,44 +15,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
-from lorafleet.adapters import LoraSettings, attach, base_identity, save_adapter
+from lorafleet.adapters import LoraSettings, attach, base_identity
 from lorafleet.adapters.identity import BaseIdentity
 from lorafleet.adapters.storage import SIDECAR_FILE, WEIGHTS_FILE
 from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
 from lorafleet.models import tiny_model
 from lorafleet.serving.cache import AdapterCache, DirectorySource, LoadedAdapter, linear_shapes, load_lora
-
-AdapterFactory = Callable[..., Path]
-
-
-@pytest.fixture
-def tiny_base() -> PreTrainedModel:
-    model, _ = tiny_model("llama", seed=0)
-    return model
+from tests.helpers import AdapterFactory
 
 
 @pytest.fixture
 def identity(tiny_base: PreTrainedModel) -> BaseIdentity:
     return base_identity(tiny_base)
-
-
-@pytest.fixture
-def make_adapter() -> AdapterFactory:
-    """`make_adapter(base, path, seed=0, **settings)`: save a random (B ≠ 0) adapter of a copy of `base`."""
-
-    def make(base: PreTrainedModel, path: Path, seed: int = 0, **settings: object) -> Path:
-        torch.manual_seed(seed)
-        options: dict[str, object] = {
-            "r": 4,
-            "alpha": 8.0,
-            "target_modules": ["q_proj", "v_proj"],
-            "init": "random",
-        }
-        options.update(settings)
-        peft_model = attach(copy.deepcopy(base), LoraSettings(**options))
-        return save_adapter(peft_model, path)
-
-    return make
 
 
 @pytest.fixture
