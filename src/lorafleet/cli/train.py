@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,7 +70,8 @@ def train(
         f"({result.summary['tokens_per_second']:.0f} tokens/s, peak memory "
         f"{result.summary['peak_memory_mb']:.0f} MB)"
     )
-    say(f"chat with it: lorafleet chat --model {recipe.model.name} --adapter {recipe.output.name}")
+    system = f" --system {shlex.quote(recipe.data.system_prompt)}" if recipe.data.system_prompt else ""
+    say(f"chat with it: lorafleet chat --model {recipe.model.name} --adapter {recipe.output.name}{system}")
 
 
 def evaluate(
