@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from lorafleet.cli import plain_console
-from lorafleet.errors import ModelLoadError
 
 app = typer.Typer(help="Check training data and show its statistics.", no_args_is_help=True)
 
@@ -42,6 +41,7 @@ def stats(
 ) -> None:
     """Read every row, tokenize it as training would, and print counts and token-length percentiles."""
     from lorafleet.data import DataConfig, prepare_data
+    from lorafleet.models import load_tokenizer
 
     config = DataConfig.parse(
         path=str(file),
@@ -79,24 +79,3 @@ def example(
 
     train, test = write_example_dataset(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
     typer.echo(f"wrote {train} ({train_rows} rows) and {test} ({test_rows} rows)")
-
-
-def load_tokenizer(spec: str) -> Any:
-    """The tokenizer of base model `spec` ('default', a HF directory, a .gguf file or a hub id), alone."""
-    from transformers import AutoTokenizer
-
-    from lorafleet.models.bundled import pull_model
-
-    path = Path(spec).expanduser()
-    if spec == "default" or path.is_file():
-        source = str(pull_model(spec))  # converts a GGUF once; fast when already converted
-    elif path.is_dir() or (spec.count("/") == 1 and not spec.startswith((".", "/", "~"))):
-        source = spec
-    else:
-        raise ModelLoadError(f"{spec}: no such file or directory (and not a hub id like org/name)")
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"could not load a tokenizer from {spec}: {' '.join(str(err).split())[:300]}"
-        ) from err

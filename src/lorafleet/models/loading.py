@@ -33,10 +33,10 @@ def load_base(
     target = choose_device(device)
     torch_dtype = choose_dtype(target, dtype)
     source = _resolve(str(spec))
+    tokenizer = _tokenizer(source, spec=str(spec))
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()  # loading safetensors takes about a second: no bar
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load a causal LM from {spec!s}: {_first_line(err)}") from err
@@ -48,6 +48,24 @@ def load_base(
     if marker.is_file():  # a converted GGUF: report the id of the model it came from
         model.config.name_or_path = model.name_or_path = json.loads(marker.read_text())["id"]
     return model.to(target).eval(), tokenizer  # type: ignore[arg-type]
+
+
+def load_tokenizer(spec: str | os.PathLike[str] = "default") -> PreTrainedTokenizerBase:
+    """The tokenizer of base model `spec` alone (same specs as `load_base`; no weights are loaded)."""
+    return _tokenizer(_resolve(str(spec)), spec=str(spec))
+
+
+def eos_token_ids(model: PreTrainedModel | torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a completion: the tokenizer's EOS and those of the model's generation config."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list):
+        ids.update(int(i) for i in configured)
+    return ids
 
 
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -92,10 +110,17 @@ def _resolve(spec: str) -> str:
     return spec
 
 
+def _tokenizer(source: str, *, spec: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {spec}: {_first_line(err)}") from err
+
+
 def _first_line(err: Exception) -> str:
     """The error's message on one line (transformers' messages span several), at most 300 characters."""
     text = " ".join(str(err).split())
     return text[:300] if text else type(err).__name__
 
 
-__all__ = ["ensure_pad_token", "load_base"]
+__all__ = ["ensure_pad_token", "eos_token_ids", "load_base", "load_tokenizer"]

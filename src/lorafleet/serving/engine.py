@@ -30,6 +30,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from lorafleet.errors import AdapterError, ConfigError, LorafleetError, QueueFullError
+from lorafleet.models import eos_token_ids
 from lorafleet.serving.cache import AdapterCache
 from lorafleet.serving.generate import encode_prompt
 from lorafleet.serving.kv import BatchKV, check_batchable
@@ -88,7 +89,7 @@ class Engine:
         self.device = next(model.parameters()).device
         config = getattr(model, "config", None)
         self.max_positions: int | None = getattr(config, "max_position_embeddings", None)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
         self.slots: AdapterSlots | None = None
@@ -383,17 +384,3 @@ class Engine:
                 else None,
             )
         )
-
-
-def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """Token ids that end a completion: the tokenizer's EOS and the model's generation config's."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    generation = getattr(model, "generation_config", None)
-    configured = getattr(generation, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif isinstance(configured, list):
-        ids.update(int(i) for i in configured)
-    return ids

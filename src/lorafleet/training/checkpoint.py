@@ -54,13 +54,7 @@ def save_checkpoint(
             "progress": asdict(progress),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": list(random.getstate()[1]),
-                "python_version": random.getstate()[0],
-                "python_gauss": random.getstate()[2],
-            },
+            "rng": rng_state(),
         }
         torch.save(state, staging / STATE_FILE)
     for old in checkpoints(run_dir)[:-keep]:
@@ -89,9 +83,22 @@ def load_checkpoint(
     set_peft_model_state_dict(model, {key: value.to(device) for key, value in adapter_state.items()})
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+    set_rng_state(state["rng"])
     return Progress(**state["progress"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG training draws from (dropout: torch's CPU and CUDA generators; Python's `random`)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from lorafleet.models import eos_token_ids
+
 
 @torch.inference_mode()
 def greedy_decode(
@@ -54,13 +56,13 @@ def _decode_batch(
     hopeless: Callable[[str], bool] | None,
 ) -> list[list[int]]:
     device = next(model.parameters()).device
-    stop_ids = _eos_ids(model, tokenizer)
+    stop_ids = eos_token_ids(model, tokenizer)
     cache = DynamicCache()
     shared = _shared_prefix(prompts)
     if shared:  # the common prefix (system prompt, instruction) is computed once and copied per row
         model(
             input_ids=torch.tensor([shared], device=device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -79,7 +81,7 @@ def _decode_batch(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]  # (B, V)
@@ -109,7 +111,7 @@ def _decode_batch(
             input_ids=chosen[:, None],
             attention_mask=mask,
             position_ids=mask.sum(-1, keepdim=True) - 1,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).logits[:, -1]  # (B, V)
     return outputs
@@ -122,14 +124,3 @@ def _shared_prefix(prompts: list[list[int]], minimum: int = 8) -> list[int]:
     while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
         length += 1
     return prompts[0][:length] if length >= minimum and len(prompts) > 1 else []
-
-
-def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
-    """Token ids that end an answer: the tokenizer's EOS and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids

@@ -27,11 +27,26 @@ from peft import PeftModel
 
 from lorafleet.adapters import attach, count_parameters, merge, save_adapter, unmerge
 from lorafleet.adapters.storage import Lineage
-from lorafleet.data import Example, PreparedData, batches, prepare_data, read_examples, with_system_prompt
+from lorafleet.data import (
+    IGNORE_INDEX,
+    Example,
+    PreparedData,
+    batches,
+    prepare_data,
+    read_examples,
+    with_system_prompt,
+)
 from lorafleet.errors import AlreadyExistsError, ConfigError, TrainingInterrupted
 from lorafleet.models import load_base
 from lorafleet.models.devices import choose_device
-from lorafleet.training.checkpoint import Progress, checkpoints, load_checkpoint, save_checkpoint
+from lorafleet.training.checkpoint import (
+    Progress,
+    checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lorafleet.training.config import FinetuneConfig
 from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
 from lorafleet.training.loss import causal_lm_loss
@@ -128,10 +143,9 @@ def train(
 
     progress = Progress()
     if resume:
-        progress = load_checkpoint(
-            checkpoints(run_dir)[-1], _unwrap(accelerator, peft_model), optimizer, scheduler
-        )
-        say(f"resumed from step {progress.step} ({checkpoints(run_dir)[-1]})")
+        last = checkpoints(run_dir)[-1]
+        progress = load_checkpoint(last, _unwrap(accelerator, peft_model), optimizer, scheduler)
+        say(f"resumed from step {progress.step} ({last})")
     metrics_log = MetricsLog(run_dir / METRICS_FILE, truncate_after_step=progress.step if resume else None)
     if config.training.tracker != "none":
         accelerator.init_trackers("lorafleet", config=_flat(config.model_dump(mode="json")))
@@ -156,7 +170,7 @@ def train(
                 epoch_batches = _epoch_batches(config, data, tokenizer, progress.epoch, accelerator)
                 while progress.batch < len(epoch_batches) and progress.step < total_steps:
                     window = epoch_batches[progress.batch : progress.batch + accum]
-                    step_rng = _rng_state(accelerator.device)
+                    step_rng = rng_state()
                     loss, grad_norm, tokens = _optimizer_step(
                         config, accelerator, peft_model, optimizer, scheduler, trainable, window
                     )
@@ -193,7 +207,7 @@ def train(
                     progress.epoch, progress.batch = progress.epoch + 1, 0
     except KeyboardInterrupt:
         if step_rng is not None:  # stopped inside a step: rewind its dropout draws, so a resume redoes them
-            _set_rng_state(accelerator.device, step_rng)
+            set_rng_state(step_rng)
         if main:
             path = checkpoint()
             raise TrainingInterrupted(
@@ -261,7 +275,7 @@ def _optimizer_step(
 ) -> tuple[float, float | None, int]:
     """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens)."""
     model.train()
-    label_tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in window)
+    label_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in window)
     total = 0.0
     for i, batch in enumerate(window):
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
@@ -419,17 +433,6 @@ def _apply_liger(
         return
     _apply_liger_kernel_to_instance(model=model)
     say("Liger kernels applied")
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The RNG states dropout draws from: the CPU's and, on a GPU, that device's."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 @contextlib.contextmanager
