@@ -19,6 +19,7 @@ from transformers.generation.logits_process import (
 
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import ConfigError
+from lorafleet.serving import packed
 from lorafleet.serving.engine import Engine
 from lorafleet.serving.generate import SamplingSettings, encode_prompt, stream_generate
 from lorafleet.serving.requests import Completion, Request
@@ -62,6 +63,24 @@ def test_greedy_tokens_are_the_same_alone_and_in_a_mixed_batch(
 
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     assert len({tuple(c.token_ids) for c in together}) > 3, "adapters should change what is generated"
+
+
+def test_packed_weights_give_the_same_greedy_tokens(
+    base_and_tokenizer: Tiny,
+    adapter_dirs: dict[str, Path],
+    alone: list[Completion],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(packed, "MIN_WEIGHTS", 0)  # the tiny model's linears are all below the threshold
+    engine = engine_for(base_and_tokenizer, adapter_dirs)
+    kinds = {type(m).__name__ for m in engine.model.modules()}
+    assert "PackedLinear" in kinds and "Linear" not in kinds, (
+        "every linear, head and wrapped bases, is packed"
+    )
+
+    together = engine.generate(requests(MIXED))
+
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
 
 
 def test_greedy_tokens_equal_peft_generate(

@@ -15,7 +15,7 @@ from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import AdapterError, BaseModelMismatchError
 from lorafleet.serving.cache import load_lora
 from lorafleet.serving.multilora import AdapterSlots, LoraBatch, MultiLoraLinear, wrap_linears
-from tests.serving.conftest import TARGETS, peft_logits, peft_with_all
+from tests.serving.conftest import TARGETS, peft_logits, peft_with_all, save_random_adapter
 
 # rows of the mixed batch: every rank, and base rows among them
 ROWS = ["r4", None, "r64", "r8", "r16", None, "r64"]
@@ -63,7 +63,7 @@ def bases(
 
 
 @pytest.mark.parametrize("tokens", [7, 1], ids=["prefill", "decode"])
-@pytest.mark.parametrize("path", ["segments", "gather"])
+@pytest.mark.parametrize("path", ["segments", "gather", "bags"])
 def test_mixed_batch_equals_peft_row_by_row(
     bases: tuple[PreTrainedModel, PeftModel], adapter_dirs: dict[str, Path], path: str, tokens: int
 ) -> None:
@@ -82,13 +82,49 @@ def test_mixed_batch_equals_peft_row_by_row(
     assert (ours[2] - plain).abs().max() > 1e-3, "the adapters should change the logits"
 
 
-def test_auto_path_takes_segments_for_prefill_and_gather_for_decode() -> None:
-    batch = LoraBatch()
-    assert not batch.use_gather(7) and batch.use_gather(1)
+@pytest.mark.parametrize("path", ["segments", "gather", "bags"])
+def test_adapters_of_different_modules_share_a_batch(
+    base_and_tokenizer: tuple[PreTrainedModel, object],
+    adapter_dirs: dict[str, Path],
+    tmp_path: Path,
+    path: str,
+) -> None:
+    """The adapter in the highest slot adapts q_proj alone: k, v and o must still route its rows."""
+    base, _ = base_and_tokenizer
+    adapters = {"r4": adapter_dirs["r4"]}
+    adapters["q_only"] = save_random_adapter(
+        base, tmp_path / "q_only", r=8, seed=9, target_modules=["q_proj"]
+    )
+    model, layers, slots = served(base, adapters)
+    reference = peft_with_all(base, adapters)
+    rows = ["q_only", "r4", None]
+    input_ids = torch.randint(0, 256, (len(rows), 1 if path == "bags" else 5))
+
+    ours = mixed_logits(model, layers, slots, rows, input_ids, path)
+
+    for i, name in enumerate(rows):
+        expected = peft_logits(reference, name, input_ids[i : i + 1])[0]
+        torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0, msg=f"row {i} ({name})")
 
 
+def test_auto_path() -> None:
+    batch, x = LoraBatch(), torch.zeros(1, 8)
+    batch.route([1, 2, 0])
+    assert batch.choose(3, 1, x) == "bags"  # decode, several adapters, a CPU in fp32
+    assert batch.choose(3, 1, x.bfloat16()) == "gather"
+    assert batch.choose(3, 7, x) == "gather"  # prefill: segments of 7 tokens are short
+    assert batch.choose(3, 70, x) == "segments"
+    batch.route([1, 1, 0])  # one adapter (and the base): its segment is every token it routes
+    assert batch.choose(3, 1, x) == "segments"
+    batch.route(torch.tensor([[1, 2], [2, 0]]))  # routed per token: segments, whatever their length
+    assert batch.choose(2, 2, x) == "segments"
+    batch.path = "gather"
+    assert batch.choose(2, 2, x) == "gather"
+
+
+@pytest.mark.parametrize("path", ["segments", "gather", "bags"])
 def test_padding_tokens_get_the_base_alone(
-    base_and_tokenizer: tuple[PreTrainedModel, object], adapter_dirs: dict[str, Path]
+    base_and_tokenizer: tuple[PreTrainedModel, object], adapter_dirs: dict[str, Path], path: str
 ) -> None:
     base, _ = base_and_tokenizer
     _, layers, _ = served(base, {"r16": adapter_dirs["r16"]})
@@ -96,6 +132,7 @@ def test_padding_tokens_get_the_base_alone(
     x = torch.randn(2, 4, 64)  # (B, T, in)
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     q_proj.batch.route([1, 1], token_mask=mask)
+    q_proj.batch.path = path  # type: ignore[assignment]
     with torch.no_grad():
         y = q_proj(x)
         torch.testing.assert_close(y[0, :2], q_proj.base_layer(x[0, :2]))
@@ -148,7 +185,7 @@ def test_slot_lru_evicts_the_least_recent_unpinned_and_reloads(
         atol=1e-5,
         rtol=0,
     )
-    assert all(layer.lora_a.shape[1] == 8 for layer in layers.values())  # rank 64 gone: stacks shrank
+    assert all(layer.rank == 8 for layer in layers.values())  # rank 64 gone: stacks shrank
 
 
 def test_slots_bounded_by_bytes(
@@ -185,7 +222,7 @@ def test_factors_of_the_wrong_shape_are_refused(base_and_tokenizer: tuple[PreTra
     )
     with pytest.raises(BaseModelMismatchError, match="bad"):
         AdapterSlots(layers).acquire("bad", bad)
-    assert not any(layer.ranks[1:] for layer in layers.values() if len(layer.ranks) > 1)
+    assert not any(any(layer.ranks[1:]) for layer in layers.values())
 
 
 def test_shared_batch_sorts_tokens_into_segments() -> None:

@@ -12,8 +12,10 @@ Continuous (iteration-level) batching: the running batch changes between decode 
 
 Rows never see each other (per-row attention mask and positions, per-row LoRA), so a request's greedy
 tokens are the same whatever else shares its batch. In merged mode the engine serves one adapter
-folded into the base weights (W₀ + s·B·A) with no LoRA work at all. Drive it with `step()` /
-`run_until_idle()` in one thread, or `start()` a background thread and consume handles from others.
+folded into the base weights (W₀ + s·B·A) with no LoRA work at all. On a CPU in fp32 the large base
+linears are packed for oneDNN once (`serving.packed`), for merged and multi-adapter serving alike.
+Drive it with `step()` / `run_until_idle()` in one thread, or `start()` a background thread and consume
+handles from others.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lorafleet.serving.cache import AdapterCache
 from lorafleet.serving.generate import encode_prompt
 from lorafleet.serving.kv import BatchKV, check_batchable
 from lorafleet.serving.multilora import AdapterSlots, LoraBatch, MultiLoraLinear, merge_into, wrap_linears
+from lorafleet.serving.packed import pack_linears
 from lorafleet.serving.queue import FairQueue
 from lorafleet.serving.requests import Completion, FinishReason, Request, RequestHandle
 from lorafleet.serving.sampling import TextStream, TokenChooser, choose_tokens
@@ -60,6 +63,7 @@ class Engine:
     in place, or, with `merged=REF`, adds that adapter into the weights. Build `cache` (its base identity
     and module shapes) from the model before making the engine. `max_batch` rows run at once; the device
     tier holds at most `max_slots` adapters (and `max_slot_bytes` of factors); `queue_size` requests wait.
+    `pack_weights` packs the large fp32 linears for oneDNN where the device allows (see `serving.packed`).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Engine:
         queue_size: int = 256,
         merged: str | None = None,
         targets: list[str] | None = None,
+        pack_weights: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1 (got {max_batch})")
@@ -100,6 +105,8 @@ class Engine:
             layers = wrap_linears(model, targets)
             self.routing = next(iter(layers.values())).batch
             self.slots = AdapterSlots(layers, max_slots=max_slots, max_bytes=max_slot_bytes)
+        if pack_weights:
+            pack_linears(model, rows=max_batch)
         self._rows: list[_Row] = []
         self._kv: BatchKV | None = None
         self._waiting: deque[RequestHandle] = deque()  # taken from the queue, not yet admitted

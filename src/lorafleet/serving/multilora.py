@@ -7,16 +7,23 @@ A_k (r_k × in), B_k (out × r_k) and scale s_k = α_k / r_k (rsLoRA: α_k / √
 
     y_t = W₀ x_t + s_k · B_k A_k x_t,    k = k(t)
 
-The slots store A_k zero-padded to the layer's largest rank R (S × R × in) and s_k·B_k zero-padded
-likewise (S × out × R), so the scale costs nothing at run time and the padding adds exact zeros.
-The low-rank term is computed one of two ways, both exact:
+The slots store A_kᵀ zero-padded to the layer's largest rank R (S × in × R) and (s_k·B_k)ᵀ likewise
+(S × R × out), so the scale costs nothing at run time and the padding adds exact zeros. The low-rank
+term is computed one of three ways, all exact:
 
-- segments (prefill, many tokens per row): the N tokens are sorted into segments by slot, and each
-  segment X_k (n_k × in) adds X_k · A_kᵀ · (s_k B_k)ᵀ with A_k and B_k sliced to their own rank r_k,
-  so different ranks in one batch need no padding: one pair of thin matrix products per adapter present.
-- gather (decode, one token per row): the slot tensors are gathered per token, A_g = A[k] (N × R × in)
-  and B_g = s·B[k] (N × out × R), and two batched products give every token at once,
-  bmm(bmm(x, A_gᵀ), B_gᵀ), whatever the number of distinct adapters.
+- segments (a batch with one adapter, or long prompts): the N tokens are sorted into segments by
+  slot, and each segment X_k (n_k × in) adds X_k · A_kᵀ · (s_k B_k)ᵀ with A_k and B_k sliced to their
+  own rank r_k, so different ranks in one batch need no padding: one pair of thin matrix products per
+  adapter present.
+- gather (decode with several adapters; prefill of many short prompts): the slot tensors are gathered
+  per row, A_g = Aᵀ[k] (B × in × R) and B_g = (s·B)ᵀ[k] (B × R × out), and two batched products give
+  every token at once, bmm(bmm(X, A_g), B_g), whatever the number of distinct adapters (padding
+  tokens are zeroed between the two).
+- bags (decode with several adapters on a CPU in fp32): the same gather without the copy, through
+  torch's `embedding_bag`. Token t's h_t = Σ_i x_t,i · Aᵀ_k(t)[i] is a weighted sum of the rows of its
+  own slot in the (S·in) × R table of every Aᵀ (a view of the stack), and the product by (s·B)ᵀ is
+  another over the (S·R) × out table. Each token reads its adapter's factors once; the gather writes
+  a copy of them first, which on a CPU costs more than the products.
 
 All wrapped layers of a model share one `LoraBatch`, the per-forward routing (which slot each token
 uses), set by the caller before each forward pass. `AdapterSlots` is the device tier: which adapter
@@ -32,20 +39,23 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lorafleet.errors import AdapterError, BaseModelMismatchError, ConfigError
 
-LoraPath = Literal["auto", "segments", "gather"]
+LoraPath = Literal["auto", "segments", "gather", "bags"]
+SHORT_SEGMENT = 64  # prefill gathers per row when segments average fewer tokens than this
 BASE_SLOT = 0  # the slot of "no adapter": always zeros
 
 
 class LoraBatch:
     """Which adapter slot each token of the next forward pass uses; shared by a model's `MultiLoraLinear`s.
 
-    `path` picks how the low-rank term is computed: "auto" (segments when rows hold several tokens,
-    gather for one token per row), or "segments" / "gather" to force one (tests compare both).
+    `path` picks how the low-rank term is computed (see the module docstring): "auto" takes segments
+    for one adapter, bags (a CPU in fp32) or gather to decode several, gather to prefill many short
+    segments of rows routed whole, and segments otherwise; "segments", "gather" or "bags" force one.
     """
 
     def __init__(self, path: LoraPath = "auto") -> None:
@@ -90,8 +100,50 @@ class LoraBatch:
             ]
         return self._cache[key]  # type: ignore[return-value]
 
-    def use_gather(self, tokens: int) -> bool:
-        return self.path == "gather" or (self.path == "auto" and tokens == 1)
+    def choose(self, rows: int, tokens: int, x: torch.Tensor) -> LoraPath:
+        """The path for a forward of `rows` × `tokens` over inputs like `x` (see the class docstring)."""
+        if self.path != "auto":
+            return self.path
+        segments = self.segments(rows, tokens, x.device)
+        if len(segments) <= 1:
+            return "segments"
+        if tokens == 1:
+            return "bags" if x.device.type == "cpu" and x.dtype == torch.float32 else "gather"
+        assert self._slots is not None
+        adapted = sum(len(index) for _, index in segments)
+        short = adapted < SHORT_SEGMENT * len(segments)
+        return "gather" if short and self._slots.dim() == 1 else "segments"
+
+    def groups(
+        self, rows: int, tokens: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gather's groups, tokens sharing one slot: their slots (G,) and a (G, T, 1) mask or None.
+
+        Rows routed whole are a group each (mask: the token mask); rows routed per token give a group per
+        token (its padding already sent to the base slot).
+        """
+        key = (rows, tokens, f"groups:{device}")
+        if key not in self._cache:
+            assert self._slots is not None
+            if self._slots.dim() == 2:
+                self._cache[key] = (self.token_slots(rows, tokens, device), None)
+            else:
+                mask = self._token_mask
+                mask = None if mask is None else mask[:, -tokens:, None].to(device)
+                self._cache[key] = (self._slots.to(device), mask)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def bags(
+        self, rows: int, tokens: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`embedding_bag` indices and offsets: token t's bag is rows k(t)·width … k(t)·width + width − 1."""
+        key = (rows, tokens, f"bags:{width}:{device}")
+        if key not in self._cache:
+            flat = self.token_slots(rows, tokens, device)  # (N,)
+            indices = (flat[:, None] * width + torch.arange(width, device=device)).reshape(-1)  # (N · width,)
+            offsets = torch.arange(0, flat.numel() * width, width, device=device)  # (N,)
+            self._cache[key] = (indices, offsets)
+        return self._cache[key]  # type: ignore[return-value]
 
 
 class MultiLoraLinear(nn.Module):
@@ -108,10 +160,10 @@ class MultiLoraLinear(nn.Module):
         self.dtype = chosen if chosen.is_floating_point else torch.float32  # NF4 weights are packed uint8
         self.ranks: list[int] = [0]  # rank per slot in this layer (0 = empty or not adapted here)
         self.holds_adapters = False
-        self.register_buffer("lora_a", torch.zeros(1, 0, self.in_features, dtype=self.dtype, device=device))
-        self.register_buffer("lora_b", torch.zeros(1, self.out_features, 0, dtype=self.dtype, device=device))
-        self.lora_a: torch.Tensor  # (S, R, in)
-        self.lora_b: torch.Tensor  # (S, out, R), scale folded in
+        self.register_buffer("lora_a", torch.zeros(1, self.in_features, 0, dtype=self.dtype, device=device))
+        self.register_buffer("lora_b", torch.zeros(1, 0, self.out_features, dtype=self.dtype, device=device))
+        self.lora_a: torch.Tensor  # (S, in, R): Aᵀ per slot
+        self.lora_b: torch.Tensor  # (S, R, out): (s·B)ᵀ per slot, the scale folded in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)  # (..., out)
@@ -119,24 +171,36 @@ class MultiLoraLinear(nn.Module):
             return y
         rows, tokens = (x.shape[0], x.shape[1]) if x.dim() == 3 else (x.shape[0], 1)
         x_flat = x.reshape(-1, self.in_features).to(self.dtype)  # (N, in)
-        y_flat = y.view(-1, self.out_features)  # (N, out), a view: updated in place
-        if self.batch.use_gather(tokens):
-            slots = self.batch.token_slots(rows, tokens, x.device)  # (N,)
-            a = self.lora_a.index_select(0, slots)  # (N, R, in)
-            b = self.lora_b.index_select(0, slots)  # (N, out, R)
-            h = torch.bmm(x_flat.unsqueeze(1), a.transpose(1, 2))  # (N, 1, R)
-            delta = torch.bmm(h, b.transpose(1, 2)).squeeze(1)  # (N, out)
-            y_flat += delta.to(y.dtype)
-            return y
-        for slot, index in self.batch.segments(rows, tokens, x.device):
-            rank = self.ranks[slot] if slot < len(self.ranks) else 0
-            if rank == 0:
-                continue
-            segment = x_flat.index_select(0, index)  # (n_k, in)
-            h = segment @ self.lora_a[slot, :rank].T  # (n_k, r_k)
-            delta = h @ self.lora_b[slot, :, :rank].T  # (n_k, out)
-            y_flat.index_add_(0, index, delta.to(y.dtype))
+        path = self.batch.choose(rows, tokens, x_flat)
+        if path == "segments":
+            delta = self._segments(x_flat, rows, tokens)
+        elif path == "gather":
+            slots, mask = self.batch.groups(rows, tokens, x.device)  # (G,), (G, T, 1) or None
+            a = self.lora_a.index_select(0, slots)  # (G, in, R)
+            b = self.lora_b.index_select(0, slots)  # (G, R, out)
+            h = torch.bmm(x_flat.view(len(slots), -1, self.in_features), a)  # (G, T, R)
+            delta = torch.bmm(h if mask is None else h * mask, b).view(-1, self.out_features)  # (N, out)
+        else:
+            h = self._bags(x_flat, self.lora_a, rows, tokens)  # (N, R)
+            delta = self._bags(h, self.lora_b, rows, tokens)  # (N, out)
+        y.view(-1, self.out_features).add_(delta.to(y.dtype))
         return y
+
+    def _segments(self, x_flat: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
+        delta = x_flat.new_zeros(x_flat.shape[0], self.out_features)  # (N, out)
+        for slot, index in self.batch.segments(rows, tokens, x_flat.device):
+            rank = self.ranks[slot] if slot < len(self.ranks) else 0
+            if rank:
+                segment = x_flat.index_select(0, index)  # (n_k, in)
+                delta.index_add_(0, index, segment @ self.lora_a[slot, :, :rank] @ self.lora_b[slot, :rank])
+        return delta
+
+    def _bags(self, v: torch.Tensor, stack: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
+        """Each token's row of `v` (N, w) times its own slot's matrix in `stack` (S, w, m): (N, m)."""
+        width = stack.shape[1]
+        indices, offsets = self.batch.bags(rows, tokens, width, v.device)
+        table = stack.view(-1, stack.shape[2])  # (S · w, m)
+        return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=v.reshape(-1))
 
     @property
     def slot_count(self) -> int:
@@ -150,42 +214,50 @@ class MultiLoraLinear(nn.Module):
                 f"factors A {tuple(a.shape)}, B {tuple(b.shape)} do not fit a layer of in features "
                 f"{self.in_features} and out features {self.out_features}"
             )
-        self._resize(max(self.slot_count, slot + 1), max(self.lora_a.shape[1], rank))
+        self._resize(max(self.slot_count, slot + 1), max(self.rank, rank))
         with torch.no_grad():
             self.lora_a[slot].zero_()
             self.lora_b[slot].zero_()
-            self.lora_a[slot, :rank] = a.to(self.lora_a)
-            self.lora_b[slot, :, :rank] = (b.float() * scale).to(self.lora_b)
+            self.lora_a[slot, :, :rank] = a.T.to(self.lora_a)
+            self.lora_b[slot, :rank] = (b.float() * scale).T.to(self.lora_b)
         self.ranks[slot] = rank
         self.holds_adapters = True
 
     def clear(self, slot: int) -> None:
-        """Empty `slot` (zeros), shrinking the padded rank when its adapter was the largest."""
-        if slot >= self.slot_count or slot == BASE_SLOT:
+        """Empty `slot` (zeros), shrinking the padded rank when its adapter was the largest.
+
+        The stacks grow to reach `slot`: a layer an adapter does not adapt still routes its tokens.
+        """
+        if slot == BASE_SLOT:
             return
+        self._resize(max(self.slot_count, slot + 1), self.rank)
         with torch.no_grad():
             self.lora_a[slot].zero_()
             self.lora_b[slot].zero_()
         self.ranks[slot] = 0
         self.holds_adapters = any(self.ranks)
-        if max(self.ranks) < self.lora_a.shape[1]:
+        if max(self.ranks) < self.rank:
             self._resize(self.slot_count, max(self.ranks))
 
+    @property
+    def rank(self) -> int:
+        """The padded rank R of the slot stacks: the largest rank held."""
+        return self.lora_a.shape[2]
+
     def _resize(self, slots: int, rank: int) -> None:
-        old_slots, old_rank = self.lora_a.shape[0], self.lora_a.shape[1]
+        old_slots, old_rank = self.slot_count, self.rank
         if (slots, rank) == (old_slots, old_rank):
             return
-        a = self.lora_a.new_zeros(slots, rank, self.in_features)  # (S, R, in)
-        b = self.lora_b.new_zeros(slots, self.out_features, rank)  # (S, out, R)
+        a = self.lora_a.new_zeros(slots, self.in_features, rank)  # (S, in, R)
+        b = self.lora_b.new_zeros(slots, rank, self.out_features)  # (S, R, out)
         keep_slots, keep_rank = min(slots, old_slots), min(rank, old_rank)
-        a[:keep_slots, :keep_rank] = self.lora_a[:keep_slots, :keep_rank]
-        b[:keep_slots, :, :keep_rank] = self.lora_b[:keep_slots, :, :keep_rank]
+        a[:keep_slots, :, :keep_rank] = self.lora_a[:keep_slots, :, :keep_rank]
+        b[:keep_slots, :keep_rank] = self.lora_b[:keep_slots, :keep_rank]
         self.lora_a, self.lora_b = a, b
         self.ranks += [0] * (slots - len(self.ranks))
 
     def extra_repr(self) -> str:
-        rank = self.lora_a.shape[1]
-        return f"in={self.in_features}, out={self.out_features}, slots={self.slot_count}, rank={rank}"
+        return f"in={self.in_features}, out={self.out_features}, slots={self.slot_count}, rank={self.rank}"
 
 
 def wrap_linears(
