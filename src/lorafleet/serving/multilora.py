@@ -171,10 +171,12 @@ class MultiLoraLinear(nn.Module):
             return y
         rows, tokens = (x.shape[0], x.shape[1]) if x.dim() == 3 else (x.shape[0], 1)
         x_flat = x.reshape(-1, self.in_features).to(self.dtype)  # (N, in)
+        y_flat = y.view(-1, self.out_features)  # (N, out), a view: updated in place
         path = self.batch.choose(rows, tokens, x_flat)
         if path == "segments":
-            delta = self._segments(x_flat, rows, tokens)
-        elif path == "gather":
+            self._add_segments(x_flat, y_flat, rows, tokens)
+            return y
+        if path == "gather":
             slots, mask = self.batch.groups(rows, tokens, x.device)  # (G,), (G, T, 1) or None
             a = self.lora_a.index_select(0, slots)  # (G, in, R)
             b = self.lora_b.index_select(0, slots)  # (G, R, out)
@@ -183,17 +185,17 @@ class MultiLoraLinear(nn.Module):
         else:
             h = self._bags(x_flat, self.lora_a, rows, tokens)  # (N, R)
             delta = self._bags(h, self.lora_b, rows, tokens)  # (N, out)
-        y.view(-1, self.out_features).add_(delta.to(y.dtype))
+        y_flat += delta.to(y.dtype)
         return y
 
-    def _segments(self, x_flat: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
-        delta = x_flat.new_zeros(x_flat.shape[0], self.out_features)  # (N, out)
+    def _add_segments(self, x_flat: torch.Tensor, y_flat: torch.Tensor, rows: int, tokens: int) -> None:
+        """Add each segment's X_k · A_kᵀ · (s_k B_k)ᵀ, at its own rank, into its tokens' rows of `y_flat`."""
         for slot, index in self.batch.segments(rows, tokens, x_flat.device):
             rank = self.ranks[slot] if slot < len(self.ranks) else 0
             if rank:
                 segment = x_flat.index_select(0, index)  # (n_k, in)
-                delta.index_add_(0, index, segment @ self.lora_a[slot, :, :rank] @ self.lora_b[slot, :rank])
-        return delta
+                delta = segment @ self.lora_a[slot, :, :rank] @ self.lora_b[slot, :rank]  # (n_k, out)
+                y_flat.index_add_(0, index, delta.to(y_flat.dtype))
 
     def _bags(self, v: torch.Tensor, stack: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
         """Each token's row of `v` (N, w) times its own slot's matrix in `stack` (S, w, m): (N, m)."""
