@@ -5,7 +5,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= qlora,dev
+EXTRAS      ?= qlora,postgres,dev
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.lorafleet-setup
 
@@ -46,6 +46,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/serve_throughput.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

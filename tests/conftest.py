@@ -11,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+pytest_plugins = ["tests.support.fixtures", "tests.support.platform"]
+
 
 @pytest.fixture(autouse=True)
 def lorafleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

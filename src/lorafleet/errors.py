@@ -69,7 +69,7 @@ class UnknownAdapterError(AdapterError):
 
 
 class QueueFullError(LorafleetError):
-    """The request queue (or one tenant's share of it) is full; the API answers 503 with Retry-After."""
+    """The request queue (or one tenant's share of it) is full; the API answers 429 with Retry-After."""
 
     retry_after: float  # seconds the client should wait before trying again (HTTP Retry-After)
 
@@ -84,3 +84,25 @@ class DataError(ConfigError):
 
 class TrainingInterrupted(LorafleetError):
     """Training stopped on Ctrl-C after saving a checkpoint; `lorafleet train --resume` continues it."""
+
+
+class NotFoundError(LorafleetError, LookupError):
+    """No such resource for this tenant (another tenant's is "not found" too); the API answers 404."""
+
+
+class ConflictError(LorafleetError):
+    """The request clashes with the current state (a name in use, a finished job); the API answers 409."""
+
+
+class AuthenticationError(LorafleetError):
+    """A missing, unknown or revoked API key; the API answers 401."""
+
+
+class QuotaExceededError(LorafleetError):
+    """A tenant's quota or a key's rate limit is used up; the API answers 429 with Retry-After."""
+
+    retry_after: float  # seconds until the limit allows the request again
+
+    def __init__(self, message: str, *, retry_after: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

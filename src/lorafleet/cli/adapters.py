@@ -1,4 +1,5 @@
-"""`lorafleet adapters`: create, inspect, merge and combine adapters."""
+"""`lorafleet adapters`: create, inspect, merge and combine adapter directories; list, promote and roll back
+the versions in the registry (through the platform API, see `cli.platform`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,25 @@ import typer
 from rich.table import Table
 
 from lorafleet.cli import plain_console
+from lorafleet.cli.platform import (
+    ApiKeyOption,
+    DatabaseOption,
+    JsonOption,
+    TenantOption,
+    UrlOption,
+    client_from_options,
+    print_json,
+    print_table,
+    segment,
+    when,
+)
+from lorafleet.errors import ConfigError
 from lorafleet.home import lorafleet_home, validate_name
 
-app = typer.Typer(help="Create, inspect, merge and combine adapters (PEFT format).", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, inspect, merge and combine adapters (PEFT format); list, promote, roll back registry ones.",
+    no_args_is_help=True,
+)
 
 AdapterArg = Annotated[
     str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")
@@ -147,6 +164,147 @@ def combine(
     card = card.model_copy(update={"name": name})
     path = write_adapter(output or adapters_dir() / name, config, state, card, overwrite=overwrite)
     typer.echo(f"combined {len(paths)} adapters ({method}, rank {config.r}) into {path}")
+
+
+RegistryNameArg = Annotated[str, typer.Argument(help="The adapter's name in the registry.")]
+AliasOpt = Annotated[str, typer.Option("--alias", help="The alias to move (production, staging, any name).")]
+
+
+@app.command("list")
+def list_adapters(
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The tenant's adapters in the registry: latest version and where each alias points."""
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        answer = client.request("GET", "/v1/adapters")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        {
+            "name": a["name"],
+            "latest": f"v{a['latest_version']}",
+            "aliases": ", ".join(f"{alias} → v{number}" for alias, number in sorted(a["aliases"].items())),
+            "created": when(a["created_at"]),
+        }
+        for a in answer["data"]
+    ]
+    columns = {"name": "name", "latest": "latest", "aliases": "aliases", "created": "created"}
+    print_table(
+        rows,
+        columns,
+        empty="no adapters in the registry yet: lorafleet jobs create ... trains one",
+    )
+
+
+@app.command("versions")
+def versions(
+    name: RegistryNameArg,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every version of a registry adapter, oldest first, with its aliases, size and lineage."""
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        answer = client.request("GET", f"/v1/adapters/{segment(name)}/versions")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        {
+            "version": f"v{v['version']}",
+            "aliases": ", ".join(v["aliases"]),
+            "created": when(v["created_at"]),
+            "size": f"{v['bytes'] / 1024:,.0f} KiB",
+            "sha256": v["sha256"][:12],
+            "loss": v["metrics"].get("final_train_loss"),
+        }
+        for v in answer["data"]
+    ]
+    columns = {key: key for key in ("version", "aliases", "created", "size", "sha256", "loss")}
+    print_table(rows, columns)
+
+
+@app.command("promote")
+def promote(
+    name: RegistryNameArg,
+    version: Annotated[str, typer.Argument(help="The version to point the alias at: 3 or v3.")],
+    alias: AliasOpt = "production",
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Point an alias at a version; requests for `NAME:ALIAS` (and `NAME`, for production) get it at once."""
+    number = version.strip().lower().removeprefix("v")
+    if not number.isdigit() or int(number) < 1:
+        raise ConfigError(f"version {version!r}: give a version number such as 3 or v3")
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        path = f"/v1/adapters/{segment(name)}/aliases/{segment(alias)}"
+        answer = client.request("POST", path, json={"version": int(number)})
+    if as_json:
+        print_json(answer)
+        return
+    typer.echo(f"{name}:{alias} → v{answer['version']}")
+
+
+@app.command("rollback")
+def rollback(
+    name: RegistryNameArg,
+    alias: AliasOpt = "production",
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move an alias back to the version it pointed at before its last promotion."""
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        path = f"/v1/adapters/{segment(name)}/aliases/{segment(alias)}/rollback"
+        answer = client.request("POST", path)
+    if as_json:
+        print_json(answer)
+        return
+    typer.echo(f"{name}:{alias} rolled back to v{answer['version']}")
+
+
+@app.command("history")
+def history(
+    name: RegistryNameArg,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every alias move of a registry adapter, oldest first: when, which alias, from and to, by whom."""
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        answer = client.request("GET", f"/v1/adapters/{segment(name)}/history")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        {
+            **move,
+            "when": when(move["created_at"]),
+            "from": f"v{move['from_version']}" if move["from_version"] is not None else None,
+            "to": f"v{move['to_version']}" if move["to_version"] is not None else None,
+        }
+        for move in answer["data"]
+    ]
+    columns = {key: key for key in ("when", "alias", "action", "from", "to", "actor")}
+    print_table(
+        rows,
+        columns,
+        empty=f"no alias of {name} was ever moved: lorafleet adapters promote {name} VERSION",
+    )
 
 
 def _lineage_text(lineage: dict[str, object]) -> str:

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from lorafleet import __version__
-from lorafleet.cli import adapters, data, estimate, generate, models, train
+from lorafleet.cli import adapters, data, estimate, generate, jobs, models, serve, tenants, train
 from lorafleet.errors import LorafleetError
 
 
@@ -41,6 +41,10 @@ app.command("train")(train.train)
 app.command("eval")(train.evaluate)
 app.command("chat")(train.chat)
 app.command("estimate")(estimate.estimate)
+app.command("serve")(serve.serve)
+app.command("worker")(serve.worker)
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(jobs.app, name="jobs")
 
 
 def _print_version(value: bool) -> None:

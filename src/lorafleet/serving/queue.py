@@ -9,7 +9,7 @@ that tenant still has items, sends it to the back of the rotation:
 
 A tenant that empties leaves the rotation and rejoins at the back when it puts again. The bound is on
 the total number of waiting items (and, optionally, on each tenant's share); a full queue raises
-`QueueFullError`, which carries a suggested `retry_after` the API sends as HTTP 503 + Retry-After.
+`QueueFullError`, which carries a suggested `retry_after` the API sends as HTTP 429 + Retry-After.
 All methods are thread-safe (one `threading.Condition`).
 """
 

@@ -74,7 +74,19 @@ class RequestHandle:
         self._completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
-        while (piece := self._pieces.get()) is not None:
+        yield from (piece for piece in self.pieces() if piece is not None)
+
+    def pieces(self, *, heartbeat: float | None = None) -> Iterator[str | None]:
+        """The text pieces as generated; with `heartbeat`, also None after each `heartbeat` seconds
+        without one (so a server can keep an idle stream alive while the request waits in the queue)."""
+        while True:
+            try:
+                piece = self._pieces.get(timeout=heartbeat)
+            except queue.Empty:
+                yield None
+                continue
+            if piece is None:
+                return
             yield piece
 
     def result(self, timeout: float | None = None) -> Completion:

@@ -1,0 +1,1 @@
+"""The platform's HTTP API (FastAPI): routes, auth, schemas; thin layers over the library."""

@@ -1,0 +1,134 @@
+"""`create_app(settings)`: the platform server as one FastAPI app.
+
+    start     open the registry (migrating it) → load the base model into the engine → start the
+              local job workers (threads that supervise training processes)
+    serve     routes per resource under /v1 (OpenAI-compatible inference, files, fine-tuning jobs;
+              adapters, usage, tenants), /healthz, /readyz, /metrics; every route but health is
+              authenticated by a bearer key and scoped to its tenant
+    stop      stop the workers (a running job is re-queued) → stop the engine → close the registry
+
+`model` in completions is the base model's name, an adapter (`name`: its production alias, else its
+latest version), `name@version` or `name:alias`. It resolves to an immutable version id, which is the
+engine's adapter key: promoting or rolling back an alias changes what the next request gets at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from lorafleet import __version__
+from lorafleet.api.auth import Authenticator
+from lorafleet.api.errors import install_error_handlers
+from lorafleet.api.metrics import ServerMetrics
+from lorafleet.api.routes import adapters, completions, files, fine_tuning, health, models, tenants, usage
+from lorafleet.api.settings import ServerSettings
+from lorafleet.jobs.worker import Worker
+from lorafleet.registry import Registry
+from lorafleet.serving.router import parse_reference
+
+DESCRIPTION = """Fine-tune, version and serve LoRA adapters for many tenants on one base model.
+
+Authenticate with `Authorization: Bearer <key>`: a tenant's API key, or the admin key for `/v1/tenants`
+(the admin acts for a tenant by naming it in `X-Lorafleet-Tenant`). Errors use OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`; 429 answers carry `Retry-After`.
+"""
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The server app for `settings` (default: read from `LORAFLEET_*` environment variables)."""
+    settings = settings or ServerSettings()
+    registry = Registry(settings.database_url, artifacts_url=settings.artifacts_url)
+    workers: list[tuple[Worker, threading.Thread]] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.serve_models:
+            app.state.inference = _inference(settings, registry, app.state.metrics)
+        for index in range(settings.workers):
+            worker = Worker(registry, settings.worker, worker_id=f"{_host()}-serve-{index}")
+            thread = threading.Thread(target=worker.run, name=f"lorafleet-worker-{index}", daemon=True)
+            thread.start()
+            workers.append((worker, thread))
+        try:
+            yield
+        finally:
+            for worker, _ in workers:
+                worker.stop()
+            for _, thread in workers:
+                thread.join(timeout=60)
+            if app.state.inference is not None:
+                app.state.inference.close()
+            registry.close()
+
+    app = FastAPI(title="lorafleet", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.inference = None
+    app.state.started_at = time.time()
+    app.state.authenticate = Authenticator(
+        registry, admin_key=settings.admin_key, default_per_minute=settings.requests_per_minute
+    )
+    app.state.tokenizer = functools.cache(lambda: _tokenizer(app, settings))
+    app.state.metrics = ServerMetrics(app.state)
+    app.middleware("http")(app.state.metrics.middleware)
+    install_error_handlers(app)
+    for module in (health, tenants, files, fine_tuning, adapters, models, completions, usage):
+        app.include_router(module.router)
+    return app
+
+
+def _inference(settings: ServerSettings, registry: Registry, metrics: ServerMetrics) -> Any:
+    from lorafleet.api.inference import InferenceService, UsageEvent
+
+    def resolve(tenant_id: str, model: str) -> str | None:
+        """The engine's adapter key for `model` (None: the base), after the tenant's token quota."""
+        registry.usage.check_tokens(tenant_id)
+        if model == settings.base_model:
+            return None
+        ref = parse_reference(model)
+        return registry.adapters.resolve(tenant_id, ref.name, version=ref.version, alias=ref.alias).id
+
+    def record(event: UsageEvent) -> None:
+        metrics.count_tokens(event.prompt_tokens, event.completion_tokens)
+        registry.usage.record(
+            event.tenant_id,
+            "inference",
+            key_id=event.key_id,
+            model=event.model,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            compute_seconds=event.seconds,
+        )
+
+    return InferenceService.build(
+        settings.base_model,
+        registry,
+        base_name=settings.base_model,
+        resolve=resolve,
+        on_usage=record,
+        max_batch=settings.max_batch,
+        max_slots=settings.max_slots,
+        queue_size=settings.queue_size,
+        device=settings.device,
+    )
+
+
+def _tokenizer(app: FastAPI, settings: ServerSettings) -> Any:
+    if app.state.inference is not None:
+        return app.state.inference.engine.tokenizer
+    from lorafleet.models import load_tokenizer
+
+    return load_tokenizer(settings.base_model)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()

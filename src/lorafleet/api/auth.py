@@ -1,0 +1,78 @@
+"""Who calls: bearer keys → `Caller`, the admin key, and each key's rate limit (token bucket per minute)."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+
+from fastapi import Request
+
+from lorafleet.api.deps import Caller
+from lorafleet.api.errors import PermissionDeniedError
+from lorafleet.errors import AuthenticationError, QuotaExceededError
+from lorafleet.registry import Registry
+
+TENANT_HEADER = "X-Lorafleet-Tenant"
+
+
+class RateLimiter:
+    """At most `per_minute` requests per key, refilled continuously; a refusal says when to retry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id → (tokens left, last refill time)
+
+    def take(self, key_id: str, per_minute: int) -> None:
+        with self._lock:
+            moment = time.monotonic()
+            tokens, last = self._buckets.get(key_id, (float(per_minute), moment))
+            tokens = min(float(per_minute), tokens + (moment - last) * per_minute / 60.0)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, moment)
+                raise QuotaExceededError(
+                    f"rate limit of {per_minute} requests per minute reached for this API key",
+                    retry_after=(1.0 - tokens) * 60.0 / per_minute,
+                )
+            self._buckets[key_id] = (tokens - 1.0, moment)
+
+
+class Authenticator:
+    """`app.state.authenticate`: the caller of a request, with its key's rate limit applied."""
+
+    def __init__(self, registry: Registry, *, admin_key: str | None, default_per_minute: int | None) -> None:
+        self.registry = registry
+        self.admin_key = admin_key
+        self.default_per_minute = default_per_minute
+        self.limiter = RateLimiter()
+
+    def __call__(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
+        secret = secret.strip()
+        if self.admin_key and hmac.compare_digest(secret.encode(), self.admin_key.encode()):
+            acting = request.headers.get(TENANT_HEADER)
+            tenant_id = self.registry.tenants.get(acting).id if acting else None
+            return Caller(tenant_id=tenant_id, key_id=None, is_admin=True)
+        key = self.registry.tenants.authenticate(secret)
+        tenant = self.registry.tenants.get(key.tenant_id)
+        per_minute = tenant.requests_per_minute or self.default_per_minute
+        if per_minute is not None:
+            self.limiter.take(key.id, per_minute)
+        return Caller(tenant_id=key.tenant_id, key_id=key.id)
+
+
+def require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
+        raise PermissionDeniedError("this route needs the admin key")
+
+
+def require_tenant(caller: Caller) -> str:
+    """The tenant a call acts for; admin calls name it in the X-Lorafleet-Tenant header."""
+    if caller.tenant_id is None:
+        raise PermissionDeniedError(
+            f"admin calls to tenant routes name the tenant in the {TENANT_HEADER} header"
+        )
+    return caller.tenant_id

@@ -1,0 +1,212 @@
+"""Adapters and their versions (`/v1/adapters`): list, get, download, promote an alias, roll back, delete."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from lorafleet.api.deps import CallerDep, RegistryDep, TenantDep
+from lorafleet.registry import Registry
+from lorafleet.registry.tables import Adapter, AdapterVersion, AliasMove
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+class VersionPublic(BaseModel):
+    id: str
+    object: str = "adapter.version"
+    adapter: str
+    version: int
+    model: str = Field(description="`adapter@version`, usable as `model` in completions.")
+    created_at: int
+    sha256: str
+    bytes: int
+    base_model: str
+    training_file: str | None
+    job_id: str | None
+    parent_version_id: str | None
+    metrics: dict[str, Any]
+    aliases: list[str]
+
+    @classmethod
+    def of(cls, name: str, version: AdapterVersion, aliases: dict[str, int]) -> VersionPublic:
+        return cls(
+            id=version.id,
+            adapter=name,
+            version=version.number,
+            model=f"{name}@{version.number}",
+            created_at=int(version.created_at),
+            sha256=version.sha256,
+            bytes=version.bytes,
+            base_model=version.base_model,
+            training_file=version.dataset_id,
+            job_id=version.job_id,
+            parent_version_id=version.parent_version_id,
+            metrics=version.metrics,
+            aliases=sorted(alias for alias, number in aliases.items() if number == version.number),
+        )
+
+
+class AdapterPublic(BaseModel):
+    id: str
+    object: str = "adapter"
+    name: str
+    created_at: int
+    latest_version: int
+    aliases: dict[str, int] = Field(description="Alias → version number.")
+    versions: list[VersionPublic] | None = Field(
+        None, description="Every version (in single-adapter answers)."
+    )
+
+
+class AdapterList(BaseModel):
+    object: str = "list"
+    data: list[AdapterPublic]
+
+
+class VersionList(BaseModel):
+    object: str = "list"
+    data: list[VersionPublic]
+
+
+class Promotion(BaseModel):
+    version: int = Field(ge=1, description="The version number the alias should point at.")
+
+
+class AliasMovePublic(BaseModel):
+    alias: str
+    action: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    created_at: int
+
+
+class AliasHistory(BaseModel):
+    object: str = "list"
+    data: list[AliasMovePublic]
+
+
+def _adapter(registry: Registry, tenant: str, adapter: Adapter, *, with_versions: bool) -> AdapterPublic:
+    aliases = registry.adapters.aliases(tenant, adapter.name)
+    versions = (
+        [VersionPublic.of(adapter.name, v, aliases) for v in registry.adapters.versions(tenant, adapter.name)]
+        if with_versions
+        else None
+    )
+    return AdapterPublic(
+        id=adapter.id,
+        name=adapter.name,
+        created_at=int(adapter.created_at),
+        latest_version=adapter.latest_version,
+        aliases=aliases,
+        versions=versions,
+    )
+
+
+def _version(registry: Registry, tenant: str, name: str, version: AdapterVersion) -> VersionPublic:
+    return VersionPublic.of(name, version, registry.adapters.aliases(tenant, name))
+
+
+@router.get("", response_model=AdapterList)
+def list_adapters(tenant: TenantDep, registry: RegistryDep) -> AdapterList:
+    """The tenant's adapters with their aliases."""
+    adapters = registry.adapters.all(tenant)
+    return AdapterList(data=[_adapter(registry, tenant, a, with_versions=False) for a in adapters])
+
+
+@router.get("/{name}", response_model=AdapterPublic)
+def get_adapter(name: str, tenant: TenantDep, registry: RegistryDep) -> AdapterPublic:
+    """One adapter with its versions and aliases."""
+    return _adapter(registry, tenant, registry.adapters.get(tenant, name), with_versions=True)
+
+
+@router.delete("/{name}", response_model=AdapterPublic)
+def delete_adapter(name: str, tenant: TenantDep, registry: RegistryDep) -> AdapterPublic:
+    """Delete an adapter, all its versions and aliases."""
+    answer = _adapter(registry, tenant, registry.adapters.get(tenant, name), with_versions=True)
+    registry.adapters.delete(tenant, name)
+    return answer
+
+
+@router.get("/{name}/versions", response_model=VersionList)
+def list_versions(name: str, tenant: TenantDep, registry: RegistryDep) -> VersionList:
+    """Every version of an adapter, oldest first."""
+    aliases = registry.adapters.aliases(tenant, name)
+    return VersionList(
+        data=[VersionPublic.of(name, v, aliases) for v in registry.adapters.versions(tenant, name)]
+    )
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionPublic)
+def get_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> VersionPublic:
+    """One version: digest, size, metrics, lineage (base model, training file, job, parent)."""
+    return _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
+
+
+@router.get("/{name}/versions/{version}/download", response_class=StreamingResponse)
+def download_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> StreamingResponse:
+    """The version's PEFT adapter files as a .tar.gz (loads with `PeftModel.from_pretrained`)."""
+    row = registry.adapters.version(tenant, name, version)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(registry.adapters.local_path(row), arcname=f"{name}-v{row.number}")
+    buffer.seek(0)
+    filename = f"{name}-v{row.number}.tar.gz"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Content-SHA256": row.sha256}
+    return StreamingResponse(buffer, media_type="application/gzip", headers=headers)
+
+
+@router.delete("/{name}/versions/{version}", response_model=VersionPublic)
+def delete_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> VersionPublic:
+    """Delete a version no alias points at."""
+    answer = _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
+    registry.adapters.delete_version(tenant, name, version)
+    return answer
+
+
+@router.post("/{name}/aliases/{alias}", response_model=VersionPublic)
+def promote(
+    name: str, alias: str, body: Promotion, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
+) -> VersionPublic:
+    """Point an alias (`production`, `staging`, any name) at a version; the move is audited."""
+    version = registry.adapters.promote(tenant, name, alias, body.version, actor=_actor(caller))
+    return _version(registry, tenant, name, version)
+
+
+@router.post("/{name}/aliases/{alias}/rollback", response_model=VersionPublic)
+def rollback(
+    name: str, alias: str, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
+) -> VersionPublic:
+    """Move an alias back to the version it pointed at before its last promotion."""
+    version = registry.adapters.rollback(tenant, name, alias, actor=_actor(caller))
+    return _version(registry, tenant, name, version)
+
+
+@router.get("/{name}/history", response_model=AliasHistory)
+def alias_history(name: str, tenant: TenantDep, registry: RegistryDep) -> AliasHistory:
+    """Every alias move of the adapter, oldest first: who moved which alias from which version to which."""
+    numbers = {v.id: v.number for v in registry.adapters.versions(tenant, name)}
+    moves: list[AliasMove] = registry.adapters.history(tenant, name)
+    return AliasHistory(
+        data=[
+            AliasMovePublic(
+                alias=m.alias,
+                action=m.action,
+                from_version=numbers.get(m.from_version_id or ""),
+                to_version=numbers.get(m.to_version_id or ""),
+                actor=m.actor,
+                created_at=int(m.created_at),
+            )
+            for m in moves
+        ]
+    )
+
+
+def _actor(caller: Any) -> str:
+    return "admin" if caller.is_admin else f"key:{caller.key_id}"

@@ -1,0 +1,140 @@
+"""Training files (`/v1/files`): upload with a size limit, validated row by row before anything is stored."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from lorafleet.api.deps import RegistryDep, TenantDep
+from lorafleet.api.errors import UploadTooLargeError
+from lorafleet.errors import DataError, NotFoundError
+from lorafleet.registry.tables import Dataset
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_CHUNK = 1 << 20
+
+
+class FilePublic(BaseModel):
+    """OpenAI's file object, with the row and token counts found on upload."""
+
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    format: str
+    rows: int
+    tokens: int
+    sha256: str
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> FilePublic:
+        return cls(
+            id=dataset.id,
+            bytes=dataset.bytes,
+            created_at=int(dataset.created_at),
+            filename=dataset.filename,
+            purpose=dataset.purpose,
+            format=dataset.format,
+            rows=dataset.rows,
+            tokens=dataset.tokens,
+            sha256=dataset.sha256,
+        )
+
+
+class FileList(BaseModel):
+    object: str = "list"
+    data: list[FilePublic]
+    has_more: bool = Field(False, description="More files follow: ask again with `after` = the last id.")
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: str = "file"
+    deleted: bool = True
+
+
+def inspect_rows(path: Path, tokenizer: Any) -> tuple[str, int, int]:
+    """(format, rows, tokens) of a training file; `DataError` naming `file:line` of the first bad row."""
+    from lorafleet.data import read_examples, tokenize_example
+
+    read = read_examples(path)
+    tokens = sum(len(tokenize_example(e, tokenizer, max_length=1 << 30)) for e in read.examples)
+    return read.format, len(read.examples), tokens
+
+
+@router.post("", response_model=FilePublic, status_code=201)
+def upload_file(
+    request: Request,
+    tenant: TenantDep,
+    registry: RegistryDep,
+    file: Annotated[UploadFile, File(description="Training rows: .jsonl, .json, .csv or .parquet.")],
+    purpose: Annotated[str, Form(description="Only 'fine-tune' is accepted.")] = "fine-tune",
+) -> FilePublic:
+    """Upload a training file; every row is checked and a bad one is named by line, storing nothing."""
+    limit: int = request.app.state.settings.max_upload_bytes
+    if purpose != "fine-tune":
+        raise DataError(f"purpose {purpose!r}: this server accepts only 'fine-tune' files")
+    name = Path(file.filename or "upload.jsonl").name
+    if Path(name).suffix.lower() not in SUFFIXES:
+        raise DataError(f"{name}: unsupported file type; upload one of {', '.join(SUFFIXES)}")
+    with tempfile.TemporaryDirectory(prefix="lorafleet-upload-") as folder:
+        path = Path(folder) / name
+        size = 0
+        with path.open("wb") as out:
+            while chunk := file.file.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise UploadTooLargeError(f"{name} is over the upload limit of {limit:,} bytes")
+                out.write(chunk)
+        try:
+            format, rows, tokens = inspect_rows(path, request.app.state.tokenizer())
+        except DataError as err:  # name the file as uploaded, not the temporary folder
+            raise DataError(str(err).replace(f"{folder}/", "")) from None
+        dataset = registry.datasets.add(tenant, path, filename=name, format=format, rows=rows, tokens=tokens)
+    return FilePublic.of(dataset)
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    tenant: TenantDep,
+    registry: RegistryDep,
+    after: str | None = Query(None, description="Id of the last file of the previous page."),
+    limit: int = Query(10_000, ge=1, le=10_000),
+) -> FileList:
+    """The tenant's files, oldest first, a page at a time (OpenAI's cursor pagination)."""
+    datasets = registry.datasets.all(tenant)
+    if after is not None:
+        ids = [d.id for d in datasets]
+        if after not in ids:
+            raise NotFoundError(f"no file {after!r}")
+        datasets = datasets[ids.index(after) + 1 :]
+    return FileList(data=[FilePublic.of(d) for d in datasets[:limit]], has_more=len(datasets) > limit)
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FilePublic:
+    """One file's details."""
+    return FilePublic.of(registry.datasets.get(tenant, file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def get_file_content(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FileResponse:
+    """The file as uploaded."""
+    dataset = registry.datasets.get(tenant, file_id)
+    return FileResponse(registry.datasets.local_path(dataset), filename=dataset.filename)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FileDeleted:
+    """Delete a file that no fine-tuning job uses."""
+    registry.datasets.delete(tenant, file_id)
+    return FileDeleted(id=file_id)

@@ -1,0 +1,239 @@
+"""Fine-tuning jobs (`/v1/fine_tuning/jobs`), shaped like OpenAI's where the two overlap.
+
+Beyond OpenAI's fields a job takes `adapter` (the adapter name its version is registered under) and
+`recipe` (any fields of a lorafleet recipe — lora, training, quantization, eval — validated when the
+job is created, so a bad key is a 400 naming it, not a failed job later).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+from uuid import uuid4
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorafleet.api.deps import RegistryDep, TenantDep
+from lorafleet.errors import ConfigError
+from lorafleet.home import validate_name
+from lorafleet.registry import Registry
+from lorafleet.registry.tables import Job, JobEvent
+from lorafleet.training.config import TrainingConfig
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+RESERVED = ("model", "output")  # recipe sections the job itself sets
+DEFAULT_LR: float = TrainingConfig.model_fields["learning_rate"].default  # what the multiplier scales
+
+
+class Hyperparameters(BaseModel):
+    """OpenAI's hyperparameters; "auto" keeps the recipe's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Literal["auto"] = Field("auto", description="Passes over the training file (1-1000).")
+    batch_size: int | Literal["auto"] = Field("auto", description="Examples per micro-batch (1-4096).")
+    learning_rate_multiplier: float | Literal["auto"] = Field(
+        "auto", description="Multiplies the recipe's learning rate (default 2e-4)."
+    )
+
+
+class JobCreate(BaseModel):
+    """A fine-tuning job to queue."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="The base model; must be the one this server serves.")
+    training_file: str = Field(description="Id of an uploaded file.")
+    validation_file: str | None = Field(None, description="Id of an uploaded file of held-out rows.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    suffix: str | None = Field(None, max_length=64, description="Adapter name, when `adapter` is not given.")
+    adapter: str | None = Field(None, description="Register the result as a version of this adapter.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the run.")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="lorafleet recipe fields to set.")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobPublic(BaseModel):
+    """OpenAI's fine_tuning.job, plus the adapter, progress and metrics."""
+
+    id: str
+    object: str = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None = Field(description="`adapter@version` once the job succeeded.")
+    organization_id: str
+    status: str
+    hyperparameters: Hyperparameters
+    training_file: str
+    validation_file: str | None
+    result_files: list[str] = Field(default_factory=list)
+    trained_tokens: int | None
+    seed: int
+    error: JobError | None
+    adapter: str
+    step: int
+    total_steps: int | None
+    attempts: int
+    metrics: dict[str, Any]
+    estimated_finish: int | None = None
+
+
+class JobList(BaseModel):
+    object: str = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: str = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+
+class EventList(BaseModel):
+    object: str = "list"
+    data: list[EventPublic]
+    has_more: bool
+
+
+def job_public(job: Job, registry: Registry) -> JobPublic:
+    training = job.recipe.get("training", {})
+    version = registry.adapters.by_id(job.tenant_id, job.version_id) if job.version_id else None
+    return JobPublic(
+        id=job.id,
+        created_at=int(job.created_at),
+        finished_at=int(job.finished_at) if job.finished_at is not None else None,
+        model=job.base_model,
+        fine_tuned_model=f"{job.adapter_name}@{version.number}" if version is not None else None,
+        organization_id=job.tenant_id,
+        status=job.status,
+        hyperparameters=Hyperparameters(
+            n_epochs=training.get("epochs", "auto"),
+            batch_size=training.get("batch_size", "auto"),
+            learning_rate_multiplier=training["learning_rate"] / DEFAULT_LR
+            if "learning_rate" in training
+            else "auto",
+        ),
+        training_file=job.dataset_id,
+        validation_file=job.validation_dataset_id,
+        trained_tokens=job.trained_tokens if job.status == "succeeded" else None,
+        seed=int(training.get("seed", 0)),
+        error=JobError(code="job_failed", message=job.error)
+        if job.status == "failed" and job.error
+        else None,
+        adapter=job.adapter_name,
+        step=job.step,
+        total_steps=job.total_steps,
+        attempts=job.attempts,
+        metrics=job.metrics,
+    )
+
+
+def job_recipe(body: JobCreate, base_model: str) -> dict[str, Any]:
+    """The recipe fields the job sets, checked by building the whole recipe; `ConfigError` names a bad key."""
+    from lorafleet.training import parse_config
+
+    recipe = copy.deepcopy(body.recipe)
+    for section in RESERVED:
+        if section in recipe:
+            raise ConfigError(f"recipe.{section}: set by the job itself; leave it out")
+    data = recipe.get("data", {})
+    if not isinstance(data, dict) or {"path", "validation_path"} & set(data):
+        raise ConfigError("recipe.data: the training and validation files are training_file/validation_file")
+    training = recipe.setdefault("training", {})
+    if not isinstance(training, dict):
+        raise ConfigError("recipe.training: must be a mapping of training fields")
+    hyper = body.hyperparameters
+    if hyper.n_epochs != "auto":
+        training["epochs"] = hyper.n_epochs
+    if hyper.batch_size != "auto":
+        training["batch_size"] = hyper.batch_size
+    if hyper.learning_rate_multiplier != "auto":
+        training["learning_rate"] = training.get("learning_rate", DEFAULT_LR) * hyper.learning_rate_multiplier
+    if body.seed is not None:
+        training["seed"] = body.seed
+    whole = {**recipe, "model": {"name": base_model}, "data": {**data, "path": "train.jsonl"}}
+    parse_config(whole, source="recipe")
+    return recipe
+
+
+@router.post("", response_model=JobPublic, status_code=200)
+def create_job(body: JobCreate, request: Request, tenant: TenantDep, registry: RegistryDep) -> JobPublic:
+    """Queue a fine-tuning job on an uploaded file; a worker trains it and registers a new adapter version."""
+    settings = request.app.state.settings
+    if body.model != settings.base_model:
+        raise ConfigError(f"model {body.model!r}: this server fine-tunes {settings.base_model!r}")
+    adapter = body.adapter or body.suffix or f"ft-{uuid4().hex[:8]}"
+    validate_name(adapter, what="adapter")
+    job = registry.jobs.create(
+        tenant,
+        adapter_name=adapter,
+        dataset_id=body.training_file,
+        validation_dataset_id=body.validation_file,
+        base_model=settings.base_model,
+        recipe=job_recipe(body, settings.base_model),
+        max_retries=settings.max_job_retries,
+    )
+    return job_public(job, registry)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    tenant: TenantDep,
+    registry: RegistryDep,
+    after: str | None = Query(None, description="Id of the last job of the previous page."),
+    limit: int = Query(20, ge=1, le=100),
+) -> JobList:
+    """The tenant's jobs, newest first."""
+    jobs = registry.jobs.all(tenant, limit=limit + 1, after=after)
+    return JobList(data=[job_public(j, registry) for j in jobs[:limit]], has_more=len(jobs) > limit)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobPublic:
+    """One job: status, progress, metrics and, once it succeeded, the adapter version it made."""
+    return job_public(registry.jobs.get(tenant, job_id), registry)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(
+    job_id: str,
+    tenant: TenantDep,
+    registry: RegistryDep,
+    after: str | None = Query(None, description="Id of the last event of the previous page."),
+    limit: int = Query(20, ge=1, le=1000),
+) -> EventList:
+    """The job's events, newest first (status changes, logs, step metrics)."""
+    cursor = (
+        int(after.removeprefix("ftevent-")) if after and after.removeprefix("ftevent-").isdigit() else None
+    )
+    events = registry.jobs.events(tenant, job_id, after=cursor, limit=limit + 1, newest_first=True)
+    return EventList(data=[_event(e) for e in events[:limit]], has_more=len(events) > limit)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobPublic:
+    """Cancel a job: a queued one at once, a running one as soon as its worker sees the request."""
+    return job_public(registry.jobs.cancel(tenant, job_id), registry)
+
+
+def _event(event: JobEvent) -> EventPublic:
+    return EventPublic(
+        id=f"ftevent-{event.id}",
+        created_at=int(event.created_at),
+        level=event.level,
+        message=event.message,
+        type=event.type,
+        data=event.data,
+    )

@@ -1,0 +1,309 @@
+"""The job process: run one fine-tuning job from a spec file and report it through an events file.
+
+    python -m lorafleet.jobs.runner SPEC.json
+
+The spec is a JSON object (relative paths in it are relative to the spec file's folder):
+
+    {"config": {...},          a FinetuneConfig mapping (the recipe, as `parse_config` takes it)
+     "events": "events.jsonl", where to append events (created if missing)
+     "home": "/srv/lorafleet", optional: the LORAFLEET_HOME to train under
+     "resume": false}          optional: continue from the run's last checkpoint
+
+The events file is the contract with the worker that tails it (`read_events`): one JSON object per
+line, each appended with a single write(); the terminal event is fsynced before the process exits.
+
+    {"type": "log", "message": str, "time": float}
+    {"type": "step", "step": int, "total_steps": int | None, "metrics": {...}, "time": float}
+    {"type": "result", "adapter_dir": str, "run_dir": str, "summary": {...}, "time": float}
+    {"type": "error", "message": str, "time": float}
+    {"type": "cancelled", "message": str, "time": float}
+
+`time` is Unix seconds. The first event is a log line naming the job process's pid. `metrics` is the
+training loop's step record without `step` (loss, learning_rate, grad_norm, tokens, ...); a
+non-finite number (a NaN loss) is written as null so every line is strict JSON. `total_steps` is
+`training.max_steps` when the recipe sets it (early stopping may end sooner), else null. Exactly
+one of result / error / cancelled ends a job that was not killed, matching the exit code:
+
+    0  result     the adapter was saved
+    1  error      training failed (the traceback is on stderr)
+    2  error      the spec, the config or its data is invalid; retrying will not help
+    3  cancelled  SIGTERM (or Ray's cancel): a checkpoint was written, `resume` continues from it
+                  (none when it came before the training loop started: the message says so)
+
+A spec that names no usable events file gets its message on stderr only, and exit code 2; a job
+whose parent died before it could ask to die with it exits 1 at once, with no events.
+SIGTERM is turned into KeyboardInterrupt in the main thread, so training takes its own Ctrl-C path
+(checkpoint, then `TrainingInterrupted`); further SIGTERMs are ignored while the checkpoint is
+written, and one arriving after training returned is ignored. On Linux the process asks to be
+SIGKILLed when its parent dies (PR_SET_PDEATHSIG), so a killed worker leaves no orphaned jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lorafleet.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+EXIT_CANCELLED = 3
+
+PARENT_PID_ENV = "LORAFLEET_JOB_PARENT_PID"  # set by the executor: the pid the job must die with
+_SPEC_KEYS: dict[str, type] = {"config": dict, "events": str, "home": str, "resume": bool}
+_KIND_NAMES = {dict: "JSON object", str: "string", bool: "boolean"}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class BadSpecError(ConfigError):
+    """The spec file is unreadable or malformed; the message names the file and the key."""
+
+
+class EventLog:
+    """Appends events to the events file: one JSON line per event, each in a single write()."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, *, durable: bool = False, **fields: Any) -> None:
+        """Append `{"type": kind, **fields, "time": now}`; `durable` fsyncs it (for terminal events)."""
+        event = {"type": kind, **fields, "time": time.time()}
+        data = (json.dumps(_finite(event), default=str, allow_nan=False) + "\n").encode()
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if durable:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_events(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The complete event lines after byte `offset`, and the offset to read from next time.
+
+    A half-written last line is left for the next call; a missing file reads as no events yet. Lines
+    that are not JSON objects (which the runner never writes) are skipped rather than stopping the reader.
+    """
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events, offset + end
+
+
+def run_spec(spec_path: str | os.PathLike[str]) -> int:
+    """Run the job described by `spec_path`, appending its events; return the exit code (see above).
+
+    Called by `main` in a job process, and in-process by the Ray executor's task.
+    """
+    path = Path(spec_path).absolute()
+    try:
+        spec = _load_spec(path)
+        events = EventLog(_resolve(path, spec, "events"))
+    except (BadSpecError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_SPEC
+    _state.finishing = False
+    try:
+        events.emit("log", message=f"job process {os.getpid()} started")
+        try:
+            _check_spec(path, spec)
+            home = _resolve(path, spec, "home") if "home" in spec else None
+        except BadSpecError as err:
+            events.emit("error", message=str(err), durable=True)
+            return EXIT_BAD_SPEC
+        with _lorafleet_home(home):
+            return _run(spec, events)
+    finally:
+        events.close()
+
+
+def _load_spec(path: Path) -> dict[str, Any]:
+    """The spec file's JSON object."""
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as err:
+        raise BadSpecError(f"{path}: cannot read the job spec ({err.strerror or err})") from err
+    except ValueError as err:
+        raise BadSpecError(f"{path}: the job spec is not valid JSON ({err})") from err
+    if not isinstance(spec, dict):
+        raise BadSpecError(f"{path}: a job spec is a JSON object with 'config' and 'events'")
+    return spec
+
+
+def _check_spec(path: Path, spec: dict[str, Any]) -> None:
+    """Every key known and of its type (the config inside is checked by `parse_config`)."""
+    unknown = sorted(set(spec) - set(_SPEC_KEYS))
+    if unknown:
+        raise BadSpecError(f"{path}: unknown key {unknown[0]!r}; a spec holds {', '.join(_SPEC_KEYS)}")
+    for key, kind in _SPEC_KEYS.items():
+        if (key in ("config", "events") or key in spec) and not isinstance(spec.get(key), kind):
+            raise BadSpecError(f"{path}: '{key}' must be a {_KIND_NAMES[kind]} (got {spec.get(key)!r})")
+
+
+def _resolve(path: Path, spec: dict[str, Any], key: str) -> Path:
+    """The path under `key`, relative to the spec file's folder."""
+    value = spec.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadSpecError(f"{path}: '{key}' must be a path (got {value!r})")
+    return path.parent / Path(value).expanduser()
+
+
+def _run(spec: dict[str, Any], events: EventLog) -> int:
+    """Validate the config and train, turning each way it can end into its event and exit code."""
+    try:
+        from lorafleet.errors import LorafleetError, TrainingInterrupted
+        from lorafleet.training import parse_config, train
+
+        try:
+            config = parse_config(spec["config"], source="job config")
+        except ConfigError as err:
+            events.emit("error", message=str(err), durable=True)
+            return EXIT_BAD_SPEC
+        total_steps = config.training.max_steps
+
+        def log(message: str) -> None:
+            print(message, flush=True)
+            events.emit("log", message=message)
+
+        def on_step(record: dict[str, Any]) -> None:
+            metrics = {key: value for key, value in record.items() if key != "step"}
+            events.emit("step", step=record["step"], total_steps=total_steps, metrics=metrics)
+
+        try:
+            result = train(
+                config, resume=spec.get("resume", False), show_progress=False, log=log, on_step=on_step
+            )
+        except TrainingInterrupted as err:
+            events.emit("cancelled", message=str(err), durable=True)
+            return EXIT_CANCELLED
+        except ConfigError as err:  # a data file missing or bad, a setting the device cannot honour
+            events.emit("error", message=str(err), durable=True)
+            return EXIT_BAD_SPEC
+        except LorafleetError as err:
+            traceback.print_exc()
+            events.emit("error", message=str(err), durable=True)
+            return EXIT_FAILED
+        _state.finishing = True
+        events.emit(
+            "result",
+            adapter_dir=str(result.adapter_dir),
+            run_dir=str(result.run_dir),
+            summary=result.summary,
+            durable=True,
+        )
+        return EXIT_OK
+    except KeyboardInterrupt:  # cancelled outside the training loop (loading the model, say)
+        events.emit(
+            "cancelled", message="cancelled outside the training loop; no checkpoint written", durable=True
+        )
+        return EXIT_CANCELLED
+    except Exception as err:
+        traceback.print_exc()
+        events.emit("error", message=f"{type(err).__name__}: {err}", durable=True)
+        return EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _lorafleet_home(home: Path | None) -> Iterator[None]:
+    """Set $LORAFLEET_HOME for the job and put the old value back (a Ray worker runs many jobs)."""
+    if home is None:
+        yield
+        return
+    old = os.environ.get("LORAFLEET_HOME")
+    os.environ["LORAFLEET_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LORAFLEET_HOME", None)
+        else:
+            os.environ["LORAFLEET_HOME"] = old
+
+
+class _State:
+    finishing = False  # training returned: a late SIGTERM no longer interrupts the job
+
+
+_state = _State()
+
+
+def _cancel_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: Ctrl-C for the training loop, once; later SIGTERMs are ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not _state.finishing:
+        raise KeyboardInterrupt
+
+
+def die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False if the parent is already gone.
+
+    The parent is the pid in $LORAFLEET_JOB_PARENT_PID when set (the executor sets it), else anything
+    but init. Note that Linux tracks the parent *thread*: the child dies when the thread that started
+    it exits. A no-op (True) on other systems.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            print(f"warning: prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()})", file=sys.stderr)
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and expected.isdigit():
+        return os.getppid() == int(expected)
+    return os.getppid() != 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lorafleet.jobs.runner SPEC.json`: run the job, return its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m lorafleet.jobs.runner SPEC.json", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    if not die_with_parent():
+        print("error: the process that started this job has already exited", file=sys.stderr)
+        return EXIT_FAILED
+    signal.signal(signal.SIGTERM, _cancel_on_sigterm)
+    return run_spec(args[0])
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities replaced by None, so the line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""A worker: claims fine-tuning jobs from the registry's queue and runs each in its own process.
+
+    loop      recover stale jobs → claim the oldest queued job → run it → repeat (sleep when idle)
+    run       write the job's spec → executor starts the runner (`jobs.runner`) → tail its events file:
+              step metrics and logs go to the registry with each heartbeat; a cancel request stops the
+              run → on success register the adapter as a new version and mark the job succeeded in
+              one transaction; else mark it failed or cancelled
+
+The training never runs in the worker's own process, so a crash in training cannot take the worker
+down, and a killed worker takes its runner with it (the runner dies with its parent). A job whose
+worker vanished is found by `recover_stale` in any worker (or the server) once its heartbeat is older
+than the lease, and re-queued while it has retries left. No version is registered unless the runner
+finished and the worker still owned the job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorafleet.errors import ConflictError, LorafleetError
+from lorafleet.home import lorafleet_home
+from lorafleet.jobs.executors import Executor, RunningJob, make_executor
+from lorafleet.jobs.runner import EXIT_CANCELLED, read_events
+from lorafleet.registry import Registry
+from lorafleet.registry.tables import Job
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerSettings(BaseModel):
+    """How a worker polls, reports and recovers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_seconds: float = Field(1.0, gt=0, le=60, description="Sleep between claims when the queue is empty.")
+    heartbeat_seconds: float = Field(2.0, gt=0, le=60, description="Progress is written this often.")
+    lease_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="A running job without a heartbeat this long is recovered."
+    )
+    executor: str = Field("local", description="Where runs execute: local (processes here) or ray.")
+    ray_address: str | None = Field(None, description="Ray cluster address for executor ray (None: local).")
+    workdir: str | None = Field(None, description="Runs' scratch space; default $LORAFLEET_HOME/work.")
+    keep_workdir: bool = Field(False, description="Keep a finished run's scratch files (for debugging).")
+
+
+class Worker:
+    """Runs queued jobs one at a time; start several for parallel jobs (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: WorkerSettings | None = None,
+        *,
+        worker_id: str | None = None,
+        executor: Executor | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.say = say or logger.info  # one line per job taken and per job ended
+        self.settings = settings or WorkerSettings()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}"
+        options = {"address": self.settings.ray_address} if self.settings.executor == "ray" else {}
+        self.executor = executor or make_executor(self.settings.executor, **options)
+        self.workdir = Path(self.settings.workdir or lorafleet_home() / "work")
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Claim and run jobs until `stop()`; a job running at that moment is stopped and re-queued.
+
+        An unexpected error (the database unreachable, say) is logged and the loop goes on after
+        `poll_seconds`, so a worker thread never dies of one; a job it cut short is recovered once its
+        lease runs out.
+        """
+        while not self.stopping.is_set():
+            try:
+                busy = self.run_once()
+            except Exception as err:
+                logger.exception("worker %s: error while taking or running a job", self.worker_id)
+                self.say(f"error: {err}")
+                busy = False
+            if not busy:
+                self.stopping.wait(self.settings.poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run_once(self) -> bool:
+        """Recover stale jobs, then claim one job and run it to its end; False when the queue was empty."""
+        self.registry.jobs.recover_stale(lease_seconds=self.settings.lease_seconds)
+        job = self.registry.jobs.claim(self.worker_id)
+        if job is None:
+            return False
+        self.say(
+            f"{job.id}: started (tenant {job.tenant_id}, adapter {job.adapter_name}, attempt {job.attempts})"
+        )
+        status = self.run_job(job)
+        self.say(f"{job.id}: {'re-queued' if status == 'queued' else status}")
+        return True
+
+    def run_job(self, job: Job) -> str:
+        """Run a job this worker has claimed; its final status (or "lost" if another took it over)."""
+        folder = self.workdir / job.id / f"attempt-{job.attempts}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        try:
+            return self._supervise(job, folder)
+        finally:
+            if not self.settings.keep_workdir:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+                shutil.rmtree(lorafleet_home() / "adapters" / job.id, ignore_errors=True)
+
+    def _supervise(self, job: Job, folder: Path) -> str:
+        jobs = self.registry.jobs
+        try:
+            spec = self._write_spec(job, folder)
+        except LorafleetError as err:
+            jobs.finish(job.id, self.worker_id, "failed", error=str(err))
+            return "failed"
+        started = time.perf_counter()
+        try:
+            running = self.executor.start(spec, workdir=folder)
+        except LorafleetError as err:  # Ray missing, say: fail now rather than leave the job running
+            jobs.finish(job.id, self.worker_id, "failed", error=str(err))
+            return "failed"
+        tail = _EventTail(folder / "events.jsonl")
+        last_beat = 0.0
+        code: int | None = None
+        try:
+            while code is None:
+                code = running.wait(0.25)
+                tail.read()
+                if code is None and time.monotonic() - last_beat < self.settings.heartbeat_seconds:
+                    continue
+                last_beat = time.monotonic()
+                if self._beat(job, tail) and code is None:
+                    running.cancel()
+                if self.stopping.is_set() and code is None:
+                    running.kill()
+                    running.wait(30)
+                    jobs.release(job.id, self.worker_id, f"worker {self.worker_id} is shutting down")
+                    return "queued"
+            tail.read()
+            self._beat(job, tail)
+        except ConflictError:  # the job was recovered by someone else: our run no longer counts
+            _stop(running)
+            return "lost"
+        except BaseException:
+            _stop(running)
+            raise
+        return self._finish(job, code, tail, time.perf_counter() - started)
+
+    def _beat(self, job: Job, tail: _EventTail) -> bool:
+        """Send new progress and events; whether cancellation was asked."""
+        return self.registry.jobs.heartbeat(
+            job.id,
+            self.worker_id,
+            step=tail.step,
+            total_steps=tail.total_steps,
+            metrics=tail.metrics,
+            events=tail.take(),
+        )
+
+    def _finish(self, job: Job, code: int, tail: _EventTail, seconds: float) -> str:
+        jobs = self.registry.jobs
+        if code == 0 and tail.result is not None:
+            summary = tail.result.get("summary", {})
+            try:
+                self.registry.complete_job(
+                    job,
+                    self.worker_id,
+                    Path(tail.result["adapter_dir"]),
+                    metrics=_version_metrics(summary),
+                    trained_tokens=int(summary.get("tokens", 0)),
+                    compute_seconds=seconds,
+                )
+            except ConflictError:
+                return "lost"
+            except LorafleetError as err:  # a quota, a missing artifact: the run is lost, the job fails
+                jobs.finish(job.id, self.worker_id, "failed", error=f"could not register the adapter: {err}")
+                return "failed"
+            return "succeeded"
+        if code == EXIT_CANCELLED:
+            jobs.finish(job.id, self.worker_id, "cancelled")
+            return "cancelled"
+        error = tail.error or f"the training process exited with code {code}; see {tail.path.parent}"
+        jobs.finish(job.id, self.worker_id, "failed", error=error)
+        return "failed"
+
+    def _write_spec(self, job: Job, folder: Path) -> Path:
+        datasets = self.registry.datasets
+        recipe: dict[str, Any] = copy.deepcopy(job.recipe)
+        recipe.setdefault("model", {})["name"] = job.base_model
+        data = recipe.setdefault("data", {})
+        data["path"] = str(datasets.local_path(datasets.get(job.tenant_id, job.dataset_id)))
+        if job.validation_dataset_id is not None:
+            validation = datasets.get(job.tenant_id, job.validation_dataset_id)
+            data["validation_path"] = str(datasets.local_path(validation))
+        # The adapter is written under the job's id (unique), registered, then removed from there.
+        recipe["output"] = {"name": job.id, "run_dir": str(folder / "run"), "overwrite": True}
+        spec = folder / "spec.json"
+        events = str(folder / "events.jsonl")
+        spec.write_text(json.dumps({"config": recipe, "events": events, "home": str(lorafleet_home())}))
+        return spec
+
+
+class _EventTail:
+    """The runner's events file read as it grows: progress so far, new events for the registry, the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.step: int | None = None
+        self.total_steps: int | None = None
+        self.metrics: dict[str, Any] = {}
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._pending: list[tuple[str, str, dict[str, Any] | None]] = []
+
+    def read(self) -> None:
+        if not self.path.exists():
+            return
+        events, self.offset = read_events(self.path, self.offset)
+        for event in events:
+            kind = event.get("type")
+            if kind == "step":
+                self.step, self.total_steps = event.get("step"), event.get("total_steps")
+                self.metrics = {
+                    k: v for k, v in event.get("metrics", {}).items() if isinstance(v, int | float)
+                }
+                self._pending.append(("metrics", f"step {self.step}/{self.total_steps}", self.metrics))
+            elif kind == "log":
+                self._pending.append(("message", str(event.get("message", "")), None))
+            elif kind == "result":
+                self.result = event
+            elif kind in ("error", "cancelled"):
+                self.error = str(event.get("message", ""))
+                self._pending.append(("message", self.error, None))
+
+    def take(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+def _version_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a version keeps from its run's summary."""
+    keep = ("steps", "final_train_loss", "tokens", "train_seconds", "evaluation")
+    return {key: summary[key] for key in keep if key in summary}
+
+
+def _stop(running: RunningJob) -> None:
+    running.kill()
+    running.wait(30)

@@ -1,0 +1,148 @@
+"""Artifact storage: uploaded datasets and adapter versions, in a local directory or at any fsspec URL.
+
+Writing is all-or-nothing. On a local disk a file or directory is written under a temporary name,
+every file and the directories are fsynced, then it is renamed into place: a crash leaves either
+nothing or the whole artifact. On an object store (S3, …) it is uploaded under a temporary name and
+moved. The registry commits a row naming an artifact only after `put_*` returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from lorafleet.errors import ConfigError, CorruptFileError, NotFoundError
+from lorafleet.home import lorafleet_home
+
+_CHUNK = 1 << 20
+
+
+def default_artifacts_url() -> str:
+    """`$LORAFLEET_ARTIFACTS_URL`, else the directory `$LORAFLEET_HOME/artifacts`."""
+    return os.environ.get("LORAFLEET_ARTIFACTS_URL") or str(lorafleet_home() / "artifacts")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of one file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def directory_sha256(path: Path) -> str:
+    """One SHA-256 over a directory: each file's relative path and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class ArtifactStore:
+    """Files and directories under one root: a local path (default) or an fsspec URL such as `s3://bucket/x`."""
+
+    def __init__(self, url: str | None = None, *, cache_dir: Path | None = None) -> None:
+        self.url = (url or default_artifacts_url()).rstrip("/")
+        self.local = "://" not in self.url or self.url.startswith("file://")
+        self.cache_dir = cache_dir or lorafleet_home() / "cache" / "artifacts"
+        if self.local:
+            self.root = Path(self.url.removeprefix("file://")).expanduser()
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._fs: Any = None
+        else:
+            import fsspec
+
+            try:
+                self._fs, self._root_path = fsspec.core.url_to_fs(self.url)
+            except (ImportError, ValueError) as err:
+                raise ConfigError(f"artifacts URL {self.url!r}: {err}") from err
+
+    def put_file(self, source: Path, key: str) -> str:
+        """Store one file as `key` (a relative path); return its URL."""
+        return self._put(source, key, directory=False)
+
+    def put_directory(self, source: Path, key: str) -> str:
+        """Store a directory as `key`; return its URL."""
+        return self._put(source, key, directory=True)
+
+    def local_path(self, url: str) -> Path:
+        """A local path with the artifact's contents: the file itself on a local store, else a cached copy."""
+        if self.local:
+            path = Path(url.removeprefix("file://"))
+            if not path.exists():
+                raise NotFoundError(f"artifact {url} is missing from the store")
+            return path
+        target = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
+        if not target.exists():
+            partial = target.with_name(f".{target.name}.{uuid4().hex[:8]}")
+            try:
+                self._fs.get(url, str(partial), recursive=True)
+            except FileNotFoundError as err:
+                raise NotFoundError(f"artifact {url} is missing from the store") from err
+            partial.rename(target)  # another thread may have won: both copies are the same artifact
+        return target
+
+    def delete(self, url: str) -> None:
+        """Remove an artifact (a missing one is fine: deleting twice is not an error)."""
+        if self.local:
+            path = Path(url.removeprefix("file://"))
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif self._fs.exists(url):
+            self._fs.rm(url, recursive=True)
+
+    def _put(self, source: Path, key: str, *, directory: bool) -> str:
+        if not source.exists():
+            raise CorruptFileError(f"{source}: nothing to store")
+        if self.local:
+            final = self.root / key
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temporary = final.with_name(f".tmp-{final.name}-{uuid4().hex[:8]}")
+            try:
+                if directory:
+                    shutil.copytree(source, temporary)
+                    for file in temporary.rglob("*"):
+                        if file.is_file():
+                            _fsync(file)
+                    _fsync_dir(temporary)
+                else:
+                    shutil.copyfile(source, temporary)
+                    _fsync(temporary)
+                if final.exists():  # an older try of the same key that never got its row
+                    self.delete(str(final))
+                temporary.rename(final)
+                _fsync_dir(final.parent)
+            except BaseException:
+                self.delete(str(temporary))
+                raise
+            return str(final)
+        final_url = f"{self.url}/{key}"
+        temporary_url = f"{self.url}/.tmp/{uuid4().hex}"
+        self._fs.put(str(source), temporary_url, recursive=directory)
+        self._fs.mv(temporary_url, final_url, recursive=directory)
+        return final_url
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

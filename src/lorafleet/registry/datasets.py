@@ -1,0 +1,92 @@
+"""Uploaded training files: stored as artifacts with their SHA-256, row and token counts.
+
+The caller validates the file (rows, columns, tokens: that needs the data layer and a tokenizer,
+which the registry does not import) and hands over the counts; the registry stores the file, then
+its row, so a failure at any point leaves neither.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from lorafleet.errors import ConflictError, NotFoundError
+from lorafleet.registry.artifacts import ArtifactStore, file_sha256
+from lorafleet.registry.database import Database
+from lorafleet.registry.tables import Dataset, Job, Tenant, new_id
+from lorafleet.registry.usage import check_storage, record_usage
+
+
+class Datasets:
+    """A tenant's uploaded training files."""
+
+    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+        self.db = db
+        self.artifacts = artifacts
+
+    def add(
+        self, tenant_id: str, source: Path, *, filename: str, format: str, rows: int, tokens: int
+    ) -> Dataset:
+        """Store the validated file `source` and its row; `QuotaExceededError` past the storage quota."""
+        size = source.stat().st_size
+        with self.db.session() as session:
+            check_storage(session, session.get_one(Tenant, tenant_id), new_bytes=size, new_adapter=False)
+        dataset_id = new_id("file")
+        suffix = Path(filename).suffix.lower()[:10] or ".jsonl"
+        url = self.artifacts.put_file(source, f"tenants/{tenant_id}/files/{dataset_id}{suffix}")
+        dataset = Dataset(
+            id=dataset_id,
+            tenant_id=tenant_id,
+            filename=Path(filename).name[:255],
+            format=format,
+            bytes=size,
+            sha256=file_sha256(source),
+            rows=rows,
+            tokens=tokens,
+            artifact=url,
+        )
+        try:
+            with self.db.session() as session:
+                session.add(dataset)
+                record_usage(session, tenant_id, "storage", storage_bytes=size)
+        except BaseException:
+            self.artifacts.delete(url)
+            raise
+        return dataset
+
+    def get(self, tenant_id: str, dataset_id: str) -> Dataset:
+        with self.db.session() as session:
+            dataset = session.get(Dataset, dataset_id)
+        if dataset is None or dataset.tenant_id != tenant_id:
+            raise NotFoundError(f"no file {dataset_id!r}")
+        return dataset
+
+    def all(self, tenant_id: str) -> list[Dataset]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)
+                )
+            )
+
+    def local_path(self, dataset: Dataset) -> Path:
+        return self.artifacts.local_path(dataset.artifact)
+
+    def delete(self, tenant_id: str, dataset_id: str) -> Dataset:
+        """Delete a file no job refers to; `ConflictError` naming a job that does."""
+        with self.db.session() as session:
+            dataset = session.get(Dataset, dataset_id)
+            if dataset is None or dataset.tenant_id != tenant_id:
+                raise NotFoundError(f"no file {dataset_id!r}")
+            job = session.scalar(
+                select(Job.id).where(
+                    (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id)
+                )
+            )
+            if job is not None:
+                raise ConflictError(f"file {dataset_id} is used by fine-tuning job {job}; it is kept")
+            session.delete(dataset)
+            record_usage(session, tenant_id, "storage", storage_bytes=-dataset.bytes)
+        self.artifacts.delete(dataset.artifact)
+        return dataset

@@ -1,0 +1,207 @@
+"""The registry's tables (SQLAlchemy 2 declarative). Every row but `Tenant` belongs to one tenant.
+
+Times are UNIX seconds (float, UTC), the same on SQLite and PostgreSQL and what OpenAI's shapes use.
+Ids are short prefixed strings (`ftjob-…`, `file-…`) so they read well in URLs and logs.
+The schema is created by the Alembic migrations in `registry/migrations/`; a test checks they match.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+from uuid import uuid4
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id such as `ftjob-3f9c…` (24 hex digits after the prefix)."""
+    return f"{prefix}-{uuid4().hex[:24]}"
+
+
+def now() -> float:
+    """The current time in UNIX seconds."""
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, int: Integer, float: Float}
+
+
+class Tenant(Base):
+    """A customer of the server; quotas are None when unlimited."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("tn"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(default=now)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(default=None)
+    max_adapters: Mapped[int | None] = mapped_column(default=None)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    max_monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    requests_per_minute: Mapped[int | None] = mapped_column(default=None)
+
+
+class ApiKey(Base):
+    """A tenant's API key: only its SHA-256 is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell keys apart in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(default=now)
+    revoked_at: Mapped[float | None] = mapped_column(default=None)
+
+
+class Dataset(Base):
+    """An uploaded training file, validated on upload (OpenAI's "file" with purpose fine-tune)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("file"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32), default="fine-tune")
+    format: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int]
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    artifact: Mapped[str] = mapped_column(Text)  # URL of the stored file
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class Job(Base):
+    """A fine-tuning job: queued → running → succeeded | failed | cancelled."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_name: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(String(255))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), default=None)
+    parent_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)  # recipe fields the job sets
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_retries: Mapped[int] = mapped_column(default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    heartbeat_at: Mapped[float | None] = mapped_column(default=None)
+    step: Mapped[int] = mapped_column(default=0)
+    total_steps: Mapped[int | None] = mapped_column(default=None)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    version_id: Mapped[str | None] = mapped_column(String(40), default=None)  # the version it registered
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+    started_at: Mapped[float | None] = mapped_column(default=None)
+    finished_at: Mapped[float | None] = mapped_column(default=None)
+
+
+class JobEvent(Base):
+    """One line of a job's event log (status changes, training logs, step metrics)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[float] = mapped_column(default=now)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    type: Mapped[str] = mapped_column(String(16), default="message")  # message | metrics | status
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class Adapter(Base):
+    """A named adapter of a tenant; its versions are numbered 1, 2, 3 … and never change."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ad"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(default=now)
+    latest_version: Mapped[int] = mapped_column(default=0)
+
+
+class AdapterVersion(Base):
+    """An immutable trained adapter: its stored artifact, digest, metrics and lineage."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("adapter_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("av"))
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    number: Mapped[int]
+    artifact: Mapped[str] = mapped_column(Text)  # URL of the stored adapter directory
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    base_model: Mapped[str] = mapped_column(String(255))
+    dataset_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    parent_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class Alias(Base):
+    """A movable name (`production`, `staging`, …) for one version of an adapter."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[str] = mapped_column(ForeignKey("adapter_versions.id"))
+    updated_at: Mapped[float] = mapped_column(default=now)
+
+
+class AliasMove(Base):
+    """The audit trail of aliases: every promote and rollback, who did it, from which version to which."""
+
+    __tablename__ = "alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    to_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | delete
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class UsageRecord(Base):
+    """What one request or job used: tokens, compute seconds, stored bytes; billed by the price table."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # inference | training | storage
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    model: Mapped[str | None] = mapped_column(String(255), default=None)
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    compute_seconds: Mapped[float] = mapped_column(default=0.0)
+    storage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,115 @@
+"""Tenants, their quotas and their API keys (stored as SHA-256; the key itself is shown once)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from lorafleet.errors import AuthenticationError, ConflictError, NotFoundError
+from lorafleet.home import validate_name
+from lorafleet.registry.database import Database
+from lorafleet.registry.tables import ApiKey, Tenant, now
+
+KEY_PREFIX = "lf-"
+
+
+class Quotas(BaseModel):
+    """A tenant's limits; None means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_jobs: int | None = Field(None, ge=0, le=10_000, description="Jobs queued or running.")
+    max_adapters: int | None = Field(None, ge=0, le=10**6, description="Adapter names stored.")
+    max_storage_bytes: int | None = Field(None, ge=0, description="Bytes of datasets and adapter versions.")
+    max_monthly_tokens: int | None = Field(
+        None, ge=0, description="Prompt + generated + trained tokens per calendar month (UTC)."
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=1, le=10**6, description="Requests per minute per API key (every route)."
+    )
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Tenants:
+    """Create, read and limit tenants; issue, list, revoke and check their API keys."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, name: str, *, quotas: Quotas | None = None) -> Tenant:
+        """A new tenant; `ConflictError` if the name is taken."""
+        validate_name(name, what="tenant name")
+        tenant = Tenant(name=name, **(quotas or Quotas()).model_dump())
+        try:
+            with self.db.session() as session:
+                session.add(tenant)
+        except IntegrityError:
+            raise ConflictError(f"a tenant named {name!r} already exists") from None
+        return tenant
+
+    def get(self, tenant_id: str) -> Tenant:
+        """The tenant with that id or name; `NotFoundError` if none."""
+        with self.db.session() as session:
+            tenant = session.get(Tenant, tenant_id) or session.scalar(
+                select(Tenant).where(Tenant.name == tenant_id)
+            )
+        if tenant is None:
+            raise NotFoundError(f"no tenant {tenant_id!r}")
+        return tenant
+
+    def all(self) -> list[Tenant]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Tenant).order_by(Tenant.created_at)))
+
+    def set_quotas(self, tenant_id: str, quotas: Quotas) -> Tenant:
+        """Replace the fields of `quotas` that were set explicitly."""
+        with self.db.session() as session:
+            tenant = session.get(Tenant, self.get(tenant_id).id)
+            assert tenant is not None
+            for field, value in quotas.model_dump(exclude_unset=True).items():
+                setattr(tenant, field, value)
+        return tenant
+
+    def create_key(self, tenant_id: str, *, name: str = "default") -> tuple[ApiKey, str]:
+        """A new API key: its row and the secret, which is not stored and cannot be shown again."""
+        tenant = self.get(tenant_id)
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(tenant_id=tenant.id, name=name[:64], prefix=secret[:10], key_hash=hash_key(secret))
+        with self.db.session() as session:
+            session.add(key)
+        return key, secret
+
+    def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+                )
+            )
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey:
+        """Revoke a key of this tenant (a key of another tenant is "not found")."""
+        with self.db.session() as session:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.tenant_id != tenant_id:
+                raise NotFoundError(f"no API key {key_id!r}")
+            if key.revoked_at is None:
+                key.revoked_at = now()
+        return key
+
+    def authenticate(self, secret: str) -> ApiKey:
+        """The live key whose secret this is; `AuthenticationError` for unknown or revoked keys."""
+        with self.db.session() as session:
+            key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+        if key is None:
+            raise AuthenticationError("unknown API key")
+        if key.revoked_at is not None:
+            raise AuthenticationError(f"API key {key.prefix}… was revoked")
+        return key

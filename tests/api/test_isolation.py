@@ -1,0 +1,292 @@
+"""Tenant isolation through a real server: another tenant's ids and names are "not found" on every route.
+
+Tenant A owns a file, a queued job, and an adapter with two versions and a `production` alias. Tenant B
+calls every tenant route with A's ids and names and gets 404 (never 200, 403, 409 or 500, and never A's
+data); B's lists hold none of A's items; A's resources are unchanged afterwards. `FOREIGN_CALLS` has one
+line per route call and `LISTS` one per list route: a test checks that together they cover every /v1 route
+but the admin's, so a new route fails it until it has an isolation case. Then the keys: a missing, unknown
+or revoked key is a 401, a tenant key on an admin route and the admin key without `X-Lorafleet-Tenant` on a
+tenant route are 403s, and the admin naming a tenant in that header acts for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from lorafleet.api.auth import TENANT_HEADER
+from tests.helpers import save_random_adapter, write_jsonl
+from tests.support.platform import ADMIN_KEY, QA_ROWS, QUICK_RECIPE, Platform, Tenant, upload
+
+pytestmark = pytest.mark.integration
+
+Call = tuple[str, str, dict[str, Any] | None]  # method, the app's path template (+ a query), JSON body
+
+MODELS = ("{name}", "{name}@1", "{name}:production")  # every way `model` can name an adapter
+JOB = {"model": "{base}", "recipe": QUICK_RECIPE}
+FOREIGN_CALLS: list[Call] = [
+    ("GET", "/v1/files?after={file_id}", None),
+    ("GET", "/v1/files/{file_id}", None),
+    ("GET", "/v1/files/{file_id}/content", None),
+    ("DELETE", "/v1/files/{file_id}", None),
+    ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{file_id}"}),
+    ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "validation_file": "{file_id}"}),
+    ("GET", "/v1/fine_tuning/jobs?after={job_id}", None),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}", None),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events", None),
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", None),
+    ("GET", "/v1/adapters/{name}", None),
+    ("GET", "/v1/adapters/{name}/versions", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}/download", None),
+    ("DELETE", "/v1/adapters/{name}/versions/{version}", None),
+    ("POST", "/v1/adapters/{name}/aliases/{alias}", {"version": 1}),
+    ("POST", "/v1/adapters/{name}/aliases/{alias}/rollback", None),
+    ("GET", "/v1/adapters/{name}/history", None),
+    ("DELETE", "/v1/adapters/{name}", None),
+    *[("POST", "/v1/completions", {"model": m, "prompt": "q1", "max_tokens": 2}) for m in MODELS],
+    *[
+        ("POST", "/v1/chat/completions", {"model": m, "messages": [{"role": "user", "content": "q1"}]})
+        for m in MODELS
+    ],
+]
+# List routes: what B's answer must not contain of A's (each gets the ids of A's resources and B's answer).
+LISTS: dict[str, Callable[[dict[str, str], dict[str, Any]], list[str]]] = {
+    "/v1/files": lambda a, answer: [f["id"] for f in answer["data"] if f["id"] == a["file_id"]],
+    "/v1/fine_tuning/jobs": lambda a, answer: [j["id"] for j in answer["data"] if j["id"] == a["job_id"]],
+    "/v1/adapters": lambda a, answer: [x["name"] for x in answer["data"] if x["name"] == a["name"]],
+    "/v1/models": lambda a, answer: [m["id"] for m in answer["data"] if m["id"].startswith(a["name"])],
+    "/v1/usage": lambda a, answer: [
+        f"{day['date']}: {day['prompt_tokens']} prompt tokens"
+        for day in answer["data"]
+        if day["prompt_tokens"]
+    ],  # B served nothing; A did
+}
+# Routes that take no id of another tenant; each has its own check in the test.
+OWN_CALLS = {("POST", "/v1/files"): "B's upload is listed for B, never for A"}
+# The admin's routes: a tenant key gets 403 on each.
+ADMIN_CALLS: list[Call] = [
+    ("POST", "/v1/tenants", {"name": "intruder"}),
+    ("GET", "/v1/tenants", None),
+    ("GET", "/v1/tenants/{tenant}", None),
+    ("PATCH", "/v1/tenants/{tenant}/quotas", {"max_adapters": 100}),
+    ("POST", "/v1/tenants/{tenant}/keys", {"name": "stolen"}),
+    ("GET", "/v1/tenants/{tenant}/keys", None),
+    ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}", None),
+]
+
+
+def fill(template: Any, values: dict[str, str]) -> Any:
+    """`template` (a string, or a body of dicts and lists) with `{placeholders}` taken from `values`."""
+    if isinstance(template, str):
+        return template.format(**values)
+    if isinstance(template, dict):
+        return {key: fill(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill(value, values) for value in template]
+    return template
+
+
+def call(client: httpx.Client, spec: Call, values: dict[str, str]) -> httpx.Response:
+    method, path, body = spec
+    return client.request(method, fill(path, values), json=fill(body, values))
+
+
+def is_error(answer: httpx.Response) -> bool:
+    """An answer in OpenAI's error shape `{"error": {"message": ...}}`."""
+    if not answer.headers.get("content-type", "").startswith("application/json"):
+        return False
+    body = answer.json()
+    return isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" in body["error"]
+
+
+def declared_routes(app: Any, prefix: str) -> set[tuple[str, str]]:
+    """(method, path) of every API route of `app` under `prefix`, the included routers' too."""
+    try:  # FastAPI ≥ 0.160 keeps included routers as nodes of `app.routes`; this walks them
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: `app.routes` is flat
+        routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    else:
+        routes = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
+    return {
+        (method, route.path)
+        for route in routes
+        if route.path.startswith(prefix)
+        for method in route.methods or ()
+    }
+
+
+def test_every_tenant_route_has_an_isolation_case(tmp_path: Path, tiny_dir: Path) -> None:
+    from lorafleet.api.app import create_app
+    from lorafleet.api.settings import ServerSettings
+
+    app = create_app(
+        ServerSettings(
+            database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+            artifacts_url=str(tmp_path / "artifacts"),
+            base_model=str(tiny_dir),
+            serve_models=False,
+            workers=0,
+        )
+    )
+    try:
+        tenant_routes = declared_routes(app, "/v1/") - declared_routes(app, "/v1/tenants")
+        covered = {(method, path.partition("?")[0]) for method, path, _ in FOREIGN_CALLS}
+        covered |= {("GET", path) for path in LISTS} | set(OWN_CALLS)
+        assert not tenant_routes - covered, f"routes without an isolation case: {tenant_routes - covered}"
+        assert not covered - tenant_routes, f"isolation cases of no route: {covered - tenant_routes}"
+        admin_covered = {(method, path) for method, path, _ in ADMIN_CALLS}
+        assert admin_covered == declared_routes(app, "/v1/tenants")
+    finally:
+        app.state.registry.close()
+
+
+def owned_resources(
+    platform: Platform, tenant: Tenant, tiny_dir: Path, tmp_path: Path
+) -> tuple[dict[str, str], list[str]]:
+    """A's file, queued job (no workers run it), and adapter `support` with v1, v2 and production → v2:
+    the values of the calls' placeholders, and strings only A's own answers may contain."""
+    from lorafleet.models import load_base
+
+    client = tenant.client
+    uploaded = upload(client, write_jsonl(tmp_path / "acme-secret.jsonl", QA_ROWS))
+    assert uploaded.status_code == 201, uploaded.text
+    file = uploaded.json()
+    body = {"model": str(tiny_dir), "training_file": file["id"], "adapter": "queued", "recipe": QUICK_RECIPE}
+    job = client.post("/v1/fine_tuning/jobs", json=body)
+    assert job.status_code == 200, job.text
+    base, _ = load_base(str(tiny_dir), device="cpu")
+    versions = [
+        platform.registry.adapters.register(
+            tenant.id,
+            "support",
+            save_random_adapter(base, tmp_path / f"adapter-{seed}", seed=seed),
+            base_model=str(tiny_dir),
+        )
+        for seed in (1, 2)
+    ]
+    for version in (1, 2):  # two promotions, so A could roll back: B's rollback must fail on isolation alone
+        promoted = client.post("/v1/adapters/support/aliases/production", json={"version": version})
+        assert promoted.status_code == 200, promoted.text
+    values = {
+        "tenant_id": tenant.id,
+        "file_id": file["id"],
+        "job_id": job.json()["id"],
+        "name": "support",
+        "version": "1",
+        "alias": "production",
+        "base": str(tiny_dir),
+    }
+    secrets = [
+        tenant.id,
+        file["sha256"],
+        "acme-secret",
+        *(v.id for v in versions),
+        *(v.sha256 for v in versions),
+    ]
+    return values, secrets
+
+
+def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
+    """What A sees of its resources (to compare before and after B's attempts)."""
+    adapter = client.get(f"/v1/adapters/{a['name']}").json()
+    return {
+        "file": client.get(f"/v1/files/{a['file_id']}").json(),
+        "content": client.get(f"/v1/files/{a['file_id']}/content").content,
+        "job": client.get(f"/v1/fine_tuning/jobs/{a['job_id']}").json()["status"],
+        "versions": [(v["version"], v["sha256"]) for v in adapter["versions"]],
+        "aliases": adapter["aliases"],
+        "history": client.get(f"/v1/adapters/{a['name']}/history").json()["data"],
+    }
+
+
+def test_another_tenants_resources_are_not_found(
+    make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
+) -> None:
+    platform = make_platform()
+    acme, rival = platform.tenant("acme"), platform.tenant("rival")
+    a, secrets = owned_resources(platform, acme, tiny_dir, tmp_path)
+    mine = upload(rival.client, write_jsonl(tmp_path / "rival.jsonl", QA_ROWS[:4])).json()
+    a["own_file"] = mine["id"]  # B's own file, to pair with A's in one job
+    # A itself gets 200 on every read and inference call, so the ids and model names are right.
+    for spec in FOREIGN_CALLS:
+        if spec[0] == "GET" or "completions" in spec[1]:
+            answer = call(acme.client, spec, a)
+            assert answer.status_code == 200, (spec, answer.text)
+    before = snapshot(acme.client, a)
+
+    wrong = []
+    for spec in FOREIGN_CALLS:
+        answer = call(rival.client, spec, a)
+        leaked = [secret for secret in secrets if secret in answer.text]
+        if answer.status_code != 404 or not is_error(answer) or leaked:
+            wrong.append(f"{spec[0]} {fill(spec[1], a)}: {answer.status_code} {answer.text[:200]}")
+    assert not wrong, "\n".join(wrong)
+
+    for path, leaks in LISTS.items():
+        answer = rival.client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert leaks(a, answer.json()) == [], (path, answer.text)
+        assert not [secret for secret in secrets if secret in answer.text], (path, answer.text)
+    assert [f["id"] for f in rival.client.get("/v1/files").json()["data"]] == [mine["id"]]
+    assert [f["id"] for f in acme.client.get("/v1/files").json()["data"]] == [a["file_id"]]
+    assert rival.client.get("/v1/usage").json()["tenant_id"] == rival.id
+
+    assert snapshot(acme.client, a) == before
+    assert before["job"] == "queued" and before["aliases"] == {"production": 2}
+    assert [v for v, _ in before["versions"]] == [1, 2]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # key checks are not database logic
+def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_path: Path) -> None:
+    platform = make_platform()
+    acme = platform.tenant("acme")
+    file = upload(acme.client, write_jsonl(tmp_path / "train.jsonl", QA_ROWS)).json()
+
+    for client in (platform.client(), platform.client("lf-not-a-key"), platform.client(ADMIN_KEY[:-1])):
+        answer = client.get("/v1/files")
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"]["type"] == "authentication_error"
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    created = platform.admin.post(f"/v1/tenants/{acme.id}/keys", json={"name": "leaving"}).json()
+    leaving = platform.client(created["key"])
+    assert leaving.get("/v1/files").status_code == 200
+    revoked = platform.admin.delete(f"/v1/tenants/{acme.id}/keys/{created['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    assert leaving.get("/v1/files").status_code == 401
+    assert acme.client.get("/v1/files").status_code == 200  # the tenant's other key still works
+
+    values = {"tenant": acme.id, "key_id": created["id"]}
+    for spec in ADMIN_CALLS:
+        answer = call(acme.client, spec, values)
+        assert answer.status_code == 403, (spec, answer.text)
+        assert answer.json()["error"]["type"] == "permission_error"
+    tenants = platform.admin.get("/v1/tenants").json()["data"]
+    assert [t["name"] for t in tenants] == ["acme"]  # nothing was made
+
+    anything = dict.fromkeys(("file_id", "own_file", "job_id", "name", "version", "alias", "base"), "x")
+    for spec in [*FOREIGN_CALLS, *(("GET", path, None) for path in LISTS)]:
+        answer = call(platform.admin, spec, anything)  # refused before any id is looked up
+        assert answer.status_code == 403, (spec, answer.text)
+    with (tmp_path / "train.jsonl").open("rb") as handle:
+        answer = platform.admin.post(
+            "/v1/files", files={"file": ("a.jsonl", handle)}, data={"purpose": "fine-tune"}
+        )
+    assert answer.status_code == 403, answer.text
+
+    acting = platform.client(ADMIN_KEY, **{TENANT_HEADER: acme.id})
+    assert [f["id"] for f in acting.get("/v1/files").json()["data"]] == [file["id"]]
+    by_name = platform.client(ADMIN_KEY, **{TENANT_HEADER: "acme"})
+    assert by_name.get(f"/v1/files/{file['id']}").json()["sha256"] == file["sha256"]
+    chat = {"model": platform.app.state.settings.base_model, "messages": [{"role": "user", "content": "hi"}]}
+    answered = acting.post("/v1/chat/completions", json={**chat, "max_tokens": 2})
+    assert answered.status_code == 200, answered.text
+    usage = acme.client.get("/v1/usage").json()["data"]
+    assert sum(day["requests"] for day in usage) == 1  # metered to the tenant the admin acted for
+    unknown = platform.client(ADMIN_KEY, **{TENANT_HEADER: "nobody"})
+    assert unknown.get("/v1/files").status_code == 404

@@ -1,0 +1,1 @@
+"""Real components for integration tests: a throwaway PostgreSQL cluster and uvicorn servers."""
