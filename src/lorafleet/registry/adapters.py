@@ -24,7 +24,7 @@ from lorafleet.errors import ConflictError, NotFoundError, UnknownAdapterError
 from lorafleet.home import validate_name
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.tables import Adapter, AdapterVersion, Alias, AliasMove, Tenant, new_id, now
+from lorafleet.registry.tables import Adapter, AdapterVersion, Alias, AliasMove, Tenant, new_id, now, owned
 from lorafleet.registry.usage import check_storage, record_usage
 
 DEFAULT_ALIAS = "production"
@@ -125,10 +125,7 @@ class Adapters:
 
     def by_id(self, tenant_id: str, version_id: str) -> AdapterVersion:
         with self.db.session() as session:
-            version = session.get(AdapterVersion, version_id)
-        if version is None or version.tenant_id != tenant_id:
-            raise NotFoundError(f"no adapter version {version_id!r}")
-        return version
+            return owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
 
     def resolve(
         self, tenant_id: str, name: str, *, version: str | None = None, alias: str | None = None
@@ -209,19 +206,7 @@ class Adapters:
             adapter = self._adapter(session, tenant_id, name)
             version = self._version(session, adapter, number)
             row = self._alias(session, adapter, alias)
-            previous = row.version_id if row is not None else None
-            self._move(session, adapter, alias, row, version.id)
-            session.add(
-                AliasMove(
-                    adapter_id=adapter.id,
-                    tenant_id=tenant_id,
-                    alias=alias,
-                    from_version_id=previous,
-                    to_version_id=version.id,
-                    action="promote",
-                    actor=actor,
-                )
-            )
+            self._move(session, adapter, alias, row, version.id, action="promote", actor=actor)
         return version
 
     def rollback(self, tenant_id: str, name: str, alias: str, *, actor: str) -> AdapterVersion:
@@ -240,19 +225,7 @@ class Adapters:
             target = earlier[-1] if earlier else None
             if target is None or session.get(AdapterVersion, target) is None:
                 raise ConflictError(f"alias {name}:{alias} has no earlier version to roll back to")
-            current = row.version_id
-            self._move(session, adapter, alias, row, target)
-            session.add(
-                AliasMove(
-                    adapter_id=adapter.id,
-                    tenant_id=tenant_id,
-                    alias=alias,
-                    from_version_id=current,
-                    to_version_id=target,
-                    action="rollback",
-                    actor=actor,
-                )
-            )
+            self._move(session, adapter, alias, row, target, action="rollback", actor=actor)
             return session.get_one(AdapterVersion, target)
 
     def history(self, tenant_id: str, name: str, alias: str | None = None) -> list[AliasMove]:
@@ -325,7 +298,28 @@ class Adapters:
         return list(session.scalars(query.order_by(AliasMove.id)))
 
     @staticmethod
-    def _move(session: Session, adapter: Adapter, alias: str, row: Alias | None, version_id: str) -> None:
+    def _move(
+        session: Session,
+        adapter: Adapter,
+        alias: str,
+        row: Alias | None,
+        version_id: str,
+        *,
+        action: str,
+        actor: str,
+    ) -> None:
+        """Point `alias` (its `row`, None if new) at `version_id` and record the move in the audit trail."""
+        session.add(
+            AliasMove(
+                adapter_id=adapter.id,
+                tenant_id=adapter.tenant_id,
+                alias=alias,
+                from_version_id=row.version_id if row is not None else None,
+                to_version_id=version_id,
+                action=action,
+                actor=actor,
+            )
+        )
         if row is None:
             session.add(
                 Alias(adapter_id=adapter.id, tenant_id=adapter.tenant_id, name=alias, version_id=version_id)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from lorafleet.errors import ConflictError, NotFoundError
+from lorafleet.errors import ConflictError
 from lorafleet.registry.artifacts import ArtifactStore, file_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.tables import Dataset, Job, Tenant, new_id
+from lorafleet.registry.tables import Dataset, Job, Tenant, new_id, owned
 from lorafleet.registry.usage import check_storage, record_usage
 
 
@@ -57,10 +57,7 @@ class Datasets:
 
     def get(self, tenant_id: str, dataset_id: str) -> Dataset:
         with self.db.session() as session:
-            dataset = session.get(Dataset, dataset_id)
-        if dataset is None or dataset.tenant_id != tenant_id:
-            raise NotFoundError(f"no file {dataset_id!r}")
-        return dataset
+            return owned(session, Dataset, dataset_id, tenant_id, what="file")
 
     def all(self, tenant_id: str) -> list[Dataset]:
         with self.db.session() as session:
@@ -76,9 +73,7 @@ class Datasets:
     def delete(self, tenant_id: str, dataset_id: str) -> Dataset:
         """Delete a file no job refers to; `ConflictError` naming a job that does."""
         with self.db.session() as session:
-            dataset = session.get(Dataset, dataset_id)
-            if dataset is None or dataset.tenant_id != tenant_id:
-                raise NotFoundError(f"no file {dataset_id!r}")
+            dataset = owned(session, Dataset, dataset_id, tenant_id, what="file")
             job = session.scalar(
                 select(Job.id).where(
                     (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lorafleet.errors import ConflictError, NotFoundError
+from lorafleet.errors import ConflictError
 from lorafleet.home import validate_name
 from lorafleet.registry.database import Database
 from lorafleet.registry.tables import (
@@ -30,6 +30,7 @@ from lorafleet.registry.tables import (
     JobEvent,
     Tenant,
     now,
+    owned,
 )
 from lorafleet.registry.usage import check_concurrent_jobs, check_monthly_tokens, check_storage
 
@@ -59,13 +60,9 @@ class Jobs:
         with self.db.session() as session:
             tenant = session.get_one(Tenant, tenant_id)
             for file_id in filter(None, (dataset_id, validation_dataset_id)):
-                dataset = session.get(Dataset, file_id)
-                if dataset is None or dataset.tenant_id != tenant_id:
-                    raise NotFoundError(f"no file {file_id!r}")
+                owned(session, Dataset, file_id, tenant_id, what="file")
             if parent_version_id is not None:
-                parent = session.get(AdapterVersion, parent_version_id)
-                if parent is None or parent.tenant_id != tenant_id:
-                    raise NotFoundError(f"no adapter version {parent_version_id!r}")
+                owned(session, AdapterVersion, parent_version_id, tenant_id, what="adapter version")
             check_concurrent_jobs(session, tenant)
             check_monthly_tokens(session, tenant)
             known = session.scalar(
@@ -269,10 +266,7 @@ class Jobs:
 
 
 def _owned(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFoundError(f"no fine-tuning job {job_id!r}")
-    return job
+    return owned(session, Job, job_id, tenant_id, what="fine-tuning job")
 
 
 def _running_for(session: Session, job_id: str, worker_id: str) -> Job:

@@ -8,12 +8,15 @@ The schema is created by the Alembic migrations in `registry/migrations/`; a tes
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from lorafleet.errors import NotFoundError
+
+_Row = TypeVar("_Row")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
@@ -26,6 +29,15 @@ def new_id(prefix: str) -> str:
 def now() -> float:
     """The current time in UNIX seconds."""
     return time.time()
+
+
+def owned(session: Session, table: type[_Row], row_id: str, tenant_id: str, *, what: str) -> _Row:
+    """The row of `table` with that id if it belongs to the tenant; else `NotFoundError` (another
+    tenant's row is "not found" too, so ids reveal nothing across tenants)."""
+    row = session.get(table, row_id)
+    if row is None or row.tenant_id != tenant_id:  # type: ignore[attr-defined]
+        raise NotFoundError(f"no {what} {row_id!r}")
+    return row
 
 
 class Base(DeclarativeBase):

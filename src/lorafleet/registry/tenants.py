@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from lorafleet.errors import AuthenticationError, ConflictError, NotFoundError
 from lorafleet.home import validate_name
 from lorafleet.registry.database import Database
-from lorafleet.registry.tables import ApiKey, Tenant, now
+from lorafleet.registry.tables import ApiKey, Tenant, now, owned
 
 KEY_PREFIX = "lf-"
 
@@ -97,9 +97,7 @@ class Tenants:
     def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey:
         """Revoke a key of this tenant (a key of another tenant is "not found")."""
         with self.db.session() as session:
-            key = session.get(ApiKey, key_id)
-            if key is None or key.tenant_id != tenant_id:
-                raise NotFoundError(f"no API key {key_id!r}")
+            key = owned(session, ApiKey, key_id, tenant_id, what="API key")
             if key.revoked_at is None:
                 key.revoked_at = now()
         return key
