@@ -24,6 +24,7 @@ from lorafleet.jobs.runner import (
     EXIT_OK,
     PARENT_PID_ENV,
     EventLog,
+    cancel_request_file,
     read_events,
     run_spec,
 )
@@ -239,6 +240,22 @@ def test_sigterm_checkpoints_and_exits_3(tmp_path: Path, tiny_dir: Path) -> None
     assert f"step {last_step}" in events[-1]["message"]
     assert list((home / "runs" / "job" / "checkpoints").iterdir())  # resumable
     assert not (home / "adapters" / "job").exists()
+
+
+def test_a_cancel_request_file_stops_the_job_at_its_next_step(tmp_path: Path, tiny_dir: Path) -> None:
+    home = tmp_path / "job-home"
+    spec, events_path = write_spec(tmp_path / "job", tiny_dir, steps=100_000, home=home)
+    process = subprocess.Popen([*RUNNER, str(spec)], env=os.environ | ONE_THREAD, stderr=subprocess.PIPE)
+    try:
+        wait_for_event(events_path, is_step, STARTUP_SECONDS)
+        cancel_request_file(spec).touch()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+
+    assert process.returncode == EXIT_CANCELLED, stderr.decode()[-2000:]
+    assert events_of(events_path)[-1]["type"] == "cancelled"
+    assert list((home / "runs" / "job" / "checkpoints").iterdir())
 
 
 def test_sigterm_before_training_is_still_cancelled(tmp_path: Path, tiny_dir: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lorafleet.errors import ConfigError
-from lorafleet.jobs.runner import EXIT_CANCELLED, EXIT_FAILED, PARENT_PID_ENV
+from lorafleet.jobs.runner import EXIT_CANCELLED, EXIT_FAILED, PARENT_PID_ENV, cancel_request_file
 
 RUNNER_LOG = "runner.log"
 
@@ -115,18 +115,21 @@ class LocalExecutor:
 class RayTask:
     """A job running as a Ray task."""
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, spec_path: Path) -> None:
         self.ref = ref
+        self.spec_path = spec_path
         self._killed = False
 
     def poll(self) -> int | None:
         return self.wait(0)
 
     def cancel(self) -> None:
-        """`ray.cancel`: KeyboardInterrupt inside the task, which training answers with a checkpoint."""
-        import ray
+        """Ask the job to stop at its next step (it checkpoints first), by its cancel-request file.
 
-        ray.cancel(self.ref)
+        Not `ray.cancel`: its KeyboardInterrupt lands wherever the task happens to be, and in a full test
+        run it once left a job running for minutes; the file is checked at a known point.
+        """
+        cancel_request_file(self.spec_path).touch()
 
     def kill(self) -> None:
         """`ray.cancel(force=True)`: the Ray worker process running the job is killed."""
@@ -180,7 +183,8 @@ class RayExecutor:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if env:
             options["runtime_env"] = {"env_vars": dict(env)}
-        return RayTask(task.options(**options).remote(str(Path(spec_path).absolute())))
+        spec = Path(spec_path).absolute()
+        return RayTask(task.options(**options).remote(str(spec)), spec)
 
     def _remote_task(self) -> Any:
         """Connect to Ray (once) and wrap the job as a remote function that Ray never retries."""

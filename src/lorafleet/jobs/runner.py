@@ -27,11 +27,13 @@ one of result / error / cancelled ends a job that was not killed, matching the e
     0  result     the adapter was saved
     1  error      training failed (the traceback is on stderr)
     2  error      the spec, the config or its data is invalid; retrying will not help
-    3  cancelled  SIGTERM (or Ray's cancel): a checkpoint was written, `resume` continues from it
+    3  cancelled  SIGTERM or the cancel-request file: a checkpoint was written, `resume` continues from it
                   (none when it came before the training loop started: the message says so)
 
 A spec that names no usable events file gets its message on stderr only, and exit code 2; a job
 whose parent died before it could ask to die with it exits 1 at once, with no events.
+A file `SPEC.json.cancel` appearing beside the spec (`cancel_request_file`) also cancels, at the next
+step: that is how the Ray executor asks, since it works wherever the spec's folder is shared.
 SIGTERM is turned into KeyboardInterrupt in the main thread, so training takes its own Ctrl-C path
 (checkpoint, then `TrainingInterrupted`); further SIGTERMs are ignored while the checkpoint is
 written, and one arriving after training returned is ignored. On Linux the process asks to be
@@ -140,7 +142,7 @@ def run_spec(spec_path: str | os.PathLike[str]) -> int:
             events.emit("error", message=str(err), durable=True)
             return EXIT_BAD_SPEC
         with _lorafleet_home(home):
-            return _run(spec, events)
+            return _run(spec, events, cancel_file=cancel_request_file(path))
     finally:
         events.close()
 
@@ -176,7 +178,12 @@ def _resolve(path: Path, spec: dict[str, Any], key: str) -> Path:
     return path.parent / Path(value).expanduser()
 
 
-def _run(spec: dict[str, Any], events: EventLog) -> int:
+def cancel_request_file(spec_path: Path) -> Path:
+    """The file whose existence asks the job of `spec_path` to stop at its next step (beside the spec)."""
+    return spec_path.with_name(spec_path.name + ".cancel")
+
+
+def _run(spec: dict[str, Any], events: EventLog, *, cancel_file: Path) -> int:
     """Validate the config and train, turning each way it can end into its event and exit code."""
     try:
         from lorafleet.errors import LorafleetError, TrainingInterrupted
@@ -196,6 +203,8 @@ def _run(spec: dict[str, Any], events: EventLog) -> int:
         def on_step(record: dict[str, Any]) -> None:
             metrics = {key: value for key, value in record.items() if key != "step"}
             events.emit("step", step=record["step"], total_steps=total_steps, metrics=metrics)
+            if cancel_file.exists():  # asked to stop (Ray): the training's own Ctrl-C path checkpoints
+                raise KeyboardInterrupt
 
         try:
             result = train(
