@@ -132,9 +132,15 @@ class RayTask:
         cancel_request_file(self.spec_path).touch()
 
     def kill(self) -> None:
-        """`ray.cancel(force=True)`: the Ray worker process running the job is killed."""
+        """`ray.cancel(force=True)`: the Ray worker process running the job is killed.
+
+        A finished task is left alone: force-cancelling one that is just completing trips a check in
+        Ray 2.60's driver (`TaskManager::CompletePendingTask`), which aborts the calling process.
+        """
         import ray
 
+        if self.poll() is not None:
+            return
         self._killed = True
         ray.cancel(self.ref, force=True)
 
