@@ -101,7 +101,7 @@ def serve(
 
     if log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"--log-level {log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
-    worker_options = _given(executor=_executor(executor), ray_address=ray_address)
+    worker_options = _given(executor=executor, ray_address=ray_address)
     options = _given(
         base_model=model,
         workers=workers,
@@ -148,7 +148,7 @@ def worker(
     from lorafleet.registry import Registry
 
     options = _given(
-        executor=_executor(executor),
+        executor=executor,
         ray_address=ray_address,
         poll_seconds=poll_seconds,
         lease_seconds=lease_seconds,
@@ -203,14 +203,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _executor(name: str | None) -> str | None:
-    from lorafleet.jobs.executors import EXECUTORS
-
-    if name is not None and name not in EXECUTORS:
-        raise ConfigError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")
-    return name
 
 
 def _given(**values: Any) -> dict[str, Any]:

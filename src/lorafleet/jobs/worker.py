@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +50,9 @@ class WorkerSettings(BaseModel):
     lease_seconds: float = Field(
         30.0, gt=0, le=86_400, description="A running job without a heartbeat this long is recovered."
     )
-    executor: str = Field("local", description="Where runs execute: local (processes here) or ray.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where runs execute: local (processes here) or ray."
+    )
     ray_address: str | None = Field(None, description="Ray cluster address for executor ray (None: local).")
     workdir: str | None = Field(None, description="Runs' scratch space; default $LORAFLEET_HOME/work.")
     keep_workdir: bool = Field(False, description="Keep a finished run's scratch files (for debugging).")
