@@ -52,7 +52,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if settings.serve_models:
             app.state.inference = _inference(settings, registry, app.state.metrics)
         for index in range(settings.workers):
-            worker = Worker(registry, settings.worker, worker_id=f"{_host()}-serve-{index}")
+            worker = Worker(registry, settings.worker)  # its id: host, pid and a random part
             thread = threading.Thread(target=worker.run, name=f"lorafleet-worker-{index}", daemon=True)
             thread.start()
             workers.append((worker, thread))
@@ -126,9 +126,3 @@ def _tokenizer(app: FastAPI, settings: ServerSettings) -> Any:
     from lorafleet.models import load_tokenizer
 
     return load_tokenizer(settings.base_model)
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()

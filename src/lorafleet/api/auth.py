@@ -56,8 +56,7 @@ class Authenticator:
             acting = request.headers.get(TENANT_HEADER)
             tenant_id = self.registry.tenants.get(acting).id if acting else None
             return Caller(tenant_id=tenant_id, key_id=None, is_admin=True)
-        key = self.registry.tenants.authenticate(secret)
-        tenant = self.registry.tenants.get(key.tenant_id)
+        key, tenant = self.registry.tenants.key_and_tenant(secret)
         per_minute = tenant.requests_per_minute or self.default_per_minute
         if per_minute is not None:
             self.limiter.take(key.id, per_minute)

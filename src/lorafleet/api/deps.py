@@ -19,12 +19,6 @@ class Caller:
     key_id: str | None
     is_admin: bool = False
 
-    @property
-    def tenant(self) -> str:
-        """The caller's tenant id; admin calls to tenant-scoped routes are refused by `get_caller`."""
-        assert self.tenant_id is not None
-        return self.tenant_id
-
 
 def get_caller(request: Request) -> Caller:
     """The caller named by `Authorization: Bearer <key>`; 401 when the key is missing or unknown.

@@ -52,7 +52,9 @@ TokensOpt = Annotated[
 ]
 RateOpt = Annotated[
     str | None,
-    typer.Option("--requests-per-minute", help=f"Inference requests per minute per API key: {_QUOTA_HELP}."),
+    typer.Option(
+        "--requests-per-minute", help=f"Requests per minute per API key (every route): {_QUOTA_HELP}."
+    ),
 ]
 
 

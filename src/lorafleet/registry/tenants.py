@@ -104,10 +104,19 @@ class Tenants:
 
     def authenticate(self, secret: str) -> ApiKey:
         """The live key whose secret this is; `AuthenticationError` for unknown or revoked keys."""
+        return self.key_and_tenant(secret)[0]
+
+    def key_and_tenant(self, secret: str) -> tuple[ApiKey, Tenant]:
+        """`authenticate`, with the key's tenant read in the same query (one per API request)."""
         with self.db.session() as session:
-            key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
-        if key is None:
+            found = session.execute(
+                select(ApiKey, Tenant)
+                .join(Tenant, ApiKey.tenant_id == Tenant.id)
+                .where(ApiKey.key_hash == hash_key(secret))
+            ).first()
+        if found is None:
             raise AuthenticationError("unknown API key")
+        key, tenant = found
         if key.revoked_at is not None:
             raise AuthenticationError(f"API key {key.prefix}… was revoked")
-        return key
+        return key, tenant
