@@ -142,7 +142,7 @@ class Worker:
         last_beat = 0.0
         code: int | None = None
         try:
-            while code is None:
+            while code is None:  # the last pass reads the events the run ended with and beats them
                 code = running.wait(0.25)
                 tail.read()
                 if code is None and time.monotonic() - last_beat < self.settings.heartbeat_seconds:
@@ -155,8 +155,6 @@ class Worker:
                     running.wait(30)
                     jobs.release(job.id, self.worker_id, f"worker {self.worker_id} is shutting down")
                     return "queued"
-            tail.read()
-            self._beat(job, tail)
         except ConflictError:  # the job was recovered by someone else: our run no longer counts
             _stop(running)
             return "lost"

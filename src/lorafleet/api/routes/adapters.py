@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from lorafleet.api.deps import CallerDep, RegistryDep, TenantDep
+from lorafleet.api.deps import Caller, CallerDep, RegistryDep, TenantDep
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Adapter, AdapterVersion, AliasMove
 
@@ -208,5 +208,5 @@ def alias_history(name: str, tenant: TenantDep, registry: RegistryDep) -> AliasH
     )
 
 
-def _actor(caller: Any) -> str:
+def _actor(caller: Caller) -> str:
     return "admin" if caller.is_admin else f"key:{caller.key_id}"
