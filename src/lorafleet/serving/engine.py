@@ -7,8 +7,13 @@ Continuous (iteration-level) batching: the running batch changes between decode 
    the joiners together; each joiner's first token comes from its prefill logits. A request whose
    adapter fails to load finishes with an error naming the adapter; the others go on.
 2. decode: one forward pass gives every running row its next token, each row through its own adapter.
-3. retire: rows that produced EOS, a stop string or max_tokens (or were cancelled) leave the batch and
-   unpin their adapters.
+3. retire: rows that produced EOS, a stop string or max_tokens (or were cancelled, or failed) leave the
+   batch and unpin their adapters.
+
+A request fails alone: settings the chooser cannot use fail it at admission, and a row whose logits are
+not finite (a broken adapter) or whose next token cannot be chosen ends with an error while the other
+rows decode on, each with the tokens it would have had alone. Only a failed forward pass fails the
+whole running batch (its KV cache is then unusable).
 
 Rows never see each other (per-row attention mask and positions, per-row LoRA), so a request's greedy
 tokens are the same whatever else shares its batch. In merged mode the engine serves one adapter
@@ -40,7 +45,7 @@ from lorafleet.serving.multilora import AdapterSlots, LoraBatch, MultiLoraLinear
 from lorafleet.serving.packed import pack_linears
 from lorafleet.serving.queue import FairQueue
 from lorafleet.serving.requests import Completion, FinishReason, Request, RequestHandle
-from lorafleet.serving.sampling import TextStream, TokenChooser, choose_tokens
+from lorafleet.serving.sampling import SamplingError, TextStream, TokenChooser, choose_tokens
 
 
 @dataclass(eq=False)
@@ -53,6 +58,7 @@ class _Row:
     text: TextStream
     last: int = -1
     finish: FinishReason | None = None
+    error: str | None = None  # why the request failed, when finish is "error"
     tokens: list[int] = field(default_factory=list)
 
 
@@ -187,7 +193,7 @@ class Engine:
                 if self._rows:
                     self._decode()
                     self._retire()
-            except Exception as err:  # a failed forward fails the running requests, not the engine
+            except Exception as err:  # a failed forward (or a bug) fails the running requests, not the engine
                 self._fail(self._rows, err)
                 self._rows, self._kv = [], None
             return bool(self._rows or self._waiting or len(self.queue))
@@ -219,18 +225,19 @@ class Engine:
             if handle.cancelled:
                 self._complete(handle, [], "", "cancelled")
                 continue
+            settings = handle.request.sampling
             try:
+                chooser = TokenChooser(settings, handle.prompt_ids)
                 slot = self._pin_adapter(handle.request.adapter)
-            except Exception as err:  # a bad adapter fails its own request only
+            except Exception as err:  # bad settings or a bad adapter fail their own request only
                 message = str(err) if isinstance(err, LorafleetError) else f"{type(err).__name__}: {err}"
                 self._complete(handle, [], "", "error", error=message)
                 continue
             if slot is None:  # every slot is pinned by a running request: wait for one to finish
                 self._waiting.appendleft(handle)
                 break
-            settings = handle.request.sampling
             text = TextStream(self.tokenizer, list(settings.stop))
-            joiners.append(_Row(handle, slot, TokenChooser(settings, handle.prompt_ids), text))
+            joiners.append(_Row(handle, slot, chooser, text))
         if not joiners:
             return
         ids, mask, positions = BatchKV.prefill_inputs(
@@ -276,12 +283,19 @@ class Engine:
             )
         return out.logits[:, -1].float()
 
-    def _advance(self, rows: list[_Row], tokens: list[int]) -> None:
-        """Give each row its next token: stream its text, and mark it finished when it is."""
+    def _advance(self, rows: list[_Row], choices: list[int | SamplingError]) -> None:
+        """Give each row its next token: stream its text, and mark it finished when it is (failed, when
+        its choice is a `SamplingError`)."""
         now = time.perf_counter()
         with self._tokenizer_lock:  # decoding shares the tokenizer with `submit` in other threads
-            pieces = [row.text.add(token) for row, token in zip(rows, tokens, strict=True)]
-        for row, token, piece in zip(rows, tokens, pieces, strict=True):
+            pieces = [
+                "" if isinstance(choice, SamplingError) else row.text.add(choice)
+                for row, choice in zip(rows, choices, strict=True)
+            ]
+        for row, token, piece in zip(rows, choices, pieces, strict=True):
+            if isinstance(token, SamplingError):
+                row.finish, row.error = "error", str(token)
+                continue
             handle, settings = row.handle, row.handle.request.sampling
             row.last = token
             row.tokens.append(token)
@@ -312,7 +326,7 @@ class Engine:
                 piece = row.text.flush()
                 if piece:
                     row.handle._emit(piece)
-                self._complete(row.handle, row.tokens, row.text.text, row.finish)
+                self._complete(row.handle, row.tokens, row.text.text, row.finish, error=row.error)
         self._rows = [self._rows[i] for i in keep]
         if not keep:
             self._kv = None

@@ -14,19 +14,26 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
+MIN_REPETITION_PENALTY = 0.01  # lower, and dividing a logit by the penalty can overflow float32
+MAX_TOP_K = 2**31 - 1  # any k at least the vocabulary's size keeps every token
+
 
 class SamplingSettings(BaseModel):
-    """How to pick each next token."""
+    """How to pick each next token. Every number is finite and bounded (the API's ranges lie within these)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_tokens: int = Field(128, ge=1, le=32768, description="Most tokens to generate.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy; higher = more random.")
     top_p: float = Field(
         1.0, gt=0.0, le=1.0, description="Sample only from the smallest set of tokens of this mass."
     )
-    top_k: int = Field(0, ge=0, description="Sample only from the k likeliest tokens (0 = no limit).")
-    seed: int | None = Field(None, description="Seed for sampling, for reproducible samples.")
+    top_k: int = Field(
+        0, ge=0, le=MAX_TOP_K, description="Sample only from the k likeliest tokens (0 = no limit)."
+    )
+    seed: int | None = Field(
+        None, ge=-(2**63), lt=2**64, description="Seed for sampling, for reproducible samples (64 bits)."
+    )
     chat: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list,
@@ -35,9 +42,10 @@ class SamplingSettings(BaseModel):
     )
     repetition_penalty: float = Field(
         1.0,
-        gt=0.0,
+        ge=MIN_REPETITION_PENALTY,
         le=10.0,
-        description="Divide positive logits (multiply negative ones) of tokens seen before by this; 1 = off.",
+        description="Divide positive logits (multiply negative ones) of tokens seen before by this; 1 = off, "
+        f"below 1 favours repeats (down to {MIN_REPETITION_PENALTY}).",
     )
     ignore_eos: bool = Field(
         False, description="Never stop at the end-of-sequence token: always generate max_tokens (benchmarks)."

@@ -4,27 +4,50 @@ stop strings, and incremental detokenization for streaming.
 For one request's logits z (V,) the steps run in transformers' order:
 
     repetition penalty p:  z_i ← z_i / p if z_i > 0 else z_i · p, for every token i already seen
-                           (prompt and completion, as `RepetitionPenaltyLogitsProcessor`)
+                           (prompt and completion, as `RepetitionPenaltyLogitsProcessor`), clamped to
+                           float32's finite range, so no p > 0 makes a logit ±inf
     temperature T = 0:     argmax z (greedy)
-    temperature T > 0:     z ← z / T; keep the k largest (top-k); keep the smallest set of likeliest
-                           tokens whose probability reaches top_p (top-p); sample from softmax(z)
-                           with the request's own `torch.Generator` (seeded: reproducible whatever
-                           else shares the batch)
+    temperature T > 0:     z ← (z − max z) / T, the likeliest token at 0 and the others below it, so
+                           softmax(z) is finite for every T: a tiny T (even one float32 rounds to 0)
+                           sends the others to −inf, which is greedy; keep the k largest (top-k); keep
+                           the smallest set of likeliest tokens whose probability reaches top_p (top-p);
+                           sample from softmax(z) with the request's own `torch.Generator` (seeded:
+                           reproducible whatever else shares the batch)
+
+A request's failure stays in its own row: `choose_tokens` checks the batch's logits once per step, and a
+row whose logits hold nan or +inf (a broken adapter), or whose probabilities are not finite, or whose
+chooser raises gets a `SamplingError` in place of its token, while the other rows get theirs.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lorafleet.errors import LorafleetError
 from lorafleet.serving.generate import SamplingSettings
 
 
+class SamplingError(LorafleetError):
+    """One request's next token cannot be chosen; the message says why (its settings or its logits)."""
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Logits (V,) with each token in `seen` (n,) made less likely by `penalty` > 1, as transformers does."""
+    """Logits (V,) with each token in `seen` (n,) made less likely by `penalty` > 1 (more likely below 1),
+    as transformers does, clamped to the finite range of their dtype."""
     score = logits.gather(0, seen)  # (n,)
     score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(0, seen, score)  # (V,)
+    finite = torch.finfo(score.dtype)
+    return logits.scatter(0, seen, score.clamp(finite.min, finite.max))  # (V,)
+
+
+def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits (V,) less their max, divided by `temperature` > 0: the likeliest token stays at 0 and the
+    others go to ≤ 0 (−inf for a tiny temperature), never to +inf or nan."""
+    shifted = logits - logits.max()  # (V,), ≤ 0
+    return torch.where(shifted == 0, 0.0, shifted / temperature)  # 0 / T is nan when T rounds to 0
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,9 +70,17 @@ def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class TokenChooser:
-    """Chooses one request's next tokens from its logits, remembering what it has seen for the penalty."""
+    """Chooses one request's next tokens from its logits, remembering what it has seen for the penalty.
+
+    Raises `SamplingError` at once for settings that are not finite numbers (the API refuses them; this
+    guards requests made in code with `model_construct`).
+    """
 
     def __init__(self, settings: SamplingSettings, prompt_ids: list[int]) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(settings, name)
+            if not math.isfinite(value):
+                raise SamplingError(f"{name} must be a finite number (got {value!r})")
         self.settings = settings
         self.seen = torch.tensor(prompt_ids, dtype=torch.long)
         self.generator = torch.Generator()
@@ -64,7 +95,7 @@ class TokenChooser:
         return self.settings.temperature == 0 and self.settings.repetition_penalty == 1.0
 
     def choose(self, logits: torch.Tensor) -> int:
-        """The next token for logits (V,)."""
+        """The next token for logits (V,); `SamplingError` when its probabilities are not finite."""
         settings = self.settings
         logits = logits.float()
         if settings.repetition_penalty != 1.0 and self.seen.numel():
@@ -73,8 +104,15 @@ class TokenChooser:
             )
         if settings.temperature == 0:
             return int(logits.argmax())
-        logits = filter_top_p(filter_top_k(logits / settings.temperature, settings.top_k), settings.top_p)
+        logits = scale_by_temperature(logits, settings.temperature)
+        logits = filter_top_p(filter_top_k(logits, settings.top_k), settings.top_p)
         probs = logits.softmax(-1).cpu()  # (V,)
+        if not bool(torch.isfinite(probs).all()):
+            raise SamplingError(
+                f"the sampling probabilities are not finite (temperature {settings.temperature!r}, "
+                f"top_p {settings.top_p!r}, top_k {settings.top_k!r}, "
+                f"repetition_penalty {settings.repetition_penalty!r})"
+            )
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def remember(self, token: int) -> None:
@@ -82,15 +120,40 @@ class TokenChooser:
             self.seen = torch.cat([self.seen, torch.tensor([token])])
 
 
-def choose_tokens(logits: torch.Tensor, choosers: list[TokenChooser]) -> list[int]:
-    """The next token of each row of logits (B, V): one batched argmax for the plain greedy rows."""
-    greedy = logits.argmax(-1).tolist()  # (B,)
-    tokens = [
-        greedy[i] if chooser.greedy_plain else chooser.choose(logits[i]) for i, chooser in enumerate(choosers)
-    ]
-    for chooser, token in zip(choosers, tokens, strict=True):
-        chooser.remember(token)
-    return tokens
+def choose_tokens(logits: torch.Tensor, choosers: list[TokenChooser]) -> list[int | SamplingError]:
+    """The next token of each row of logits (B, V), or the `SamplingError` saying why that row has none.
+
+    One batched max serves the plain greedy rows (its argmax) and finds the rows whose logits hold nan or
+    +inf or are all -inf (its value is not finite); only the other rows run their chooser, each in its
+    own try.
+    """
+    top, best = logits.max(-1)  # (B,), (B,); a row holding nan has a nan max
+    finite = torch.isfinite(top)  # (B,): no nan, no +inf, and some token not -inf
+    greedy, healthy = torch.stack([best, finite.long()]).tolist()  # (2, B): one transfer for both
+    choices: list[int | SamplingError] = []
+    for i, chooser in enumerate(choosers):
+        if not healthy[i]:
+            choices.append(
+                SamplingError("the model produced non-finite logits (nan or inf) for this request")
+            )
+        elif chooser.greedy_plain:
+            choices.append(greedy[i])
+        else:
+            choices.append(_choose_one(chooser, logits[i]))
+    for chooser, choice in zip(choosers, choices, strict=True):
+        if not isinstance(choice, SamplingError):
+            chooser.remember(choice)
+    return choices
+
+
+def _choose_one(chooser: TokenChooser, logits: torch.Tensor) -> int | SamplingError:
+    """`chooser.choose(logits)` for one row (V,), or its failure as a `SamplingError`."""
+    try:
+        return chooser.choose(logits)
+    except SamplingError as err:
+        return err
+    except Exception as err:  # a bug or a torch error for this row's settings: it fails this row only
+        return SamplingError(f"choosing the next token failed: {type(err).__name__}: {err}")
 
 
 class TextStream:
