@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,3 +434,154 @@ def test_a_finished_stream_reports_usage_once(served: Served) -> None:
 
     time.sleep(0.1)
     assert len([e for e in served.usage if e.request_id == chunks[0].id.split("-", 1)[1]]) == 1
+
+
+# --- sampling fields: refused at the door, or served without touching anyone else's request ------------
+
+BAD_SAMPLING: list[tuple[dict[str, object], str]] = [
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_p": 0}, "top_p"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": -2.5}, "frequency_penalty"),
+    ({"frequency_penalty": 1}, "frequency_penalty"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": 2**31}, "top_k"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ({"repetition_penalty": 0.009}, "repetition_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"repetition_penalty": -1}, "repetition_penalty"),
+    ({"repetition_penalty": 10.5}, "repetition_penalty"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), BAD_SAMPLING, ids=[f"{f}" for f, _ in BAD_SAMPLING])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_each_bad_sampling_value_is_400_naming_the_field(
+    served: Served, path: str, fields: dict[str, object], param: str
+) -> None:
+    inputs = {"prompt": "Hello"} if path == "/v1/completions" else {"messages": MESSAGES}
+
+    response = post(served, path, {"model": BASE, "max_tokens": 4, **inputs, **fields})
+
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert error["message"].startswith(param), error
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ('"temperature": NaN', "temperature"),
+        ('"temperature": Infinity', "temperature"),
+        ('"top_p": NaN', "top_p"),
+        ('"repetition_penalty": -Infinity', "repetition_penalty"),
+        ('"presence_penalty": NaN', "presence_penalty"),
+        ('"frequency_penalty": Infinity', "frequency_penalty"),
+    ],
+)
+def test_nan_and_infinity_in_the_json_are_400_naming_the_field(served: Served, raw: str, param: str) -> None:
+    body = f'{{"model": "{BASE}", "prompt": "Hello", "max_tokens": 4, {raw}}}'.encode()
+
+    response = httpx.post(
+        f"{served.url}/v1/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "finite number" in error["message"], error
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-300])
+def test_a_tiny_temperature_is_served_as_greedy(served: Served, temperature: float) -> None:
+    body = {"model": BASE, "prompt": "hello", "max_tokens": 12, "temperature": temperature}
+
+    response = post(served, "/v1/completions", body)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == served.engine_completion(None, prompt="hello").text
+
+
+@dataclass
+class Answer:
+    """What a client got: the status, the text (joined from the chunks when streamed), and how it ended."""
+
+    status: int
+    text: str
+    finish: str | None  # stop or length; "error" for an error event in a stream
+
+
+def ask(served: Served, path: str, body: dict[str, object], tenant: str) -> Answer:
+    """Send `body` as `tenant` and read the whole answer, streamed or not."""
+    headers = {"X-Tenant": tenant}
+    if not body.get("stream"):
+        response = httpx.post(f"{served.url}{path}", json=body, headers=headers, timeout=60)
+        if response.status_code != 200:
+            return Answer(response.status_code, response.text, None)
+        choice = response.json()["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        return Answer(200, text, choice["finish_reason"])
+    with httpx.stream("POST", f"{served.url}{path}", json=body, headers=headers, timeout=60) as response:
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line) for line in lines if line != "[DONE]"]
+    if any("error" in event for event in events):
+        return Answer(response.status_code, "", "error")
+    choices = [event["choices"][0] for event in events if event["choices"]]
+    text = "".join(c["delta"].get("content") or "" if "delta" in c else c["text"] for c in choices)
+    return Answer(response.status_code, text, choices[-1]["finish_reason"])
+
+
+GREEDY_CHAT = {"messages": MESSAGES, "max_tokens": 12, "temperature": 0}
+SEEDED_PROMPT = {"prompt": "hello", "max_tokens": 12, "temperature": 0.8, "seed": 11}
+OTHERS: list[tuple[str, dict[str, object], str]] = [  # (path, body, tenant): other tenants' requests
+    ("/v1/chat/completions", {"model": "support-bot", **GREEDY_CHAT}, "t1"),
+    ("/v1/chat/completions", {"model": BASE, **GREEDY_CHAT, "stream": True}, "t2"),
+    ("/v1/completions", {"model": BASE, **SEEDED_PROMPT, "stream": True}, "t3"),
+]
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [{"temperature": 1e-45}, {"temperature": 1.0, "seed": 3, "repetition_penalty": 0.01}],
+    ids=["temperature 1e-45", "lowest repetition_penalty"],
+)
+def test_a_poisoned_request_leaves_other_tenants_in_its_batch_as_alone(
+    served: Served, poison: dict[str, object]
+) -> None:
+    engine = served.service.engine
+    requests = [
+        *OTHERS,
+        ("/v1/completions", {"model": BASE, "prompt": "Hello", "max_tokens": 12, **poison}, "t9"),
+    ]
+    alone = [ask(served, *request) for request in requests]
+    assert all(answer.status == 200 and answer.finish in ("stop", "length") for answer in alone), alone
+
+    engine.stop()  # queue them all, then let them in together: one batch
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(ask, served, *request) for request in requests]
+            deadline = time.monotonic() + 30
+            while engine.stats()["waiting"] < len(requests) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.stats()["waiting"] == len(requests) <= engine.max_batch
+            engine.start()
+            together = [future.result(timeout=60) for future in futures]
+    finally:
+        engine.start()
+
+    assert together == alone

@@ -5,6 +5,12 @@ Fields map one to one onto `SamplingSettings` (max_tokens, temperature, top_p, s
 OpenAI's: temperature 1, top_p 1, max_tokens 16 for completions and up to the model's context for chat.
 Unknown OpenAI fields are ignored; known ones we cannot honour (n > 1, several prompts, logprobs, echo,
 presence/frequency penalties, tools, JSON response formats) are refused naming the field.
+
+Every sampling field is checked here, in OpenAI's documented ranges, so a bad value is a 400 naming it
+(never a failed batch): temperature 0..2, top_p (0, 1], presence/frequency penalty −2..2 (only 0 is
+served), max_tokens ≥ 1, n = 1, a 64-bit seed, at most 16 stop strings; the extensions top_k ≥ 0 and
+repetition_penalty 0.01..10. Numbers must be finite: the JSON parser takes NaN and Infinity, these
+fields do not.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ if TYPE_CHECKING:  # torch comes with it; imported where used, so importing the 
 
 MAX_TOKENS = 32768  # SamplingSettings.max_tokens's upper bound: "up to the model's context"
 MAX_STOP = 16  # SamplingSettings.stop's bound
+MIN_REPETITION_PENALTY = 0.01  # SamplingSettings.repetition_penalty's bounds (lower, logits can overflow)
+MAX_REPETITION_PENALTY = 10.0
+MAX_TOP_K = 2**31 - 1  # SamplingSettings.top_k's bound
 
 
 # --- requests ------------------------------------------------------------------------------------------
@@ -36,7 +45,7 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     """The fields both endpoints share: which model, how to sample, whether to stream."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str = Field(
         min_length=1,
@@ -59,16 +68,19 @@ class _SamplingFields(BaseModel):
     stream_options: StreamOptions | None = Field(None, description="Options of a streamed response.")
     user: str | None = Field(None, description="The end user's id (accepted, not used).")
     presence_penalty: float | None = Field(
-        None, description="Not supported unless 0; see repetition_penalty."
+        None, ge=-2.0, le=2.0, description="Not supported unless 0; see repetition_penalty."
     )
     frequency_penalty: float | None = Field(
-        None, description="Not supported unless 0; see repetition_penalty."
+        None, ge=-2.0, le=2.0, description="Not supported unless 0; see repetition_penalty."
     )
     top_k: int | None = Field(
-        None, ge=0, description="Extension: sample from the k likeliest tokens (0 = all)."
+        None, ge=0, le=MAX_TOP_K, description="Extension: sample from the k likeliest tokens (0 = all)."
     )
     repetition_penalty: float | None = Field(
-        None, gt=0.0, le=10.0, description="Extension: > 1 makes tokens seen before less likely (1 = off)."
+        None,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Extension: > 1 makes tokens seen before less likely, < 1 more (1 = off).",
     )
     ignore_eos: bool | None = Field(None, description="Extension: always generate max_tokens (benchmarks).")
 
