@@ -293,7 +293,7 @@ class Engine:
                 for row, choice in zip(rows, choices, strict=True)
             ]
         for row, token, piece in zip(rows, choices, pieces, strict=True):
-            if isinstance(token, SamplingError):
+            if isinstance(token, SamplingError):  # this row alone ends; its tokens so far are kept
                 row.finish, row.error = "error", str(token)
                 continue
             handle, settings = row.handle, row.handle.request.sampling
