@@ -136,6 +136,42 @@ def test_bad_chat_rows(tmp_path: Path, messages: list[object], needle: str) -> N
     assert needle in message
 
 
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ({"role": "user", "content": "a", "weight": 0}, "messages[0].weight: only assistant messages"),
+        ({"role": "assistant", "content": "b", "weight": 2}, "messages[1].weight must be 0 "),
+        ({"role": "assistant", "content": "b", "weight": True}, "messages[1].weight must be 0 "),
+        ({"role": "assistant", "content": "b", "weight": 0}, "every assistant message has 'weight': 0"),
+        ({"role": "assistant", "content": None, "tool_calls": [{}]}, "messages[1] has key 'tool_calls'"),
+        ({"role": "user", "content": "a", "function_call": {}}, "messages[0] has key 'function_call'"),
+    ],
+)
+def test_openai_message_keys_and_weights_are_checked(
+    tmp_path: Path, message: dict[str, object], needle: str
+) -> None:
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    messages[0 if message["role"] == "user" else 1] = message
+    path = write_jsonl(tmp_path / "chat.jsonl", [ROWS["chat"][0], {"messages": messages}])
+    error = _error(path)
+    assert error.startswith(f"{path}:2: ")
+    assert needle in error
+
+
+def test_openai_weights_and_names_are_read(tmp_path: Path) -> None:
+    messages = [
+        {"role": "user", "content": "a", "name": "ann"},
+        {"role": "assistant", "content": "b", "weight": 0},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d", "weight": 1},
+    ]
+    jsonl = write_jsonl(tmp_path / "w.jsonl", [{"messages": messages}])
+    parquet = write_table(tmp_path / "w.parquet", [{"messages": messages}], "parquet")  # absent keys: null
+    for path in (jsonl, parquet):
+        read = read_examples(path).examples[0].messages
+        assert [(m.content, m.trained) for m in read] == [("a", True), ("b", False), ("c", True), ("d", True)]
+
+
 def test_unknown_keys_and_ambiguous_rows(tmp_path: Path) -> None:
     assert "match no row format" in _error(write_jsonl(tmp_path / "a.jsonl", [{"question": "q"}]))
     both = write_jsonl(tmp_path / "b.jsonl", [{"text": "t", "prompt": "p", "completion": "c"}])

@@ -7,6 +7,11 @@ Four row formats, named or detected from the first usable row's keys:
     alpaca             {"instruction", "input" (optional), "output"} -> user = instruction + "\\n\\n" + input
     chat               {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
+Chat messages follow OpenAI's fine-tuning format: besides `role` and `content` a message may have a
+`name` (accepted, not rendered), and an assistant message a `weight` of 0 (not trained on: its tokens
+are labelled like the prompt's) or 1 (the default). Other keys (`tool_calls`, `function_call`, ...) are
+refused, since the row would train on something else than what it says. A null value counts as absent.
+
 Every later row must match the same format. A bad row fails with `file:line: what is wrong` (CSV: the
 header is line 1; Parquet and `datasets` directories: `file:row N`, 0-based), or is dropped and counted.
 """
@@ -31,6 +36,7 @@ REQUIRED_KEYS = {
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = ("role", "content", "name", "weight")  # OpenAI's, less tool calls and function calls
 SUPPORTED = ".jsonl, .json (JSON lines or one array), .csv, .parquet, or a datasets save_to_disk directory"
 _FORMAT_HELP = (
     "text {text}, prompt_completion {prompt, completion}, alpaca {instruction, output}, chat {messages}"
@@ -43,6 +49,7 @@ class Message:
 
     role: str  # system, user or assistant
     content: str
+    trained: bool = True  # an assistant turn carries loss; False for OpenAI's `"weight": 0`
 
     def as_dict(self) -> dict[str, str]:
         """The `{"role", "content"}` mapping chat templates expect."""
@@ -206,7 +213,14 @@ def _messages(value: object) -> tuple[Message, ...]:
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise _RowError(f"messages[{i}] is a {type(item).__name__}, not a {{role, content}} object")
-        role, content = item.get("role"), item.get("content")
+        fields = {key: field for key, field in item.items() if field is not None}  # Parquet fills in nulls
+        unknown = [key for key in fields if key not in MESSAGE_KEYS]
+        if unknown:
+            raise _RowError(
+                f"messages[{i}] has key {', '.join(map(repr, unknown))}, which lorafleet does not train on "
+                f"(a message may have {', '.join(MESSAGE_KEYS)}; tool and function calls are not supported)"
+            )
+        role, content = fields.get("role"), fields.get("content")
         if role not in ROLES:
             raise _RowError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
@@ -215,12 +229,28 @@ def _messages(value: object) -> tuple[Message, ...]:
             raise _RowError(f"messages[{i}]: a system message may only come first")
         if role == "assistant" and all(m.role == "system" for m in messages):
             raise _RowError(f"messages[{i}]: an assistant turn needs a user turn before it")
-        messages.append(Message(role, content))
+        messages.append(Message(role, content, trained=_weight(fields, i)))
     if messages[-1].role != "assistant":
         raise _RowError("the last message must be an assistant turn (the reply to learn)")
     if not messages[-1].content.strip():
         raise _RowError(f"messages[{len(messages) - 1}]: the final assistant message is empty")
+    if not any(m.role == "assistant" and m.trained for m in messages):
+        raise _RowError("every assistant message has 'weight': 0, so the row teaches nothing")
     return tuple(messages)
+
+
+def _weight(message: Mapping[str, object], i: int) -> bool:
+    """Whether message `i` is trained on: OpenAI's `weight`, 0 or 1 on assistant messages, 1 if absent."""
+    if "weight" not in message:
+        return True
+    weight = message["weight"]
+    if message["role"] != "assistant":
+        raise _RowError(
+            f"messages[{i}].weight: only assistant messages have a weight (this one is {message['role']})"
+        )
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise _RowError(f"messages[{i}].weight must be 0 (not trained on) or 1 (got {weight!r})")
+    return weight == 1
 
 
 def _open_rows(path: Path) -> tuple[Iterator[tuple[str, object]], list[str]]:
