@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -391,14 +392,21 @@ def _table_rows(table: Iterable[object], name: str) -> Iterator[tuple[str, objec
 
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """Hide `datasets` progress bars while loading, and restore them after."""
+    """Hide `datasets` progress bars and log lines while loading, and restore them after.
+
+    On a file it cannot read, `datasets` logs an error line ("Failed to read schema ...") before raising;
+    the exception becomes our one-line `DataError`, so the logged copy would only come first and twice.
+    """
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
 
