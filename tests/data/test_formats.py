@@ -179,6 +179,41 @@ def test_unknown_keys_and_ambiguous_rows(tmp_path: Path) -> None:
     assert read_examples(both, format="text").examples[0].text == "t"  # naming the format resolves it
 
 
+def test_a_null_value_is_named_as_null_not_as_missing(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "null.jsonl", [{"prompt": "2+2=", "completion": None}])
+    for row_format in ("auto", "prompt_completion"):
+        error = _error(path, format=row_format)
+        assert error.startswith(f"{path}:1: 'completion' is null"), error
+        assert "missing" not in error
+
+
+def test_a_json_array_in_a_jsonl_file_says_to_save_it_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(ROWS["prompt_completion"], indent=2))  # pretty-printed: one array
+    for skip in (False, True):  # no line of it is a row: skipping bad rows would skip every line
+        error = _error(path, skip_bad_rows=skip)
+        assert error.startswith(f"{path}:1: the file is one JSON array, not JSON lines"), error
+        assert "save it as rows.json" in error
+    (tmp_path / "rows.json").write_text(path.read_text())
+    assert len(read_examples(tmp_path / "rows.json").examples) == 2
+
+
+def test_a_csv_without_a_header_says_line_1_was_read_as_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "no_header.csv"
+    path.write_text("What is 2+2?,4\nWhat is 3+3?,6\n")
+    for row_format in ("auto", "prompt_completion"):
+        error = _error(path, format=row_format)
+        assert error.startswith(f"{path}:2: "), error
+        assert "line 1 was read as the header (columns 'What is 2+2?', '4')" in error
+        assert "a first line naming the columns, e.g. prompt,completion" in error
+    one_row = tmp_path / "one_row.csv"
+    one_row.write_text("What is 2+2?,4\n")
+    assert "line 1 was read as the header" in _error(one_row)
+    good_header = tmp_path / "named.csv"
+    good_header.write_text("prompt,completion\n2+2=,\n")
+    assert "read as the header" not in _error(good_header)  # it names a format's columns: not suspect
+
+
 def test_skip_bad_rows_counts(tmp_path: Path) -> None:
     path = tmp_path / "mixed.jsonl"
     path.write_text(

@@ -98,7 +98,8 @@ class _RowError(ValueError):
 
 
 class _MissingKeys(_RowError):
-    """The row lacks a key its format needs (perhaps it is in another format than the first row)."""
+    """The row lacks a key its format needs (perhaps it is in another format than the first row, or a
+    CSV's first line is a row rather than the header naming the columns)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ def read_examples(
             if not skip_bad_rows:
                 detected = isinstance(err, _MissingKeys) and detected_at
                 hint = f" (format {fixed} detected at {detected_at})" if detected else ""
+                if isinstance(err, _MissingKeys):
+                    hint += _csv_header_hint(path)
                 raise DataError(f"{source}: {err}{hint}") from None
             skipped += 1
             continue
@@ -152,17 +155,21 @@ def read_examples(
         if max_rows is not None and len(examples) >= max_rows:
             break
     if not examples:
-        raise DataError(f"{path}: no usable rows ({skipped} skipped)")
+        raise DataError(f"{path}: no usable rows ({skipped} skipped){_csv_header_hint(path)}")
     assert fixed is not None
     return ReadResult(examples=examples, skipped=skipped, format=fixed, notes=tuple(notes))
 
 
 def detect_format(row: Mapping[str, object]) -> str:
-    """The one row format whose required keys `row` holds (keys whose value is null do not count)."""
+    """The one row format whose required keys `row` holds (keys whose value is null do not count, unless
+    only they make a match: then that format is returned, and `parse_row` says which value is null)."""
     present = {key for key, value in row.items() if value is not None}
     matches = [name for name, keys in REQUIRED_KEYS.items() if present.issuperset(keys)]
     if not matches:
-        raise _RowError(f"keys {sorted(present)} match no row format; expected one of {_FORMAT_HELP}")
+        with_nulls = [name for name, keys in REQUIRED_KEYS.items() if set(row).issuperset(keys)]
+        if len(with_nulls) == 1:
+            return with_nulls[0]
+        raise _MissingKeys(f"keys {sorted(present)} match no row format; expected one of {_FORMAT_HELP}")
     if len(matches) > 1:
         raise _RowError(
             f"keys {sorted(present)} fit several formats ({', '.join(matches)}); name one with format"
@@ -172,11 +179,14 @@ def detect_format(row: Mapping[str, object]) -> str:
 
 def parse_row(row: Mapping[str, object], format: str, source: str) -> Example:
     """Check one row against `format` and make it an `Example`; raise `_RowError` saying what is wrong."""
-    missing = [key for key in REQUIRED_KEYS[format] if row.get(key) is None]
+    missing = [key for key in REQUIRED_KEYS[format] if key not in row]
     if missing:
         raise _MissingKeys(
             f"missing {', '.join(map(repr, missing))} for format {format} (keys: {sorted(row)})"
         )
+    null = [key for key in REQUIRED_KEYS[format] if row[key] is None]
+    if null:
+        raise _RowError(f"{', '.join(map(repr, null))} is null; format {format} needs a value there")
     if format == "text":
         return Example(source, text=_string(row, "text", non_empty=True))
     if format == "prompt_completion":
@@ -279,6 +289,9 @@ def _starts_with_bracket(path: Path) -> bool:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
+    """One JSON value per line. A file that starts with `[` holds one array (often pretty-printed over many
+    lines), which no line-by-line reading can make sense of: that fails at once, saying to name it .json."""
+    first = True
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             source = f"{path}:{number}"
@@ -289,6 +302,12 @@ def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
                 continue
             if not line.strip():
                 continue
+            if first and line.lstrip().startswith("["):
+                raise DataError(
+                    f"{source}: the file is one JSON array, not JSON lines (one object per line); "
+                    f"save it as {path.with_suffix('.json').name}, which is read as an array"
+                )
+            first = False
             try:
                 yield source, json.loads(line)
             except json.JSONDecodeError as err:
@@ -355,6 +374,27 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+
+
+def _csv_header_hint(path: Path) -> str:
+    """For a CSV whose line 1 names no format's columns, a hint that it was read as the header (else "").
+
+    A CSV without a header loses its first row to the header, and its rows then have that row's values
+    as keys; the error about the next line would not say why.
+    """
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return ""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), None)
+    except (csv.Error, UnicodeDecodeError):
+        return ""
+    if header is None or any(set(header).issuperset(keys) for keys in REQUIRED_KEYS.values()):
+        return ""
+    return (
+        f"; line 1 was read as the header (columns {', '.join(map(repr, header))}); if it is a row, add "
+        "a first line naming the columns, e.g. prompt,completion"
+    )
 
 
 def _load_parquet(path: Path) -> Iterable[object]:
