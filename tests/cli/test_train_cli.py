@@ -102,6 +102,42 @@ def test_train_resume_without_a_checkpoint(tiny_dir: Path, qa_file: Path) -> Non
     assert_friendly_error(result, "no checkpoint to resume")
 
 
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (("--data", "{bad_file}"), "{bad_file}:1"),  # fails reading the data
+        (("--data", "{qa_file}", "--set", "lora.target_modules=[nope]"), "'nope'"),  # fails attaching LoRA
+    ],
+)
+def test_a_failed_overwrite_leaves_the_earlier_run_resumable(
+    tiny_dir: Path, qa_file: Path, tmp_path: Path, lorafleet_home: Path, bad: tuple[str, ...], named: str
+) -> None:
+    bad_file = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a completion is missing"}])
+    paths = {"bad_file": str(bad_file), "qa_file": str(qa_file)}
+    common = ("--model", str(tiny_dir), "-o", "acc-keep", "--no-progress", *QUICK)
+    common += ("--set", "training.checkpoint_steps=1")
+    first = invoke("train", *common, "--data", str(qa_file), "--max-steps", "2")
+    assert first.exit_code == 0, (first.output, first.exception)
+    run_dir, adapter = lorafleet_home / "runs" / "acc-keep", lorafleet_home / "adapters" / "acc-keep"
+    earlier = _files(run_dir) | _files(adapter)
+    assert any("checkpoints/step-000001" in name for name in earlier)
+
+    failed = invoke("train", *common, "--max-steps", "2", "--overwrite", *(a.format(**paths) for a in bad))
+
+    assert_friendly_error(failed, named.format(**paths))
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert _files(run_dir) | _files(adapter) == earlier  # checkpoints, summary, adapter: untouched
+    resumed = invoke("train", *common, "--data", str(qa_file), "--max-steps", "3", "--resume", "--overwrite")
+    assert resumed.exit_code == 0, (resumed.output, resumed.exception)
+    assert "resumed from step 1" in resumed.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by its path, with its contents."""
+    return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def test_train_interrupted_says_how_to_resume(
     tiny_dir: Path, qa_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,11 +136,82 @@ def test_bad_chat_rows(tmp_path: Path, messages: list[object], needle: str) -> N
     assert needle in message
 
 
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ({"role": "user", "content": "a", "weight": 0}, "messages[0].weight: only assistant messages"),
+        ({"role": "assistant", "content": "b", "weight": 2}, "messages[1].weight must be 0 "),
+        ({"role": "assistant", "content": "b", "weight": True}, "messages[1].weight must be 0 "),
+        ({"role": "assistant", "content": "b", "weight": 0}, "every assistant message has 'weight': 0"),
+        ({"role": "assistant", "content": None, "tool_calls": [{}]}, "messages[1] has key 'tool_calls'"),
+        ({"role": "user", "content": "a", "function_call": {}}, "messages[0] has key 'function_call'"),
+    ],
+)
+def test_openai_message_keys_and_weights_are_checked(
+    tmp_path: Path, message: dict[str, object], needle: str
+) -> None:
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    messages[0 if message["role"] == "user" else 1] = message
+    path = write_jsonl(tmp_path / "chat.jsonl", [ROWS["chat"][0], {"messages": messages}])
+    error = _error(path)
+    assert error.startswith(f"{path}:2: ")
+    assert needle in error
+
+
+def test_openai_weights_and_names_are_read(tmp_path: Path) -> None:
+    messages = [
+        {"role": "user", "content": "a", "name": "ann"},
+        {"role": "assistant", "content": "b", "weight": 0},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d", "weight": 1},
+    ]
+    jsonl = write_jsonl(tmp_path / "w.jsonl", [{"messages": messages}])
+    parquet = write_table(tmp_path / "w.parquet", [{"messages": messages}], "parquet")  # absent keys: null
+    for path in (jsonl, parquet):
+        read = read_examples(path).examples[0].messages
+        assert [(m.content, m.trained) for m in read] == [("a", True), ("b", False), ("c", True), ("d", True)]
+
+
 def test_unknown_keys_and_ambiguous_rows(tmp_path: Path) -> None:
     assert "match no row format" in _error(write_jsonl(tmp_path / "a.jsonl", [{"question": "q"}]))
     both = write_jsonl(tmp_path / "b.jsonl", [{"text": "t", "prompt": "p", "completion": "c"}])
     assert "fit several formats (prompt_completion, text)" in _error(both)
     assert read_examples(both, format="text").examples[0].text == "t"  # naming the format resolves it
+
+
+def test_a_null_value_is_named_as_null_not_as_missing(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "null.jsonl", [{"prompt": "2+2=", "completion": None}])
+    for row_format in ("auto", "prompt_completion"):
+        error = _error(path, format=row_format)
+        assert error.startswith(f"{path}:1: 'completion' is null"), error
+        assert "missing" not in error
+
+
+def test_a_json_array_in_a_jsonl_file_says_to_save_it_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(ROWS["prompt_completion"], indent=2))  # pretty-printed: one array
+    for skip in (False, True):  # no line of it is a row: skipping bad rows would skip every line
+        error = _error(path, skip_bad_rows=skip)
+        assert error.startswith(f"{path}:1: the file is one JSON array, not JSON lines"), error
+        assert "save it as rows.json" in error
+    (tmp_path / "rows.json").write_text(path.read_text())
+    assert len(read_examples(tmp_path / "rows.json").examples) == 2
+
+
+def test_a_csv_without_a_header_says_line_1_was_read_as_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "no_header.csv"
+    path.write_text("What is 2+2?,4\nWhat is 3+3?,6\n")
+    for row_format in ("auto", "prompt_completion"):
+        error = _error(path, format=row_format)
+        assert error.startswith(f"{path}:2: "), error
+        assert "line 1 was read as the header (columns 'What is 2+2?', '4')" in error
+        assert "a first line naming the columns, e.g. prompt,completion" in error
+    one_row = tmp_path / "one_row.csv"
+    one_row.write_text("What is 2+2?,4\n")
+    assert "line 1 was read as the header" in _error(one_row)
+    good_header = tmp_path / "named.csv"
+    good_header.write_text("prompt,completion\n2+2=,\n")
+    assert "read as the header" not in _error(good_header)  # it names a format's columns: not suspect
 
 
 def test_skip_bad_rows_counts(tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from lorafleet.data import IGNORE_INDEX, Example, Message, tokenize_example
+from lorafleet.data import IGNORE_INDEX, Example, Message, read_examples, tokenize_example
 from lorafleet.errors import DataError
 from lorafleet.models import tiny_tokenizer
 
@@ -47,6 +50,28 @@ def test_chat_labels_exactly_the_assistant_turns() -> None:
     assert tokenizer.decode(prompt) == full.replace("4<|im_end|>", "").replace("It is 6.<|im_end|>", "")
     assert example.label_tokens == len("4") + 1 + len("It is 6.") + 1
     assert not example.truncated and example.source == "rows.jsonl:1"
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_a_weight_0_assistant_turn_is_not_trained_on(tmp_path: Path, template: bool) -> None:
+    # OpenAI's chat rows: "weight": 0 marks an assistant turn as context, 1 (or none) as one to learn.
+    path = tmp_path / "weights.jsonl"
+    messages = [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "5", "weight": 0},
+        {"role": "user", "content": "Wrong. 3+3?"},
+        {"role": "assistant", "content": "6", "weight": 1},
+        {"role": "user", "content": "4+4?"},
+        {"role": "assistant", "content": "8"},
+    ]
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    tokenizer = tiny_tokenizer()
+    if not template:
+        tokenizer.chat_template = None
+    example = tokenize_example(read_examples(path).examples[0], tokenizer, max_length=512)
+    answers = [tokenizer.decode(run) for run in labelled_runs(example.input_ids, example.labels)]
+    end = "<|im_end|>" if template else tokenizer.eos_token
+    assert answers == [f"6{end}", f"8{end}"]  # the "5" turn is all -100
 
 
 def test_prompt_completion_prompt_is_masked() -> None:

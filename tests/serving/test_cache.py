@@ -256,6 +256,26 @@ def test_features_beyond_plain_lora_are_refused(
     assert "fancy" not in cache
 
 
+def test_an_adapter_holding_the_whole_lm_head_says_what_is_refused(
+    tmp_path: Path, tiny_base: PreTrainedModel, identity: BaseIdentity
+) -> None:
+    # PEFT's own save_pretrained stores lm_head's full weight beside its LoRA factors when it is a target.
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=2, target_modules=["q_proj", "lm_head"])
+    with pytest.warns(UserWarning, match="save_embedding_layers"):
+        get_peft_model(copy.deepcopy(tiny_base), config).save_pretrained(str(tmp_path / "head"))
+    cache = AdapterCache(identity, source=DirectorySource({"head": tmp_path / "head"}))
+
+    with pytest.raises(AdapterError) as caught:
+        cache.get("head")
+
+    message = str(caught.value)
+    assert "adapter 'head'" in message and "lm_head.base_layer.weight: whole weights of lm_head" in message
+    assert "does not adapt the output head" in message and "without lm_head in target_modules" in message
+    assert "linear layers only" not in message  # lm_head is a linear layer: that was not the reason
+
+
 def test_directory_source_finds_named_mapped_and_refuses_unknown(
     tmp_path: Path,
     lorafleet_home: Path,

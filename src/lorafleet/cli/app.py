@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +10,7 @@ from typer.core import TyperGroup
 
 from lorafleet import __version__
 from lorafleet.cli import adapters, data, estimate, generate, jobs, models, serve, tenants, train
+from lorafleet.cli.quiet import quiet_third_party_output
 from lorafleet.errors import LorafleetError
 
 
@@ -68,7 +68,5 @@ def root(
 
 def main() -> None:
     """Console entry point."""
-    # Deprecation notices from transformers/PEFT internals are for library authors, not for CLI users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_third_party_output()  # before any command imports torch, PEFT or bitsandbytes
     sys.exit(app())

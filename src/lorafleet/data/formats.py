@@ -7,6 +7,11 @@ Four row formats, named or detected from the first usable row's keys:
     alpaca             {"instruction", "input" (optional), "output"} -> user = instruction + "\\n\\n" + input
     chat               {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
+Chat messages follow OpenAI's fine-tuning format: besides `role` and `content` a message may have a
+`name` (accepted, not rendered), and an assistant message a `weight` of 0 (not trained on: its tokens
+are labelled like the prompt's) or 1 (the default). Other keys (`tool_calls`, `function_call`, ...) are
+refused, since the row would train on something else than what it says. A null value counts as absent.
+
 Every later row must match the same format. A bad row fails with `file:line: what is wrong` (CSV: the
 header is line 1; Parquet and `datasets` directories: `file:row N`, 0-based), or is dropped and counted.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +37,7 @@ REQUIRED_KEYS = {
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = ("role", "content", "name", "weight")  # OpenAI's, less tool calls and function calls
 SUPPORTED = ".jsonl, .json (JSON lines or one array), .csv, .parquet, or a datasets save_to_disk directory"
 _FORMAT_HELP = (
     "text {text}, prompt_completion {prompt, completion}, alpaca {instruction, output}, chat {messages}"
@@ -43,6 +50,7 @@ class Message:
 
     role: str  # system, user or assistant
     content: str
+    trained: bool = True  # an assistant turn carries loss; False for OpenAI's `"weight": 0`
 
     def as_dict(self) -> dict[str, str]:
         """The `{"role", "content"}` mapping chat templates expect."""
@@ -90,7 +98,8 @@ class _RowError(ValueError):
 
 
 class _MissingKeys(_RowError):
-    """The row lacks a key its format needs (perhaps it is in another format than the first row)."""
+    """The row lacks a key its format needs (perhaps it is in another format than the first row, or a
+    CSV's first line is a row rather than the header naming the columns)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,8 @@ def read_examples(
             if not skip_bad_rows:
                 detected = isinstance(err, _MissingKeys) and detected_at
                 hint = f" (format {fixed} detected at {detected_at})" if detected else ""
+                if isinstance(err, _MissingKeys):
+                    hint += _csv_header_hint(path)
                 raise DataError(f"{source}: {err}{hint}") from None
             skipped += 1
             continue
@@ -144,17 +155,21 @@ def read_examples(
         if max_rows is not None and len(examples) >= max_rows:
             break
     if not examples:
-        raise DataError(f"{path}: no usable rows ({skipped} skipped)")
+        raise DataError(f"{path}: no usable rows ({skipped} skipped){_csv_header_hint(path)}")
     assert fixed is not None
     return ReadResult(examples=examples, skipped=skipped, format=fixed, notes=tuple(notes))
 
 
 def detect_format(row: Mapping[str, object]) -> str:
-    """The one row format whose required keys `row` holds (keys whose value is null do not count)."""
+    """The one row format whose required keys `row` holds (keys whose value is null do not count, unless
+    only they make a match: then that format is returned, and `parse_row` says which value is null)."""
     present = {key for key, value in row.items() if value is not None}
     matches = [name for name, keys in REQUIRED_KEYS.items() if present.issuperset(keys)]
     if not matches:
-        raise _RowError(f"keys {sorted(present)} match no row format; expected one of {_FORMAT_HELP}")
+        with_nulls = [name for name, keys in REQUIRED_KEYS.items() if set(row).issuperset(keys)]
+        if len(with_nulls) == 1:
+            return with_nulls[0]
+        raise _MissingKeys(f"keys {sorted(present)} match no row format; expected one of {_FORMAT_HELP}")
     if len(matches) > 1:
         raise _RowError(
             f"keys {sorted(present)} fit several formats ({', '.join(matches)}); name one with format"
@@ -164,11 +179,14 @@ def detect_format(row: Mapping[str, object]) -> str:
 
 def parse_row(row: Mapping[str, object], format: str, source: str) -> Example:
     """Check one row against `format` and make it an `Example`; raise `_RowError` saying what is wrong."""
-    missing = [key for key in REQUIRED_KEYS[format] if row.get(key) is None]
+    missing = [key for key in REQUIRED_KEYS[format] if key not in row]
     if missing:
         raise _MissingKeys(
             f"missing {', '.join(map(repr, missing))} for format {format} (keys: {sorted(row)})"
         )
+    null = [key for key in REQUIRED_KEYS[format] if row[key] is None]
+    if null:
+        raise _RowError(f"{', '.join(map(repr, null))} is null; format {format} needs a value there")
     if format == "text":
         return Example(source, text=_string(row, "text", non_empty=True))
     if format == "prompt_completion":
@@ -206,7 +224,14 @@ def _messages(value: object) -> tuple[Message, ...]:
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise _RowError(f"messages[{i}] is a {type(item).__name__}, not a {{role, content}} object")
-        role, content = item.get("role"), item.get("content")
+        fields = {key: field for key, field in item.items() if field is not None}  # Parquet fills in nulls
+        unknown = [key for key in fields if key not in MESSAGE_KEYS]
+        if unknown:
+            raise _RowError(
+                f"messages[{i}] has key {', '.join(map(repr, unknown))}, which lorafleet does not train on "
+                f"(a message may have {', '.join(MESSAGE_KEYS)}; tool and function calls are not supported)"
+            )
+        role, content = fields.get("role"), fields.get("content")
         if role not in ROLES:
             raise _RowError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
@@ -215,12 +240,28 @@ def _messages(value: object) -> tuple[Message, ...]:
             raise _RowError(f"messages[{i}]: a system message may only come first")
         if role == "assistant" and all(m.role == "system" for m in messages):
             raise _RowError(f"messages[{i}]: an assistant turn needs a user turn before it")
-        messages.append(Message(role, content))
+        messages.append(Message(role, content, trained=_weight(fields, i)))
     if messages[-1].role != "assistant":
         raise _RowError("the last message must be an assistant turn (the reply to learn)")
     if not messages[-1].content.strip():
         raise _RowError(f"messages[{len(messages) - 1}]: the final assistant message is empty")
+    if not any(m.role == "assistant" and m.trained for m in messages):
+        raise _RowError("every assistant message has 'weight': 0, so the row teaches nothing")
     return tuple(messages)
+
+
+def _weight(message: Mapping[str, object], i: int) -> bool:
+    """Whether message `i` is trained on: OpenAI's `weight`, 0 or 1 on assistant messages, 1 if absent."""
+    if "weight" not in message:
+        return True
+    weight = message["weight"]
+    if message["role"] != "assistant":
+        raise _RowError(
+            f"messages[{i}].weight: only assistant messages have a weight (this one is {message['role']})"
+        )
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise _RowError(f"messages[{i}].weight must be 0 (not trained on) or 1 (got {weight!r})")
+    return weight == 1
 
 
 def _open_rows(path: Path) -> tuple[Iterator[tuple[str, object]], list[str]]:
@@ -248,6 +289,9 @@ def _starts_with_bracket(path: Path) -> bool:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
+    """One JSON value per line. A file that starts with `[` holds one array (often pretty-printed over many
+    lines), which no line-by-line reading can make sense of: that fails at once, saying to name it .json."""
+    first = True
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             source = f"{path}:{number}"
@@ -258,6 +302,12 @@ def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
                 continue
             if not line.strip():
                 continue
+            if first and line.lstrip().startswith("["):
+                raise DataError(
+                    f"{source}: the file is one JSON array, not JSON lines (one object per line); "
+                    f"save it as {path.with_suffix('.json').name}, which is read as an array"
+                )
+            first = False
             try:
                 yield source, json.loads(line)
             except json.JSONDecodeError as err:
@@ -326,6 +376,27 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
 
 
+def _csv_header_hint(path: Path) -> str:
+    """For a CSV whose line 1 names no format's columns, a hint that it was read as the header (else "").
+
+    A CSV without a header loses its first row to the header, and its rows then have that row's values
+    as keys; the error about the next line would not say why.
+    """
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return ""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), None)
+    except (csv.Error, UnicodeDecodeError):
+        return ""
+    if header is None or any(set(header).issuperset(keys) for keys in REQUIRED_KEYS.values()):
+        return ""
+    return (
+        f"; line 1 was read as the header (columns {', '.join(map(repr, header))}); if it is a row, add "
+        "a first line naming the columns, e.g. prompt,completion"
+    )
+
+
 def _load_parquet(path: Path) -> Iterable[object]:
     import datasets
 
@@ -361,14 +432,21 @@ def _table_rows(table: Iterable[object], name: str) -> Iterator[tuple[str, objec
 
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """Hide `datasets` progress bars while loading, and restore them after."""
+    """Hide `datasets` progress bars and log lines while loading, and restore them after.
+
+    On a file it cannot read, `datasets` logs an error line ("Failed to read schema ...") before raising;
+    the exception becomes our one-line `DataError`, so the logged copy would only come first and twice.
+    """
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
 

@@ -12,9 +12,10 @@ template is not prefix-stable and we fail instead of guessing. Each span is toke
 the ids concatenated, so label boundaries are exact and the prompt is tokenized as it will be when
 generating (the prompt alone, then the model's tokens).
 
-Labels are -100 (no loss) on prompt tokens unless `train_on_inputs`. Without a chat template, turns are
-concatenated (prompt messages joined by a blank line, then the answer and EOS). Plain text rows are
-labelled everywhere and end with EOS. Rows longer than `max_length` keep their first `max_length` tokens.
+Labels are -100 (no loss) on prompt tokens unless `train_on_inputs`; an assistant turn with OpenAI's
+`"weight": 0` counts as prompt. Without a chat template, turns are concatenated (prompt messages joined
+by a blank line, then the answer and EOS). Plain text rows are labelled everywhere and end with EOS.
+Rows longer than `max_length` keep their first `max_length` tokens.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def render_chat(messages: tuple[Message, ...] | list[Message], tokenizer: Any, *
 
 
 def _template_spans(example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
-    """The rendered conversation cut into (text, is an assistant turn) spans, in order."""
+    """The rendered conversation cut into (text, is a trained assistant turn) spans, in order."""
     messages = example.messages
     try:
         full = render_chat(messages, tokenizer, generation=False)
@@ -99,7 +100,7 @@ def _template_spans(example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
                 )
             start = len(before)
             end = start + len(full[start : len(through)].rstrip())
-            spans += [(full[cursor:start], False), (full[start:end], True)]
+            spans += [(full[cursor:start], False), (full[start:end], message.trained)]
             cursor = max(end, start)
     except DataError:
         raise
@@ -111,7 +112,8 @@ def _template_spans(example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
 
 
 def _plain_spans(messages: tuple[Message, ...], tokenizer: Any, eos: int) -> list[tuple[list[int], bool]]:
-    """Without a chat template: prompt turns joined by a blank line, each answer followed by EOS."""
+    """Without a chat template: prompt turns joined by a blank line, each answer followed by EOS (an
+    untrained answer is labelled like the prompt)."""
     spans: list[tuple[list[int], bool]] = [(_special_prefix(tokenizer), False)]
     prompt: list[str] = []
     for message in messages:
@@ -121,7 +123,7 @@ def _plain_spans(messages: tuple[Message, ...], tokenizer: Any, eos: int) -> lis
         if prompt:
             spans.append((_encode(tokenizer, "\n\n".join(prompt)), False))
             prompt = []
-        spans.append(([*_encode(tokenizer, message.content), eos], True))
+        spans.append(([*_encode(tokenizer, message.content), eos], message.trained))
     return [(ids, answer) for ids, answer in spans if ids]
 
 

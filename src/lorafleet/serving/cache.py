@@ -339,11 +339,22 @@ def _check_plain_lora(config: LoraConfig, state: dict[str, torch.Tensor], *, ref
             "path_initial_model_for_weight_conversion)"
         )
     for key in state:
-        if not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            feature = "embedding LoRA" if "lora_embedding_" in key else "a tensor beyond lora_A/lora_B"
+        if key.endswith((".lora_A.weight", ".lora_B.weight")):
+            continue
+        if "lora_embedding_" in key:
             raise AdapterError(
-                f"{where} holds {key} ({feature}); serving supports LoRA on linear layers only"
+                f"{where} holds {key} (embedding LoRA); serving supports LoRA on linear layers only"
             )
+        # PEFT's save_pretrained stores the whole weight of lm_head or embed_tokens when they are targets.
+        module = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").removesuffix(".base_layer")
+        short = module.rsplit(".", 1)[-1]
+        raise AdapterError(
+            f"{where} holds {key}: whole weights of {module}, not LoRA factors (PEFT saves them when "
+            f"{short} is a LoRA target); serving adds lora_A/lora_B factors to the shared base's linear "
+            "layers, never replaces a layer's weights, and does not adapt the output head: train without "
+            f"{short} in target_modules, or merge the adapter into a model of its own "
+            "(lorafleet adapters merge)"
+        )
 
 
 def _naming_ref(err: BaseException, ref: str) -> LorafleetError:

@@ -1,6 +1,7 @@
 """The fine-tuning loop: `train(config)` turns a recipe into a trained adapter and a run directory.
 
-    setup     load base → (score base) → attach LoRA/QLoRA → tokenize data → AdamW + schedule
+    setup     check outputs → load base → tokenize data → (score base) → attach LoRA/QLoRA → AdamW +
+              schedule; only then, with everything the user gave checked, an earlier run's outputs go
     train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
               token of the step, backward, clip, step; log, evaluate, checkpoint every N steps
     finish    evaluate, save the adapter (PEFT files + lorafleet.json), curves and summary
@@ -141,6 +142,9 @@ def train(
     scheduler = _scheduler(config, optimizer, total_steps)
     peft_model, optimizer, scheduler = accelerator.prepare(peft_model, optimizer, scheduler)
 
+    if main:
+        _replace_earlier_run(run_dir, resume=resume)
+    accelerator.wait_for_everyone()
     progress = Progress()
     if resume:
         last = checkpoints(run_dir)[-1]
@@ -380,7 +384,11 @@ def _task_examples(config: FinetuneConfig, data: PreparedData) -> list[Example]:
 
 
 def _check_outputs(config: FinetuneConfig, run_dir: Path, adapter_dir: Path, *, resume: bool) -> None:
-    """Fail before any work if outputs would be clobbered, or if there is nothing to resume."""
+    """Fail before any work if outputs would be clobbered, or if there is nothing to resume.
+
+    Nothing is deleted here: an `--overwrite` run whose data, model or settings turn out bad must leave
+    the earlier run (its checkpoints, which `--resume` needs) as it was; see `_replace_earlier_run`.
+    """
     if resume and not checkpoints(run_dir):
         raise ConfigError(f"{run_dir}: no checkpoint to resume from; run without --resume")
     if adapter_dir.exists() and not config.output.overwrite:
@@ -388,15 +396,24 @@ def _check_outputs(config: FinetuneConfig, run_dir: Path, adapter_dir: Path, *, 
             f"{adapter_dir}: adapter {config.output.name!r} exists; set output.overwrite (--overwrite) "
             "or choose another output.name"
         )
+    if not resume and checkpoints(run_dir) and not config.output.overwrite:
+        raise AlreadyExistsError(
+            f"{run_dir}: holds checkpoints of an earlier run; continue it with --resume or start "
+            "over with --overwrite"
+        )
+
+
+def _replace_earlier_run(run_dir: Path, *, resume: bool) -> None:
+    """Remove what an earlier run left in `run_dir` (checkpoints, metrics, curve, summary) as a new one
+    starts; a resumed run keeps it all. Called once the model, data and settings have been accepted, so a
+    run that fails on them leaves the earlier one resumable. The earlier adapter stays until the new one
+    replaces it (`save_adapter` swaps the directory atomically). Other files in `run_dir` are left alone.
+    """
     if resume:
         return
-    if checkpoints(run_dir):
-        if not config.output.overwrite:
-            raise AlreadyExistsError(
-                f"{run_dir}: holds checkpoints of an earlier run; continue it with --resume or start "
-                "over with --overwrite"
-            )
-        shutil.rmtree(run_dir / "checkpoints")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for name in (METRICS_FILE, CURVE_FILE, SUMMARY_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
