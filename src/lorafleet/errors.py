@@ -16,7 +16,15 @@ class LorafleetError(Exception):
 
 
 class ConfigError(LorafleetError, ValueError):
-    """A setting is missing, unknown or out of range; the message names the field."""
+    """A setting is missing, unknown or out of range; the message names the field.
+
+    `field` is that field's dotted path (`lora.r`) where one field is at fault, for callers that point at
+    it (the API's `param`).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AlreadyExistsError(LorafleetError, FileExistsError):
@@ -50,7 +58,7 @@ def validated(model: type[_Model], prefix: str, **values: object) -> _Model:
     try:
         return model(**values)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, prefix)) from err
+        raise ConfigError(describe_validation_error(err, prefix), field=first_field(err, prefix)) from err
 
 
 def describe_validation_error(err: object, prefix: str) -> str:
@@ -62,6 +70,14 @@ def describe_validation_error(err: object, prefix: str) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{field}: {item['msg']}{shown}")
     return "; ".join(lines)
+
+
+def first_field(err: object, prefix: str) -> str | None:
+    """The dotted path of the first bad field of a pydantic `ValidationError` (`prefix.field`)."""
+    items = err.errors()  # type: ignore[attr-defined]
+    if not items:
+        return None
+    return ".".join(str(part) for part in (prefix, *items[0]["loc"]) if part != "") or None
 
 
 class UnknownAdapterError(AdapterError):

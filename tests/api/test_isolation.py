@@ -49,6 +49,7 @@ FOREIGN_CALLS: list[Call] = [
     ("POST", "/v1/adapters/{name}/aliases/{alias}/rollback", None),
     ("GET", "/v1/adapters/{name}/history", None),
     ("DELETE", "/v1/adapters/{name}", None),
+    ("GET", "/v1/models/{model}", None),  # the other forms of `model`: tests/api/test_openai_parity.py
     *[("POST", "/v1/completions", {"model": m, "prompt": "q1", "max_tokens": 2}) for m in MODELS],
     *[
         ("POST", "/v1/chat/completions", {"model": m, "messages": [{"role": "user", "content": "q1"}]})
@@ -114,7 +115,7 @@ def declared_routes(app: Any, prefix: str) -> set[tuple[str, str]]:
     else:
         routes = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
     return {
-        (method, route.path)
+        (method, route.path.replace(":path}", "}"))  # /v1/models/{model:path} is the call /v1/models/{model}
         for route in routes
         if route.path.startswith(prefix)
         for method in route.methods or ()
@@ -180,6 +181,7 @@ def owned_resources(
         "name": "support",
         "version": "1",
         "alias": "production",
+        "model": "support:production",
         "base": str(tiny_dir),
     }
     secrets = [
@@ -269,7 +271,9 @@ def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_pa
     tenants = platform.admin.get("/v1/tenants").json()["data"]
     assert [t["name"] for t in tenants] == ["acme"]  # nothing was made
 
-    anything = dict.fromkeys(("file_id", "own_file", "job_id", "name", "version", "alias", "base"), "x")
+    anything = dict.fromkeys(
+        ("file_id", "own_file", "job_id", "name", "version", "alias", "model", "base"), "x"
+    )
     for spec in [*FOREIGN_CALLS, *(("GET", path, None) for path in LISTS)]:
         answer = call(platform.admin, spec, anything)  # refused before any id is looked up
         assert answer.status_code == 403, (spec, answer.text)

@@ -107,11 +107,13 @@ def check_targets(model: nn.Module, settings: LoraSettings) -> None:
             unmatched.append(targets)
     elif isinstance(targets, list):
         unmatched += [t for t in targets if not _matches(t, module_names)]
+    field = "lora.target_modules" if unmatched else "lora.modules_to_save"
     unmatched += [m for m in settings.modules_to_save or () if not _matches(m, module_names)]
     if unmatched:
         raise ConfigError(
             f"target module {', '.join(repr(u) for u in unmatched)} matches no module of "
-            f"{type(model).__name__}; its linear modules are: {', '.join(linear_module_names(model))}"
+            f"{type(model).__name__}; its linear modules are: {', '.join(linear_module_names(model))}",
+            field=field,
         )
 
 

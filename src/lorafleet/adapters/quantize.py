@@ -52,6 +52,10 @@ def quantize_nf4(
             )
             if child.bias is not None:
                 layer.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            if child.in_features % NF4_BLOCK:
+                # bitsandbytes ≥ 0.50 repacks the weight for its AVX512-BF16 CPU kernel on the first
+                # eval-mode forward, which fails for rows shorter than a block; keep the plain path there
+                layer.support_avx512bf16_for_cpu = False
             setattr(parent, child_name, layer.to(device))  # moving the weight quantizes it
             replaced += 1
     if replaced == 0:

@@ -27,6 +27,7 @@ from lorafleet import __version__
 from lorafleet.api.auth import Authenticator
 from lorafleet.api.errors import install_error_handlers
 from lorafleet.api.metrics import ServerMetrics
+from lorafleet.api.openapi import install_openapi
 from lorafleet.api.routes import adapters, completions, files, fine_tuning, health, models, tenants, usage
 from lorafleet.api.settings import ServerSettings
 from lorafleet.jobs.worker import Worker
@@ -76,9 +77,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         registry, admin_key=settings.admin_key, default_per_minute=settings.requests_per_minute
     )
     app.state.tokenizer = functools.cache(lambda: _tokenizer(app, settings))
+    app.state.base_skeleton = functools.cache(lambda: _base_skeleton(settings))
     app.state.metrics = ServerMetrics(app.state)
     app.middleware("http")(app.state.metrics.middleware)
     install_error_handlers(app)
+    install_openapi(app)
     for module in (health, tenants, files, fine_tuning, adapters, models, completions, usage):
         app.include_router(module.router)
     return app
@@ -126,3 +129,10 @@ def _tokenizer(app: FastAPI, settings: ServerSettings) -> Any:
     from lorafleet.models import load_tokenizer
 
     return load_tokenizer(settings.base_model)
+
+
+def _base_skeleton(settings: ServerSettings) -> Any:
+    """The base model's module tree without weights: what job recipes' target modules are checked against."""
+    from lorafleet.models import load_skeleton
+
+    return load_skeleton(settings.base_model)

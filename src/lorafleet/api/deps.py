@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 if TYPE_CHECKING:
     from lorafleet.registry import Registry
@@ -20,10 +21,20 @@ class Caller:
     is_admin: bool = False
 
 
-def get_caller(request: Request) -> Caller:
+# Declares the bearer scheme in the OpenAPI document; the authenticator reads the header itself, so a
+# missing or malformed one gets our 401 (OpenAI's shape), not FastAPI's 403.
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="A tenant's API key, or the admin key (which names a tenant in X-Lorafleet-Tenant).",
+)
+
+
+def get_caller(
+    request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+) -> Caller:
     """The caller named by `Authorization: Bearer <key>`; 401 when the key is missing or unknown.
 
-    Set by `create_app` as `app.state.authenticate`, so tests of a single router can swap it.
+    The check itself is `app.state.authenticate` (set by `create_app`): tests of one router can swap it.
     """
     authenticate: Any = request.app.state.authenticate
     caller: Caller = authenticate(request)

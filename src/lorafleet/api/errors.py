@@ -8,12 +8,18 @@
 413  an upload over the size limit                                      invalid_request_error
 422  an adapter that is known but cannot be served                      invalid_request_error
 429  a quota, a key's rate limit, or the engine's queue; Retry-After    rate_limit_error
+500  a fault of the server itself (logged with its traceback)           server_error
 503  the engine failed the request or is shutting down                  server_error
+
+Every answer the server sends for an error has this shape, whatever raised it: an exception that
+reaches the app wrapped in an exception group (as anyio's task groups wrap them) is answered by its
+one lorafleet error, and anything else is a 500 whose details stay in the server log.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,6 +84,25 @@ STATUS: tuple[tuple[type[LorafleetError], int, str, str | None], ...] = (
 )
 
 
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "A field is invalid or not supported (`param` names it), or the body is not JSON",
+    401: "No API key, or an unknown or revoked one",
+    403: "This key may not call the route",
+    404: "No such resource for the caller's tenant",
+    409: "The request clashes with the current state (a name in use, a finished job, a file in use)",
+    413: "The upload is over the server's size limit",
+    422: "The adapter is known but cannot be served",
+    429: "A quota, the key's rate limit or the engine's queue is full; retry after Retry-After seconds",
+    500: "A fault of the server; its details are in the server log",
+    503: "The engine failed the request or is shutting down",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses` for these error statuses, each with OpenAI's error body."""
+    return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
 class ApiError(LorafleetError):
     """An error answered with `status` and OpenAI's error body (and `headers`, e.g. Retry-After)."""
 
@@ -112,6 +137,7 @@ class ApiError(LorafleetError):
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))  # whole seconds, never "0"
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
+        param = param or getattr(err, "field", None)  # a ConfigError names the field at fault
         return cls(status, str(err), type=kind, param=param, code=code, headers=headers)
 
     def response(self) -> JSONResponse:
@@ -122,13 +148,28 @@ def validation_error(errors: list[Any]) -> ApiError:
     """A 400 naming every bad field of a request (FastAPI's `RequestValidationError.errors()`)."""
     lines, params = [], []
     for item in errors:
-        loc = [str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path")]
+        if item.get("type") == "json_invalid":  # its loc is a character offset, not a field
+            where = item.get("loc", ("body", 0))[-1]
+            reason = item.get("ctx", {}).get("error", "not JSON")
+            return ApiError(400, f"invalid JSON body: {reason} (at character {where})")
+        loc = [str(part) for part in item.get("loc", ()) if not _not_a_field(part)]
         field = ".".join(loc) or "body"
         got = item.get("input")
         shown = "" if isinstance(got, dict | list) or "input" not in item else f" (got {got!r})"
         lines.append(f"{field}: {item.get('msg', 'invalid')}{shown}")
         params.append(field)
     return ApiError(400, "; ".join(lines) or "invalid request", param=params[0] if params else None)
+
+
+def _not_a_field(part: object) -> bool:
+    """Whether a part of a pydantic error's `loc` is where the value came from (`body`) or which member of
+    a union it was checked against (`int`, `literal['auto']`), not a field the client sent."""
+    return isinstance(part, str) and (
+        part in ("body", "query", "path", "header") or bool(_UNION_MEMBER.search(part))
+    )
+
+
+_UNION_MEMBER = re.compile(r"^(int|float|str|bool|bytes|none|list|dict)$|\[")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -148,6 +189,22 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"{request.method} {request.url.path}: {err.detail}"
         return ApiError(err.status_code, message, type=kind, headers=dict(err.headers or {})).response()
 
+    async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
+        known = _only_lorafleet_error(err)
+        if known is not None:  # a lorafleet error that left a task group wrapped in an exception group
+            return ApiError.of(known).response()
+        # Starlette re-raises `err` after this answer is sent, so the server log gets its traceback
+        message = f"{request.method} {request.url.path}: the server failed to answer; the fault is logged"
+        return ApiError(500, message, type="server_error").response()
+
     app.add_exception_handler(LorafleetError, lorafleet_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _only_lorafleet_error(err: BaseException) -> LorafleetError | None:
+    """The one `LorafleetError` inside (nested) exception groups holding nothing else, or None."""
+    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        err = err.exceptions[0]
+    return err if isinstance(err, LorafleetError) else None

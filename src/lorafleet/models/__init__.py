@@ -2,7 +2,7 @@
 
 from lorafleet.models.bundled import DEFAULT_MODEL_ID, DEFAULT_MODEL_NAME, list_local_models, pull_default
 from lorafleet.models.devices import choose_device, choose_dtype
-from lorafleet.models.loading import ensure_pad_token, eos_token_ids, load_base, load_tokenizer
+from lorafleet.models.loading import ensure_pad_token, eos_token_ids, load_base, load_skeleton, load_tokenizer
 from lorafleet.models.tiny import tiny_model, tiny_tokenizer
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "eos_token_ids",
     "list_local_models",
     "load_base",
+    "load_skeleton",
     "load_tokenizer",
     "pull_default",
     "tiny_model",

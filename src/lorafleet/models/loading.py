@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as transformers_logging
 
 from lorafleet.errors import ModelLoadError
@@ -53,6 +59,18 @@ def load_base(
 def load_tokenizer(spec: str | os.PathLike[str] = "default") -> PreTrainedTokenizerBase:
     """The tokenizer of base model `spec` alone (same specs as `load_base`; no weights are loaded)."""
     return _tokenizer(_resolve(str(spec)), spec=str(spec))
+
+
+def load_skeleton(spec: str | os.PathLike[str] = "default") -> PreTrainedModel:
+    """Base model `spec`'s module tree without weights (on the meta device), to check module names cheaply."""
+    source = _resolve(str(spec))
+    try:
+        config = AutoConfig.from_pretrained(source)
+        with torch.device("meta"):
+            model: PreTrainedModel = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the model config of {spec!s}: {_first_line(err)}") from err
+    return model
 
 
 def eos_token_ids(model: PreTrainedModel | torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -123,4 +141,4 @@ def _first_line(err: Exception) -> str:
     return text[:300] if text else type(err).__name__
 
 
-__all__ = ["ensure_pad_token", "eos_token_ids", "load_base", "load_tokenizer"]
+__all__ = ["ensure_pad_token", "eos_token_ids", "load_base", "load_skeleton", "load_tokenizer"]

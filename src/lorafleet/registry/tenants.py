@@ -17,6 +17,9 @@ from lorafleet.registry.tables import ApiKey, Tenant, now, owned
 KEY_PREFIX = "lf-"
 
 
+MAX_BIGINT = 2**63 - 1  # the largest value of a BIGINT column (SQLite's INTEGER, PostgreSQL's BIGINT)
+
+
 class Quotas(BaseModel):
     """A tenant's limits; None means unlimited."""
 
@@ -24,9 +27,11 @@ class Quotas(BaseModel):
 
     max_concurrent_jobs: int | None = Field(None, ge=0, le=10_000, description="Jobs queued or running.")
     max_adapters: int | None = Field(None, ge=0, le=10**6, description="Adapter names stored.")
-    max_storage_bytes: int | None = Field(None, ge=0, description="Bytes of datasets and adapter versions.")
+    max_storage_bytes: int | None = Field(
+        None, ge=0, le=MAX_BIGINT, description="Bytes of datasets and adapter versions."
+    )
     max_monthly_tokens: int | None = Field(
-        None, ge=0, description="Prompt + generated + trained tokens per calendar month (UTC)."
+        None, ge=0, le=MAX_BIGINT, description="Prompt + generated + trained tokens per calendar month (UTC)."
     )
     requests_per_minute: int | None = Field(
         None, ge=1, le=10**6, description="Requests per minute per API key (every route)."

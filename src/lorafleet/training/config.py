@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lorafleet.adapters.settings import LoraSettings
 from lorafleet.data.config import DataConfig
-from lorafleet.errors import ConfigError, describe_validation_error
+from lorafleet.errors import ConfigError, describe_validation_error, first_field
 from lorafleet.home import lorafleet_home, validate_name
 from lorafleet.training.metrics import TASK_METRICS
 
@@ -179,7 +179,8 @@ def parse_config(values: dict[str, Any], *, source: str = "config") -> FinetuneC
     try:
         return FinetuneConfig.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {describe_validation_error(err, '')}") from err
+        message = f"{source}: {describe_validation_error(err, '')}"
+        raise ConfigError(message, field=first_field(err, "")) from err
 
 
 def apply_override(values: dict[str, Any], override: str) -> None:

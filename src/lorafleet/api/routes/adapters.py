@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import Caller, CallerDep, RegistryDep, TenantDep
+from lorafleet.api.errors import error_responses
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Adapter, AdapterVersion, AliasMove
 
@@ -149,7 +150,11 @@ def get_version(name: str, version: str, tenant: TenantDep, registry: RegistryDe
     return _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
 
 
-@router.get("/{name}/versions/{version}/download", response_class=StreamingResponse)
+@router.get(
+    "/{name}/versions/{version}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
+)
 def download_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> StreamingResponse:
     """The version's PEFT adapter files as a .tar.gz (loads with `PeftModel.from_pretrained`)."""
     row = registry.adapters.version(tenant, name, version)
@@ -162,7 +167,7 @@ def download_version(name: str, version: str, tenant: TenantDep, registry: Regis
     return StreamingResponse(buffer, media_type="application/gzip", headers=headers)
 
 
-@router.delete("/{name}/versions/{version}", response_model=VersionPublic)
+@router.delete("/{name}/versions/{version}", response_model=VersionPublic, responses=error_responses(409))
 def delete_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> VersionPublic:
     """Delete a version no alias points at."""
     answer = _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
@@ -179,7 +184,7 @@ def promote(
     return _version(registry, tenant, name, version)
 
 
-@router.post("/{name}/aliases/{alias}/rollback", response_model=VersionPublic)
+@router.post("/{name}/aliases/{alias}/rollback", response_model=VersionPublic, responses=error_responses(409))
 def rollback(
     name: str, alias: str, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
 ) -> VersionPublic:

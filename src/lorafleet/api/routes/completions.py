@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from lorafleet.api.deps import CallerDep
-from lorafleet.api.errors import ErrorBody, ServiceUnavailableError
+from lorafleet.api.errors import ServiceUnavailableError, error_responses
 from lorafleet.api.inference import Generation, InferenceService
 from lorafleet.api.openai_shapes import (
     ChatCompletion,
@@ -26,6 +26,7 @@ from lorafleet.api.openai_shapes import (
     CompletionRequest,
     TextCompletion,
 )
+from lorafleet.errors import LorafleetError
 
 
 class EventStream(StreamingResponse):
@@ -57,17 +58,7 @@ def get_inference(request: Request) -> InferenceService:
 
 
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in [
-        (400, "A field is invalid or not supported"),
-        (403, "The admin key cannot call inference"),
-        (404, "No such model for the caller's tenant"),
-        (422, "The adapter cannot be served"),
-        (429, "The queue is full; retry after Retry-After seconds"),
-        (503, "The engine failed the request or is shutting down"),
-    ]
-}
+ERRORS = error_responses(422, 429, 503)  # beyond those of every route (api.openapi)
 STREAMED: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "The response, or with stream: SSE chunks"}
 }
@@ -97,12 +88,17 @@ async def _answer(
     """The event stream, or the whole response once done (cancelling it if the client goes away first)."""
     if generation.body.stream:
         return EventStream(generation, service)
+    failure: LorafleetError | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_cancel_on_disconnect, request, generation)
         try:
             response = await service.in_thread(generation.response)
+        except LorafleetError as err:  # raised below, outside the group, so it is not wrapped in a group
+            failure = err
         finally:
             tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return response
 
 

@@ -2,7 +2,10 @@
 
 Beyond OpenAI's fields a job takes `adapter` (the adapter name its version is registered under) and
 `recipe` (any fields of a lorafleet recipe — lora, training, quantization, eval — validated when the
-job is created, so a bad key is a 400 naming it, not a failed job later).
+job is created, target modules against the base model's own, so a bad key is a 400 naming it, not a
+failed job later). OpenAI's `hyperparameters` set recipe fields (n_epochs → training.epochs, batch_size
+→ training.batch_size, learning_rate_multiplier → training.learning_rate) and are checked under their
+own names: a bad one is `hyperparameters.n_epochs`, not the recipe field it sets.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lorafleet.api.deps import RegistryDep, TenantDep
+from lorafleet.api.errors import error_responses
 from lorafleet.errors import ConfigError
 from lorafleet.home import validate_name
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Job, JobEvent
+from lorafleet.registry.tenants import MAX_BIGINT
 from lorafleet.training.config import TrainingConfig
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -140,8 +145,32 @@ def job_public(job: Job, registry: Registry) -> JobPublic:
     )
 
 
-def job_recipe(body: JobCreate, base_model: str) -> dict[str, Any]:
-    """The recipe fields the job sets, checked by building the whole recipe; `ConfigError` names a bad key."""
+def hyperparameter_fields(hyper: Hyperparameters, training: dict[str, Any]) -> dict[str, Any]:
+    """The training fields OpenAI's `hyperparameters` set over the recipe's `training`, each checked against
+    the field it sets; `ConfigError` names the hyperparameter (`hyperparameters.n_epochs`)."""
+    fields: dict[str, Any] = {}
+    if hyper.n_epochs != "auto":
+        fields["epochs"] = hyper.n_epochs
+    if hyper.batch_size != "auto":
+        fields["batch_size"] = hyper.batch_size
+    if hyper.learning_rate_multiplier != "auto":
+        fields["learning_rate"] = training.get("learning_rate", DEFAULT_LR) * hyper.learning_rate_multiplier
+    names = {"epochs": "n_epochs", "batch_size": "batch_size", "learning_rate": "learning_rate_multiplier"}
+    for field, value in fields.items():
+        try:
+            TrainingConfig.model_validate({field: value})
+        except ValidationError as err:
+            name = f"hyperparameters.{names[field]}"
+            sets = f"sets training.{field} to {value!r}: " if field != "batch_size" else ""
+            message = f"{name}: {sets}{err.errors()[0]['msg']} (got {getattr(hyper, names[field])!r})"
+            raise ConfigError(message, field=name) from None
+    return fields
+
+
+def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str, Any]:
+    """The recipe fields the job sets, checked by building the whole recipe and matching its target modules
+    against `base_skeleton` (the base model's module tree); `ConfigError` names a bad key as `recipe.…`."""
+    from lorafleet.adapters.attach import check_targets
     from lorafleet.training import parse_config
 
     recipe = copy.deepcopy(body.recipe)
@@ -154,17 +183,17 @@ def job_recipe(body: JobCreate, base_model: str) -> dict[str, Any]:
     training = recipe.setdefault("training", {})
     if not isinstance(training, dict):
         raise ConfigError("recipe.training: must be a mapping of training fields")
-    hyper = body.hyperparameters
-    if hyper.n_epochs != "auto":
-        training["epochs"] = hyper.n_epochs
-    if hyper.batch_size != "auto":
-        training["batch_size"] = hyper.batch_size
-    if hyper.learning_rate_multiplier != "auto":
-        training["learning_rate"] = training.get("learning_rate", DEFAULT_LR) * hyper.learning_rate_multiplier
+    training.update(hyperparameter_fields(body.hyperparameters, training))
     if body.seed is not None:
         training["seed"] = body.seed
     whole = {**recipe, "model": {"name": base_model}, "data": {**data, "path": "train.jsonl"}}
-    parse_config(whole, source="recipe")
+    try:
+        config = parse_config(whole, source="recipe")
+        check_targets(base_skeleton, config.lora)
+    except ConfigError as err:
+        field = f"recipe.{err.field}" if err.field else "recipe"
+        message = str(err) if str(err).startswith("recipe") else f"{field}: {err}"
+        raise ConfigError(message, field=field) from None
     return recipe
 
 
@@ -182,7 +211,7 @@ def create_job(body: JobCreate, request: Request, tenant: TenantDep, registry: R
         dataset_id=body.training_file,
         validation_dataset_id=body.validation_file,
         base_model=settings.base_model,
-        recipe=job_recipe(body, settings.base_model),
+        recipe=job_recipe(body, settings.base_model, request.app.state.base_skeleton()),
         max_retries=settings.max_job_retries,
     )
     return job_public(job, registry)
@@ -215,17 +244,23 @@ def list_events(
     limit: int = Query(20, ge=1, le=1000),
 ) -> EventList:
     """The job's events, newest first (status changes, logs, step metrics)."""
-    cursor = (
-        int(after.removeprefix("ftevent-")) if after and after.removeprefix("ftevent-").isdigit() else None
-    )
+    cursor = _event_number(after) if after is not None else None
     events = registry.jobs.events(tenant, job_id, after=cursor, limit=limit + 1, newest_first=True)
     return EventList(data=[_event(e) for e in events[:limit]], has_more=len(events) > limit)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(409))
 def cancel_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one as soon as its worker sees the request."""
     return job_public(registry.jobs.cancel(tenant, job_id), registry)
+
+
+def _event_number(event_id: str) -> int:
+    """The number of event id `ftevent-N` (a `ConfigError` naming `after` for anything else)."""
+    number = event_id.removeprefix("ftevent-")
+    if not (number.isascii() and number.isdigit()) or int(number) > MAX_BIGINT:
+        raise ConfigError(f"after: {event_id!r} is not an event id (ftevent-N)", field="after")
+    return int(number)
 
 
 def _event(event: JobEvent) -> EventPublic:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
@@ -16,7 +19,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    """What /readyz checked: each part is "ok", or why not."""
+
+    status: Literal["ready", "not ready"]
+    database: str
+    engine: str | None = Field(None, description="Only when the server serves models: ok or loading.")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: a part is down or still loading"}},
+)
 def readyz(request: Request) -> JSONResponse:
     """The database answers and, when the server serves models, the base model is loaded (else 503)."""
     checks: dict[str, str] = {}
@@ -34,7 +49,13 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}
+    },
+)
 def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, latencies, engine queue and slots, jobs, tokens."""
     request.app.state.metrics.refresh()

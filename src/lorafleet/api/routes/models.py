@@ -1,4 +1,5 @@
-"""`GET /v1/models`: what `model` may name in completions — the base, and each adapter, version and alias."""
+"""`GET /v1/models` and `GET /v1/models/{model}`: what `model` may name in completions — the base, and each
+adapter, version and alias of the caller's tenant."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from lorafleet.api.deps import RegistryDep, TenantDep
+from lorafleet.errors import InvalidNameError, UnknownAdapterError
+from lorafleet.serving.router import parse_reference
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 
@@ -34,3 +37,18 @@ def list_models(request: Request, tenant: TenantDep, registry: RegistryDep) -> M
         names += [f"{adapter.name}:{alias}" for alias in registry.adapters.aliases(tenant, adapter.name)]
         models += [ModelPublic(id=name, created=created, owned_by=tenant) for name in names]
     return ModelList(data=models)
+
+
+@router.get("/{model:path}", response_model=ModelPublic)
+def get_model(model: str, request: Request, tenant: TenantDep, registry: RegistryDep) -> ModelPublic:
+    """One model by the name completions take: the base, an adapter, `adapter@version` or `adapter:alias`."""
+    base = request.app.state.settings.base_model
+    if model == base:
+        return ModelPublic(id=base, created=int(request.app.state.started_at), owned_by="lorafleet")
+    try:
+        ref = parse_reference(model)
+    except InvalidNameError as err:
+        raise UnknownAdapterError(f"no model {model!r}: {err}") from None
+    registry.adapters.resolve(tenant, ref.name, version=ref.version, alias=ref.alias)  # 404 if unknown
+    adapter = registry.adapters.get(tenant, ref.name)
+    return ModelPublic(id=model, created=int(adapter.created_at), owned_by=tenant)

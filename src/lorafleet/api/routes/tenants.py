@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import AdminDep, RegistryDep
+from lorafleet.api.errors import error_responses
 from lorafleet.registry import Quotas
 from lorafleet.registry.tables import ApiKey, Tenant
 
@@ -68,7 +69,7 @@ class KeyList(BaseModel):
     data: list[KeyPublic]
 
 
-@router.post("", response_model=TenantPublic, status_code=201)
+@router.post("", response_model=TenantPublic, status_code=201, responses=error_responses(409))
 def create_tenant(body: TenantCreate, _admin: AdminDep, registry: RegistryDep) -> TenantPublic:
     """Create a tenant with optional quotas."""
     return TenantPublic.of(registry.tenants.create(body.name, quotas=body.quotas))
