@@ -505,3 +505,25 @@ def test_worker_with_the_ray_executor_registers_the_version(
     assert (jobs.registry.adapters.local_path(version) / "adapter_model.safetensors").is_file()
     assert [e.message for e in jobs.events(job.id) if e.type == "metrics"][-1] == "step 6/6"
     assert not (lorafleet_home / "adapters" / job.id).exists()
+
+
+@pytest.mark.integration
+def test_cancel_stops_a_ray_run_and_registers_nothing(
+    local_ray: None, sqlite_jobs: TenantJobs, lorafleet_home: Path
+) -> None:
+    jobs = sqlite_jobs
+    job = jobs.submit(steps=LONG_STEPS, checkpoint_steps=0)
+    with worker_thread(jobs.registry, SETTINGS.model_copy(update={"executor": "ray"})):
+        wait_for_step(jobs, job.id)
+
+        assert jobs.registry.jobs.cancel(jobs.tenant_id, job.id).status == "cancelled"  # at once
+
+        done = wait_until(
+            lambda: not (found := jobs.job(job.id)).cancel_requested and found, FINISH_SECONDS, "the stop"
+        )
+
+    assert (done.status, done.version_id) == ("cancelled", None)
+    assert jobs.version_count() == 0 and jobs.stored_adapters() == []
+    messages = jobs.messages(job.id)  # the run took the cancel-request file at its next step
+    assert any(re.fullmatch(r"run stopped after step \d+", message) for message in messages)
+    assert messages[-1] == "run stopped; no adapter version was registered"
