@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +126,107 @@ def test_a_good_upload_is_stored_as_sent(
     assert tenant.client.get(f"/v1/files/{file['id']}").status_code == 404
     assert [f["id"] for f in tenant.client.get("/v1/files").json()["data"]] == [used["id"]]
     assert len(stored_files(tmp_path / "artifacts")) == 1
+
+
+# --- the limit, enforced as the body arrives ------------------------------------------------------------
+
+STREAM_LIMIT = 256 * 1024  # max_upload_bytes of the streaming tests
+ALLOWANCE = 16 * 1024  # what the server takes beyond the limit for the multipart envelope (ENVELOPE_BYTES)
+CHUNK = 16 * 1024
+BOUNDARY = "lorafleet-test-boundary"
+ROW = (json.dumps({"prompt": "q", "completion": "x" * 1000}) + "\n").encode()
+
+
+class PacedBody:
+    """A multipart upload of `file_bytes` bytes of JSONL, pulled by the client chunk by chunk with a short
+    pause between chunks (as a network would pace them); `pulled` counts the bytes the client took."""
+
+    HEAD = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    def __init__(self, file_bytes: int, pause: float = 0.005) -> None:
+        self.file_bytes, self.pause = file_bytes, pause
+        self.size = len(self.HEAD) + file_bytes + len(self.TAIL)
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._take(self.HEAD)
+        rows = ROW * (CHUNK // len(ROW) + 1)
+        for start in range(0, self.file_bytes, CHUNK):
+            time.sleep(self.pause)
+            yield self._take(rows[: min(CHUNK, self.file_bytes - start)])
+        yield self._take(self.TAIL)
+
+    def _take(self, piece: bytes) -> bytes:
+        self.pulled += len(piece)
+        return piece
+
+    def post(self, client: httpx.Client, **headers: str) -> httpx.Response:
+        headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", **headers}
+        return client.post("/v1/files", content=iter(self), headers=headers)
+
+
+def assert_refused_storing_nothing(
+    answer: httpx.Response, platform: Platform, tenant_id: str, root: Path
+) -> None:
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "file_too_large")
+    assert f"over the upload limit of {STREAM_LIMIT:,} bytes" in error["message"]
+    assert platform.registry.datasets.all(tenant_id) == []
+    assert stored_files(root / "artifacts") == []
+
+
+def test_an_upload_declared_over_the_limit_is_refused_before_its_body_is_read(
+    make_platform: Callable[..., Platform], tmp_path: Path
+) -> None:
+    platform = make_platform(serve_models=False, max_upload_bytes=STREAM_LIMIT)
+    tenant = platform.tenant("acme")
+    body = PacedBody(210 * 1024 * 1024, pause=0.001)  # 210 MB, announced in Content-Length
+
+    started = time.monotonic()
+    answer = body.post(tenant.client, **{"Content-Length": str(body.size)})
+
+    assert body.pulled < STREAM_LIMIT  # answered on the headers: the client got no further than a few chunks
+    assert time.monotonic() - started < 10
+    assert_refused_storing_nothing(answer, platform, tenant.id, tmp_path)
+    assert f"({body.size:,} bytes) is over" in answer.json()["error"]["message"]
+    assert answer.headers["connection"] == "close"  # the server does not drain the rest
+
+
+def test_a_chunked_upload_is_refused_once_it_passes_the_limit(
+    make_platform: Callable[..., Platform], tmp_path: Path
+) -> None:
+    platform = make_platform(serve_models=False, max_upload_bytes=STREAM_LIMIT)
+    tenant = platform.tenant("acme")
+    body = PacedBody(50 * STREAM_LIMIT)  # no Content-Length: Transfer-Encoding chunked
+
+    answer = body.post(tenant.client)
+
+    assert answer.request.headers["transfer-encoding"] == "chunked"
+    # The server stopped reading at the limit: the client pulled little past it (the chunks in flight).
+    assert STREAM_LIMIT < body.pulled <= STREAM_LIMIT + ALLOWANCE + 4 * CHUNK
+    assert_refused_storing_nothing(answer, platform, tenant.id, tmp_path)
+    assert answer.headers["connection"] == "close"  # the server does not drain the rest
+
+
+def test_a_file_just_under_the_limit_is_stored(make_platform: Callable[..., Platform]) -> None:
+    platform = make_platform(serve_models=False, max_upload_bytes=STREAM_LIMIT)
+    tenant = platform.tenant("acme")
+    content = ROW * (STREAM_LIMIT // len(ROW))
+    content += b" " * (STREAM_LIMIT - len(content) - 1) + b"\n"  # exactly the limit
+    assert len(content) == STREAM_LIMIT
+
+    answer = post_file(tenant.client, "train.jsonl", content)
+
+    assert answer.status_code == 201, answer.text
+    assert (answer.json()["bytes"], answer.json()["sha256"]) == (
+        STREAM_LIMIT,
+        hashlib.sha256(content).hexdigest(),
+    )
+    assert tenant.client.get(f"/v1/files/{answer.json()['id']}/content").content == content
+    over = post_file(tenant.client, "train.jsonl", content + b"\n")  # one byte more: the route's own check
+    assert over.status_code == 413 and "train.jsonl is over" in over.json()["error"]["message"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,7 +80,7 @@ def is_step(event: dict[str, Any]) -> bool:
 
 
 def is_started(event: dict[str, Any]) -> bool:
-    return event["type"] == "log" and "started" in event["message"]
+    return event["type"] == "started"
 
 
 def gone(pid: int) -> bool:
@@ -104,7 +105,11 @@ def test_job_process_trains_and_reports_every_step(tmp_path: Path, tiny_dir: Pat
     assert done.returncode == EXIT_OK, done.stderr.decode()[-2000:]
     events = events_of(events_path)
     kinds = [event["type"] for event in events]
-    assert kinds[0] == "log" and events[0]["message"].startswith("job process ")
+    assert (
+        kinds[0] == "started"
+        and isinstance(events[0]["pid"], int)
+        and events[0]["host"] == socket.gethostname()
+    )
     assert "log" in kinds[1:-1]
     assert kinds[-1] == "result" and kinds.count("result") == 1
     assert not {"error", "cancelled"} & set(kinds)
@@ -147,7 +152,7 @@ def test_bad_config_is_an_error_event_naming_the_field(
     assert run_spec(spec) == EXIT_BAD_SPEC
 
     events = events_of(events_path)
-    assert [event["type"] for event in events] == ["log", "error"]
+    assert [event["type"] for event in events] == ["started", "error"]
     assert needle in events[-1]["message"]
 
 

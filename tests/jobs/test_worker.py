@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import logging
 import os
 import re
 import signal
@@ -145,11 +147,10 @@ def wait_for_step(jobs: TenantJobs, job_id: str) -> Job:
 
 
 def runner_pid(home: Path, job_id: str, attempt: int = 1) -> int:
-    """The job process's pid, from the first event of its events file ("job process PID started")."""
+    """The job process's pid, from the first event of its events file (`started`)."""
     events = events_of(home / "work" / job_id / f"attempt-{attempt}" / "events.jsonl")
-    match = re.fullmatch(r"job process (\d+) started", events[0]["message"])
-    assert match, events[0]
-    return int(match.group(1))
+    assert events[0]["type"] == "started", events[0]
+    return int(events[0]["pid"])
 
 
 @contextmanager
@@ -194,7 +195,7 @@ def test_worker_runs_a_job_to_a_registered_version(sqlite_jobs: TenantJobs, lora
     assert [event.message for event in metrics] == [f"step {step}/6" for step in range(1, 7)]
     assert all(event.data is not None and event.data["loss"] > 0 for event in metrics)
     statuses = jobs.messages(job.id, "status")
-    assert statuses[1] == f"started on worker {worker.worker_id} (attempt 1)"
+    assert statuses[1] == "job started (attempt 1)"
     assert statuses[-1] == "job succeeded"
     assert not (lorafleet_home / "work" / job.id).exists()
     assert not (lorafleet_home / "adapters" / job.id).exists()
@@ -257,7 +258,7 @@ def test_sigkilled_worker_leaves_no_version_and_its_job_is_requeued_or_failed(
     for orphan in orphans:  # nobody finished them: running, on a heartbeat that has stopped
         assert orphan.status == "running" and orphan.heartbeat_at is not None
         assert orphan.heartbeat_at <= killed_at
-        assert sum(message.startswith("started on worker") for message in jobs.messages(orphan.id)) == 1
+        assert jobs.messages(orphan.id).count("job started (attempt 1)") == 1
     assert len({orphan.worker_id for orphan in orphans}) == 2  # one job each
     assert Worker(jobs.registry, SETTINGS).run_once() is False  # within the lease: left alone
 
@@ -267,7 +268,7 @@ def test_sigkilled_worker_leaves_no_version_and_its_job_is_requeued_or_failed(
     assert {job.id for job in recovered} == {retried.id, failed.id}
     requeued = jobs.job(retried.id)
     assert (requeued.status, requeued.worker_id, requeued.attempts) == ("queued", None, 1)
-    assert "stopped responding" in jobs.messages(retried.id)[-1]
+    assert "its worker stopped responding" in jobs.messages(retried.id)[-1]
     assert "re-queued (attempt 1 of 2)" in jobs.messages(retried.id)[-1]
     given_up = jobs.job(failed.id)
     assert given_up.status == "failed" and given_up.error is not None
@@ -294,28 +295,75 @@ def test_sigkilled_worker_leaves_no_version_and_its_job_is_requeued_or_failed(
 
 
 @pytest.mark.integration
-def test_cancel_stops_the_runner_and_registers_nothing(sqlite_jobs: TenantJobs, lorafleet_home: Path) -> None:
+def test_cancel_stops_the_runner_and_registers_nothing(
+    sqlite_jobs: TenantJobs, lorafleet_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lorafleet.jobs.worker")
     jobs = sqlite_jobs
     job = jobs.submit(steps=LONG_STEPS, checkpoint_steps=0)
     with worker_thread(jobs.registry):
         wait_for_step(jobs, job.id)
         pid = runner_pid(lorafleet_home, job.id)
 
-        jobs.registry.jobs.cancel(jobs.tenant_id, job.id)
+        assert jobs.registry.jobs.cancel(jobs.tenant_id, job.id).status == "cancelled"  # at once
 
         done = wait_until(
-            lambda: (found := jobs.job(job.id)).status != "running" and found, FINISH_SECONDS, "the cancel"
+            lambda: not (found := jobs.job(job.id)).cancel_requested and found,
+            FINISH_SECONDS,
+            "the run's stop",
         )
         assert gone(pid)
 
     assert (done.status, done.version_id) == ("cancelled", None)
     assert jobs.version_count() == 0 and jobs.stored_adapters() == []
     messages = jobs.messages(job.id)
-    assert "cancellation requested; the worker is stopping the run" in messages
-    # The runner took SIGTERM as Ctrl-C: training stopped at a step and wrote its checkpoint.
-    assert any(re.match(r"interrupted at step \d+; checkpoint saved", message) for message in messages)
-    assert messages[-1] == "job cancelled"
+    assert "job cancelled; its run is being stopped" in messages
+    assert any(re.fullmatch(r"run stopped after step \d+", message) for message in messages)
+    assert messages[-1] == "run stopped; no adapter version was registered"
+    # The runner took SIGTERM as Ctrl-C: training stopped at a step and wrote its checkpoint (server log).
+    assert re.search(rf"job {job.id}: interrupted at step \d+; checkpoint saved in /", caplog.text)
     assert not (lorafleet_home / "work" / job.id).exists()
+
+
+class _EndsAsItIsCancelled:
+    """An executor whose run completes, with an adapter, just as the tenant cancels the job."""
+
+    def __init__(self, jobs: TenantJobs, adapter: Path) -> None:
+        self.jobs, self.adapter = jobs, adapter
+
+    def start(self, spec_path: Path, *, workdir: Path, env: Any = None) -> Any:
+        result = {"type": "result", "adapter_dir": str(self.adapter), "run_dir": str(workdir), "summary": {}}
+        (workdir / "events.jsonl").write_text(json.dumps(result) + "\n")
+        jobs, job_id = self.jobs, workdir.parent.name
+
+        class Run:
+            def wait(self, timeout: float | None = None) -> int:
+                if jobs.job(job_id).status == "running":
+                    jobs.registry.jobs.cancel(jobs.tenant_id, job_id)
+                return 0
+
+            def cancel(self) -> None:
+                pass
+
+            def kill(self) -> None:
+                pass
+
+        return Run()
+
+
+def test_a_run_that_completes_as_its_job_is_cancelled_registers_nothing(
+    sqlite_jobs: TenantJobs, random_adapter: Path, lorafleet_home: Path
+) -> None:
+    jobs = sqlite_jobs
+    job = jobs.submit()
+
+    assert Worker(jobs.registry, SETTINGS, executor=_EndsAsItIsCancelled(jobs, random_adapter)).run_once()
+
+    done = jobs.job(job.id)
+    assert (done.status, done.version_id, done.cancel_requested) == ("cancelled", None, False)
+    assert jobs.version_count() == 0
+    assert [path for path in jobs.stored_adapters() if path.is_file()] == []  # its artifact was removed
+    assert jobs.messages(job.id)[-1] == "run stopped; no adapter version was registered"
 
 
 @pytest.mark.integration
@@ -336,7 +384,7 @@ def test_bad_data_fails_the_job_with_a_message_naming_it(
     done = jobs.job(job.id)
     assert done.status == "failed" and done.error is not None
     if fault == "bad row":
-        assert re.search(r"file-\w+\.jsonl:3: 'completion' must be a string \(got int\)", done.error)
+        assert done.error == "qa.jsonl:3: 'completion' must be a string (got int)"  # its name as uploaded
     else:
         assert done.error == "job config: training.learning_rate: Input should be greater than 0 (got -1)"
     assert jobs.messages(job.id)[-1] == f"job failed: {done.error}"
@@ -393,7 +441,7 @@ def test_stop_requeues_the_running_job_without_counting_the_try(
     assert gone(pid)
     back = jobs.job(job.id)
     assert (back.status, back.worker_id, back.attempts, back.step) == ("queued", None, 0, 0)
-    assert jobs.messages(job.id)[-1] == f"worker {worker.worker_id} is shutting down; re-queued"
+    assert jobs.messages(job.id)[-1] == "the worker running the job is shutting down; re-queued"
     assert jobs.version_count() == 0 and jobs.stored_adapters() == []
     assert not (lorafleet_home / "work" / job.id).exists()
 
@@ -421,7 +469,7 @@ def test_two_workers_run_each_job_exactly_once(
     for job_id in ids:
         done = jobs.job(job_id)
         assert (done.status, done.error, done.attempts) == ("succeeded", None, 1)
-        assert sum(message.startswith("started on worker") for message in jobs.messages(job_id)) == 1
+        assert jobs.messages(job_id).count("job started (attempt 1)") == 1
     versions = jobs.registry.adapters.versions(jobs.tenant_id, "qa")
     assert [version.number for version in versions] == [1, 2, 3]
     assert {version.job_id for version in versions} == ids
@@ -457,3 +505,25 @@ def test_worker_with_the_ray_executor_registers_the_version(
     assert (jobs.registry.adapters.local_path(version) / "adapter_model.safetensors").is_file()
     assert [e.message for e in jobs.events(job.id) if e.type == "metrics"][-1] == "step 6/6"
     assert not (lorafleet_home / "adapters" / job.id).exists()
+
+
+@pytest.mark.integration
+def test_cancel_stops_a_ray_run_and_registers_nothing(
+    local_ray: None, sqlite_jobs: TenantJobs, lorafleet_home: Path
+) -> None:
+    jobs = sqlite_jobs
+    job = jobs.submit(steps=LONG_STEPS, checkpoint_steps=0)
+    with worker_thread(jobs.registry, SETTINGS.model_copy(update={"executor": "ray"})):
+        wait_for_step(jobs, job.id)
+
+        assert jobs.registry.jobs.cancel(jobs.tenant_id, job.id).status == "cancelled"  # at once
+
+        done = wait_until(
+            lambda: not (found := jobs.job(job.id)).cancel_requested and found, FINISH_SECONDS, "the stop"
+        )
+
+    assert (done.status, done.version_id) == ("cancelled", None)
+    assert jobs.version_count() == 0 and jobs.stored_adapters() == []
+    messages = jobs.messages(job.id)  # the run took the cancel-request file at its next step
+    assert any(re.fullmatch(r"run stopped after step \d+", message) for message in messages)
+    assert messages[-1] == "run stopped; no adapter version was registered"

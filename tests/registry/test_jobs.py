@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from lorafleet.errors import ConflictError, NotFoundError, QuotaExceededError
 from lorafleet.registry import Quotas, Registry
-from lorafleet.registry.tables import Dataset, Job, Tenant
+from lorafleet.registry.tables import Dataset, Job, Tenant, UsageRecord
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_create_claim_heartbeat_finish_with_events_in_order(
     events = registry.jobs.events(tenant.id, job.id)
     assert [(e.type, e.message) for e in events] == [
         ("status", "job created for adapter 'support'"),
-        ("status", "started on worker worker-a (attempt 1)"),
+        ("status", "job started (attempt 1)"),
         ("metrics", "step 1"),
         ("message", "hello from training"),
         ("status", "job succeeded"),
@@ -275,19 +275,80 @@ def test_cancel_a_queued_job_at_once(registry: Registry, tenant: Tenant, queue: 
     assert registry.jobs.active_count(tenant.id) == 0
 
 
-def test_cancel_a_running_job_asks_its_worker(
+def test_cancel_a_running_job_answers_cancelled_at_once_and_its_run_never_counts(
     registry: Registry, tenant: Tenant, queue: Callable[..., Job]
 ) -> None:
     job = queue()
     registry.jobs.claim("worker-a")
-    asked = registry.jobs.cancel(tenant.id, job.id)
-    assert (asked.status, asked.cancel_requested) == ("running", True)
-    registry.jobs.cancel(tenant.id, job.id)  # asking twice logs once
-    assert registry.jobs.heartbeat(job.id, "worker-a", step=1) is True
-    registry.jobs.finish(job.id, "worker-a", "cancelled")
+    cancelled = registry.jobs.cancel(tenant.id, job.id)
+    assert (cancelled.status, cancelled.finished_at is not None) == ("cancelled", True)
     assert registry.jobs.get(tenant.id, job.id).status == "cancelled"
-    requests = [e for e in registry.jobs.events(tenant.id, job.id) if "cancellation requested" in e.message]
-    assert len(requests) == 1
+    assert registry.jobs.active_count(tenant.id) == 0
+    with pytest.raises(ConflictError, match="already cancelled"):
+        registry.jobs.cancel(tenant.id, job.id)
+
+    # The worker learns it at its next heartbeat; what the run reports while stopping still lands.
+    assert (
+        registry.jobs.heartbeat(job.id, "worker-a", step=4, events=[("message", "run stopped", None)]) is True
+    )
+    for end in ("succeeded", "failed", "cancelled"):  # the run's own end does not count
+        with pytest.raises(ConflictError, match="was cancelled"):
+            registry.jobs.finish(job.id, "worker-a", end, error="late")
+    with pytest.raises(ConflictError):
+        registry.jobs.run_stopped(job.id, "worker-b")  # not its run
+    registry.jobs.run_stopped(job.id, "worker-a")
+
+    stored = registry.jobs.get(tenant.id, job.id)
+    assert (stored.status, stored.step, stored.error, stored.cancel_requested) == (
+        "cancelled",
+        4,
+        None,
+        False,
+    )
+    assert stored.finished_at == cancelled.finished_at
+    with pytest.raises(ConflictError):  # the run is over: nothing more from its worker
+        registry.jobs.heartbeat(job.id, "worker-a")
+    assert [(e.type, e.message) for e in registry.jobs.events(tenant.id, job.id)][2:] == [
+        ("status", "job cancelled; its run is being stopped"),
+        ("message", "run stopped"),
+        ("message", "run stopped; no adapter version was registered"),
+    ]
+
+
+def test_a_cancelled_jobs_adapter_is_never_registered(
+    registry: Registry,
+    tenant: Tenant,
+    queue: Callable[..., Job],
+    make_adapter_dir: Callable[..., Path],
+    artifacts_dir: Path,
+) -> None:
+    """The race: the run completes just as the job is cancelled; the completing transaction sees it."""
+    job = queue()
+    claimed = registry.jobs.claim("worker-a")
+    assert claimed is not None
+    registry.jobs.cancel(tenant.id, job.id)
+
+    with pytest.raises(ConflictError, match="was cancelled"):
+        registry.complete_job(
+            claimed, "worker-a", make_adapter_dir(), metrics={}, trained_tokens=10, compute_seconds=1.0
+        )
+
+    assert registry.jobs.get(tenant.id, job.id).status == "cancelled"
+    assert registry.adapters.all(tenant.id) == []
+    assert not list((artifacts_dir / "tenants" / tenant.id).glob("adapters/**/*.safetensors"))
+    with registry.db.session() as session:  # neither the adapter's storage nor the training was billed
+        billed = select(func.count()).select_from(UsageRecord).where(UsageRecord.job_id == job.id)
+        assert session.scalar(billed) == 0
+
+
+def test_run_stopped_is_only_for_a_cancelled_job(
+    registry: Registry, tenant: Tenant, queue: Callable[..., Job]
+) -> None:
+    job = queue()
+    registry.jobs.claim("worker-a")
+    with pytest.raises(ConflictError, match="running, not cancelled"):
+        registry.jobs.run_stopped(job.id, "worker-a")
+    assert registry.jobs.get(tenant.id, job.id).status == "running"
 
 
 def test_cancel_a_finished_job_is_a_conflict(
@@ -301,14 +362,16 @@ def test_cancel_a_finished_job_is_a_conflict(
             registry.jobs.cancel(tenant.id, job.id)
 
 
-def test_release_of_a_job_being_cancelled_cancels_it(
+def test_release_of_a_cancelled_job_keeps_it_cancelled(
     registry: Registry, tenant: Tenant, queue: Callable[..., Job]
 ) -> None:
     job = queue()
     registry.jobs.claim("worker-a")
     registry.jobs.cancel(tenant.id, job.id)
-    registry.jobs.release(job.id, "worker-a", "worker shutting down")
-    assert registry.jobs.get(tenant.id, job.id).status == "cancelled"
+    assert registry.jobs.release(job.id, "worker-a", "the worker is shutting down") == "cancelled"
+    stored = registry.jobs.get(tenant.id, job.id)
+    assert (stored.status, stored.cancel_requested) == ("cancelled", False)
+    assert registry.jobs.events(tenant.id, job.id)[-1].message == "the worker is shutting down; run stopped"
     assert registry.jobs.claim("worker-b") is None
 
 
@@ -337,15 +400,31 @@ def test_recover_stale_requeues_then_fails_when_retries_run_out(
     assert registry.jobs.claim("worker-c") is None
 
 
-def test_recover_stale_cancels_a_job_being_cancelled(
+def test_recover_stale_leaves_a_cancelled_job_alone(
     registry: Registry, tenant: Tenant, queue: Callable[..., Job]
 ) -> None:
     job = queue(max_retries=3)
     registry.jobs.claim("worker-a")
     registry.jobs.cancel(tenant.id, job.id)
     make_stale(registry, job.id)
-    registry.jobs.recover_stale(lease_seconds=60)
+    assert (
+        registry.jobs.recover_stale(lease_seconds=60) == []
+    )  # cancelled already; its run died with the worker
     assert registry.jobs.get(tenant.id, job.id).status == "cancelled"
+    assert registry.jobs.claim("worker-b") is None
+
+
+def test_recover_stale_tells_the_tenant_no_worker_names(
+    registry: Registry, tenant: Tenant, queue: Callable[..., Job], caplog: pytest.LogCaptureFixture
+) -> None:
+    job = queue(max_retries=0)
+    registry.jobs.claim("host-7-worker-a")
+    make_stale(registry, job.id)
+    registry.jobs.recover_stale(lease_seconds=60)
+    failed = registry.jobs.get(tenant.id, job.id)
+    assert failed.error == "its worker stopped responding (no heartbeat for 60 s); no retries left"
+    assert not any("host-7" in e.message for e in registry.jobs.events(tenant.id, job.id))
+    assert f"job {job.id}: worker host-7-worker-a sent no heartbeat" in caplog.text  # the server log
 
 
 def test_release_requeues_without_counting_the_attempt(

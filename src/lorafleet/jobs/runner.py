@@ -12,13 +12,15 @@ The spec is a JSON object (relative paths in it are relative to the spec file's 
 The events file is the contract with the worker that tails it (`read_events`): one JSON object per
 line, each appended with a single write(); the terminal event is fsynced before the process exits.
 
+    {"type": "started", "pid": int, "host": str, "time": float}
     {"type": "log", "message": str, "time": float}
     {"type": "step", "step": int, "total_steps": int | None, "metrics": {...}, "time": float}
     {"type": "result", "adapter_dir": str, "run_dir": str, "summary": {...}, "time": float}
     {"type": "error", "message": str, "time": float}
     {"type": "cancelled", "message": str, "time": float}
 
-`time` is Unix seconds. The first event is a log line naming the job process's pid. `metrics` is the
+`time` is Unix seconds. The first event is `started`, naming the job process and its host (for the
+server log: the worker shows tenants none of it; messages are written for operators). `metrics` is the
 training loop's step record without `step` (loss, learning_rate, grad_norm, tokens, ...); a
 non-finite number (a NaN loss) is written as null so every line is strict JSON. `total_steps` is
 `training.max_steps` when the recipe sets it (early stopping may end sooner), else null. Exactly
@@ -47,6 +49,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -134,7 +137,7 @@ def run_spec(spec_path: str | os.PathLike[str]) -> int:
         return EXIT_BAD_SPEC
     _state.finishing = False
     try:
-        events.emit("log", message=f"job process {os.getpid()} started")
+        events.emit("started", pid=os.getpid(), host=socket.gethostname())
         try:
             _check_spec(path, spec)
             home = _resolve(path, spec, "home") if "home" in spec else None

@@ -2,15 +2,21 @@
 
     loop      recover stale jobs → claim the oldest queued job → run it → repeat (sleep when idle)
     run       write the job's spec → executor starts the runner (`jobs.runner`) → tail its events file:
-              step metrics and logs go to the registry with each heartbeat; a cancel request stops the
-              run → on success register the adapter as a new version and mark the job succeeded in
-              one transaction; else mark it failed or cancelled
+              step metrics and logs go to the registry with each heartbeat; a cancelled job's run is
+              stopped (it checkpoints) → on success register the adapter as a new version and mark the
+              job succeeded in one transaction; else mark it failed, or record that the cancelled run
+              stopped
 
 The training never runs in the worker's own process, so a crash in training cannot take the worker
 down, and a killed worker takes its runner with it (the runner dies with its parent). A job whose
 worker vanished is found by `recover_stale` in any worker (or the server) once its heartbeat is older
 than the lease, and re-queued while it has retries left. No version is registered unless the runner
-finished and the worker still owned the job.
+finished and the worker still owned the job, and none for a job cancelled meanwhile: the registry
+refuses to mark it succeeded, in the transaction that would register the version.
+
+The job's events and error are the tenant's to read: the runner's messages reach them through
+`TenantText` (the training file by its uploaded name, no host paths, no worker or host names), and
+the full text, the job process's pid and its log go to the server log (`logging`).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.errors import ConflictError, LorafleetError
 from lorafleet.home import lorafleet_home
-from lorafleet.jobs.executors import Executor, RunningJob, make_executor
+from lorafleet.jobs.executors import RUNNER_LOG, Executor, RunningJob, make_executor
 from lorafleet.jobs.runner import EXIT_CANCELLED, read_events
+from lorafleet.jobs.tenant_text import TenantText
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Job
 
@@ -80,7 +87,7 @@ class Worker:
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        """Claim and run jobs until `stop()`; a job running at that moment is stopped and re-queued.
+        """Claim and run jobs until `stop()`; a job running then is stopped and re-queued (if not cancelled).
 
         An unexpected error (the database unreachable, say) is logged and the loop goes on after
         `poll_seconds`, so a worker thread never dies of one; a job it cut short is recovered once its
@@ -107,6 +114,7 @@ class Worker:
             return False
         self.say(
             f"{job.id}: started (tenant {job.tenant_id}, adapter {job.adapter_name}, attempt {job.attempts})"
+            f" on worker {self.worker_id}"
         )
         status = self.run_job(job)
         self.say(f"{job.id}: {'re-queued' if status == 'queued' else status}")
@@ -120,6 +128,8 @@ class Worker:
         folder.mkdir(parents=True)
         try:
             return self._supervise(job, folder)
+        except ConflictError:  # cancelled meanwhile (its run's end does not count), or taken over
+            return self._stopped_or_lost(job)
         finally:
             if not self.settings.keep_workdir:
                 shutil.rmtree(folder.parent, ignore_errors=True)
@@ -128,17 +138,16 @@ class Worker:
     def _supervise(self, job: Job, folder: Path) -> str:
         jobs = self.registry.jobs
         try:
-            spec = self._write_spec(job, folder)
-        except LorafleetError as err:
-            jobs.finish(job.id, self.worker_id, "failed", error=str(err))
-            return "failed"
+            spec, names = self._write_spec(job, folder)
+        except LorafleetError as err:  # its file gone from the store, say
+            return self._fail_to_start(job, err, TenantText(hidden=(self.worker_id,)))
+        text = TenantText(names, hidden=(self.worker_id,))
         started = time.perf_counter()
         try:
             running = self.executor.start(spec, workdir=folder)
         except LorafleetError as err:  # Ray missing, say: fail now rather than leave the job running
-            jobs.finish(job.id, self.worker_id, "failed", error=str(err))
-            return "failed"
-        tail = _EventTail(folder / "events.jsonl")
+            return self._fail_to_start(job, err, text)
+        tail = _EventTail(folder / "events.jsonl", job.id, text)
         last_beat = 0.0
         code: int | None = None
         try:
@@ -153,15 +162,19 @@ class Worker:
                 if self.stopping.is_set() and code is None:
                     running.kill()
                     running.wait(30)
-                    jobs.release(job.id, self.worker_id, f"worker {self.worker_id} is shutting down")
-                    return "queued"
-        except ConflictError:  # the job was recovered by someone else: our run no longer counts
-            _stop(running)
-            return "lost"
-        except BaseException:
+                    logger.info(
+                        "job %s: worker %s is shutting down; its run was killed", job.id, self.worker_id
+                    )
+                    return jobs.release(job.id, self.worker_id, "the worker running the job is shutting down")
+        except BaseException:  # ConflictError: the job was recovered by someone else (see `run_job`)
             _stop(running)
             raise
-        return self._finish(job, code, tail, time.perf_counter() - started)
+        return self._finish(job, code, tail, time.perf_counter() - started, folder)
+
+    def _fail_to_start(self, job: Job, err: LorafleetError, text: TenantText) -> str:
+        logger.warning("job %s: its run could not start: %s", job.id, err)
+        self.registry.jobs.finish(job.id, self.worker_id, "failed", error=text(str(err)))
+        return "failed"
 
     def _beat(self, job: Job, tail: _EventTail) -> bool:
         """Send new progress and events; whether cancellation was asked."""
@@ -174,7 +187,20 @@ class Worker:
             events=tail.take(),
         )
 
-    def _finish(self, job: Job, code: int, tail: _EventTail, seconds: float) -> str:
+    def _stopped_or_lost(self, job: Job) -> str:
+        """After a `ConflictError`: "cancelled" once a cancelled job's run is recorded ended, else "lost"."""
+        try:
+            self.registry.jobs.run_stopped(job.id, self.worker_id)
+        except ConflictError:
+            logger.warning(
+                "job %s: worker %s no longer holds it; its run was dropped", job.id, self.worker_id
+            )
+            return "lost"
+        logger.info("job %s: cancelled while running; its run has stopped", job.id)
+        return "cancelled"
+
+    def _finish(self, job: Job, code: int, tail: _EventTail, seconds: float, folder: Path) -> str:
+        """Register the adapter, or mark the job failed or cancelled; `ConflictError` if it was cancelled."""
         jobs = self.registry.jobs
         if code == 0 and tail.result is not None:
             summary = tail.result.get("summary", {})
@@ -187,41 +213,56 @@ class Worker:
                     trained_tokens=int(summary.get("tokens", 0)),
                     compute_seconds=seconds,
                 )
-            except ConflictError:
-                return "lost"
+            except ConflictError:  # cancelled meanwhile: the version and its artifact were rolled back
+                raise
             except LorafleetError as err:  # a quota, a missing artifact: the run is lost, the job fails
-                jobs.finish(job.id, self.worker_id, "failed", error=f"could not register the adapter: {err}")
+                logger.warning("job %s: could not register the adapter: %s", job.id, err)
+                error = f"could not register the adapter: {tail.text(str(err))}"
+                jobs.finish(job.id, self.worker_id, "failed", error=error)
                 return "failed"
             return "succeeded"
         if code == EXIT_CANCELLED:
             jobs.finish(job.id, self.worker_id, "cancelled")
             return "cancelled"
-        error = tail.error or f"the training process exited with code {code}; see {tail.path.parent}"
+        log = _log_tail(folder / RUNNER_LOG)
+        logger.warning("job %s: the job process exited with code %s in %s%s", job.id, code, folder, log)
+        error = tail.error or f"the training process exited with code {code}"
         jobs.finish(job.id, self.worker_id, "failed", error=error)
         return "failed"
 
-    def _write_spec(self, job: Job, folder: Path) -> Path:
+    def _write_spec(self, job: Job, folder: Path) -> tuple[Path, dict[str, str]]:
+        """The run's spec file, and its data files' paths → their names as the tenant uploaded them."""
         datasets = self.registry.datasets
         recipe: dict[str, Any] = copy.deepcopy(job.recipe)
         recipe.setdefault("model", {})["name"] = job.base_model
         data = recipe.setdefault("data", {})
-        data["path"] = str(datasets.local_path(datasets.get(job.tenant_id, job.dataset_id)))
+        files = {"path": datasets.get(job.tenant_id, job.dataset_id)}
         if job.validation_dataset_id is not None:
-            validation = datasets.get(job.tenant_id, job.validation_dataset_id)
-            data["validation_path"] = str(datasets.local_path(validation))
+            files["validation_path"] = datasets.get(job.tenant_id, job.validation_dataset_id)
+        clash = len({file.filename for file in files.values()}) < len(files)  # two "train.jsonl"
+        names = {}
+        for key, file in files.items():
+            data[key] = str(datasets.local_path(file))
+            names[data[key]] = f"{file.filename} ({file.id})" if clash else file.filename
         # The adapter is written under the job's id (unique), registered, then removed from there.
         recipe["output"] = {"name": job.id, "run_dir": str(folder / "run"), "overwrite": True}
         spec = folder / "spec.json"
         events = str(folder / "events.jsonl")
         spec.write_text(json.dumps({"config": recipe, "events": events, "home": str(lorafleet_home())}))
-        return spec
+        return spec, names
 
 
 class _EventTail:
-    """The runner's events file read as it grows: progress so far, new events for the registry, the end."""
+    """The runner's events file read as it grows: progress so far, new events for the registry, the end.
 
-    def __init__(self, path: Path) -> None:
+    Messages reach the registry as the tenant may read them (`text`); as written, with the job process's
+    pid and host, they go to the server log.
+    """
+
+    def __init__(self, path: Path, job_id: str, text: TenantText) -> None:
         self.path = path
+        self.job_id = job_id
+        self.text = text
         self.offset = 0
         self.step: int | None = None
         self.total_steps: int | None = None
@@ -236,19 +277,30 @@ class _EventTail:
         events, self.offset = read_events(self.path, self.offset)
         for event in events:
             kind = event.get("type")
-            if kind == "step":
+            message = str(event.get("message", ""))
+            if kind == "started":
+                logger.info(
+                    "job %s: job process %s started on %s", self.job_id, event.get("pid"), event.get("host")
+                )
+            elif kind == "step":
                 self.step, self.total_steps = event.get("step"), event.get("total_steps")
                 self.metrics = {
                     k: v for k, v in event.get("metrics", {}).items() if isinstance(v, int | float)
                 }
                 self._pending.append(("metrics", f"step {self.step}/{self.total_steps}", self.metrics))
             elif kind == "log":
-                self._pending.append(("message", str(event.get("message", "")), None))
+                logger.info("job %s: %s", self.job_id, message)
+                self._pending.append(("message", self.text(message), None))
             elif kind == "result":
                 self.result = event
-            elif kind in ("error", "cancelled"):
-                self.error = str(event.get("message", ""))
+            elif kind == "error":
+                logger.warning("job %s: %s", self.job_id, message)
+                self.error = self.text(message)
                 self._pending.append(("message", self.error, None))
+            elif kind == "cancelled":  # the runner's message names the checkpoint's path and a CLI command
+                logger.info("job %s: %s", self.job_id, message)
+                stopped = "before training began" if self.step is None else f"after step {self.step}"
+                self._pending.append(("message", f"run stopped {stopped}", None))
 
     def take(self) -> list[tuple[str, str, dict[str, Any] | None]]:
         pending, self._pending = self._pending, []
@@ -259,6 +311,17 @@ def _version_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The numbers a version keeps from its run's summary."""
     keep = ("steps", "final_train_loss", "tokens", "train_seconds", "evaluation")
     return {key: summary[key] for key in keep if key in summary}
+
+
+def _log_tail(path: Path, chars: int = 4000) -> str:
+    """The end of the job process's output (its traceback), for the server log; "" when there is none."""
+    try:
+        with path.open("rb") as file:
+            file.seek(max(0, path.stat().st_size - chars))
+            text = file.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"; its output ends:\n{text}" if text else ""
 
 
 def _stop(running: RunningJob) -> None:

@@ -8,10 +8,19 @@ different jobs without waiting; on SQLite every transaction holds the write lock
 A running job belongs to the worker that claimed it (`worker_id`) and stays alive by heartbeats.
 `recover_stale` finds jobs whose worker stopped beating (killed, machine lost) and re-queues them
 while retries are left, else fails them. A worker only finishes a job it still owns.
+
+Cancelling a running job makes it `cancelled` at once, as OpenAI answers, while its worker still holds
+the run: `cancel_requested` stays set until the worker reports the run ended (`run_stopped`, or
+`release`), and its heartbeats answer "stop". The run's own end never counts: `finish` refuses a
+cancelled job, so the transaction that would register its version rolls back.
+
+Event messages are what the tenant reads (`GET …/events`): they say what happened to the job, never
+which worker, host or process ran it; those go to the server log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +42,8 @@ from lorafleet.registry.tables import (
     owned,
 )
 from lorafleet.registry.usage import check_concurrent_jobs, check_monthly_tokens, check_storage
+
+logger = logging.getLogger(__name__)
 
 
 class Jobs:
@@ -115,17 +126,23 @@ class Jobs:
             return list(session.scalars(query.order_by(order).limit(limit)))
 
     def cancel(self, tenant_id: str, job_id: str) -> Job:
-        """Cancel a queued job at once, or ask a running job's worker to stop it."""
+        """Cancel a queued or running job at once (`ConflictError` for a finished one).
+
+        A running job's worker sees the cancellation at its next heartbeat and stops the run; nothing the
+        run produces afterwards is registered.
+        """
         with self.db.session() as session:
+            session.get(Job, job_id, with_for_update=True)  # a worker finishing it waits, or goes first
             job = _owned(session, tenant_id, job_id)
             if job.status in FINISHED_STATES:
                 raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
-            if job.status == "queued":
-                job.status, job.finished_at = "cancelled", now()
+            running = job.status == "running"
+            job.status, job.finished_at = "cancelled", now()
+            if running:
+                job.cancel_requested = True  # until the worker reports the run stopped
+                _event(session, job, "job cancelled; its run is being stopped", type="status")
+            else:
                 _event(session, job, "job cancelled before it started", type="status")
-            elif not job.cancel_requested:
-                job.cancel_requested = True
-                _event(session, job, "cancellation requested; the worker is stopping the run", type="status")
         return job
 
     # --- workers' side ----------------------------------------------------------------------------------
@@ -157,9 +174,7 @@ class Jobs:
                 )
                 if taken.rowcount == 1:  # type: ignore[attr-defined]
                     job = session.get_one(Job, job_id, populate_existing=True)
-                    _event(
-                        session, job, f"started on worker {worker_id} (attempt {job.attempts})", type="status"
-                    )
+                    _event(session, job, f"job started (attempt {job.attempts})", type="status")
                     return job
         return None
 
@@ -173,12 +188,13 @@ class Jobs:
         metrics: dict[str, Any] | None = None,
         events: Sequence[tuple[str, str, dict[str, Any] | None]] = (),
     ) -> bool:
-        """Record progress (and `(type, message, data)` events); return whether cancellation was asked.
+        """Record progress (and `(type, message, data)` events); return whether the run must stop.
 
-        `ConflictError` when the worker no longer owns the job (it was recovered as stale).
+        True once the job was cancelled (its run is stopping: late progress and events still land).
+        `ConflictError` when the worker no longer owns the run (it was recovered as stale).
         """
         with self.db.session() as session:
-            job = _running_for(session, job_id, worker_id)
+            job = _run_of(session, job_id, worker_id)
             job.heartbeat_at = now()
             if step is not None:
                 job.step = step
@@ -188,7 +204,7 @@ class Jobs:
                 job.metrics = {**job.metrics, **metrics}
             for kind, message, data in events:
                 _event(session, job, message, type=kind, data=data)
-            return job.cancel_requested
+            return job.status == "cancelled" or job.cancel_requested
 
     def finish(
         self,
@@ -200,14 +216,20 @@ class Jobs:
         session: Session | None = None,
         **fields: Any,
     ) -> None:
-        """Mark an owned job `succeeded`, `failed` or `cancelled` (inside `session` when given)."""
+        """Mark an owned job `succeeded`, `failed` or `cancelled` (inside `session` when given).
+
+        `ConflictError` for a job cancelled while its run went on (the run's end does not count, and a
+        transaction registering its adapter rolls back): record with `run_stopped` that the run ended.
+        """
         if status not in FINISHED_STATES:
             raise ValueError(f"status {status!r} is not one of {FINISHED_STATES}")
         if session is None:
             with self.db.session() as own:
                 self.finish(job_id, worker_id, status, error=error, session=own, **fields)
             return
-        job = _running_for(session, job_id, worker_id)
+        job = _run_of(session, job_id, worker_id)
+        if job.status == "cancelled":
+            raise ConflictError(f"job {job_id} was cancelled; its run's end ({status}) does not count")
         job.status, job.error, job.finished_at, job.heartbeat_at = status, error, now(), now()
         job.metrics = {**job.metrics, **fields.pop("metrics", {})}  # onto what the heartbeats stored
         for name, value in fields.items():
@@ -215,19 +237,44 @@ class Jobs:
         message = f"job {status}" + (f": {error}" if error else "")
         _event(session, job, message, type="status", level="error" if status == "failed" else "info")
 
-    def release(self, job_id: str, worker_id: str, reason: str) -> None:
-        """Put an owned running job back in the queue (its worker is stopping); the try is not counted."""
+    def run_stopped(self, job_id: str, worker_id: str) -> None:
+        """Record that the run of a job cancelled while running has ended (nothing was registered).
+
+        `ConflictError` unless the job is cancelled and the run was `worker_id`'s.
+        """
         with self.db.session() as session:
-            job = _running_for(session, job_id, worker_id)
-            if job.cancel_requested:
-                job.status, job.finished_at = "cancelled", now()
+            job = _run_of(session, job_id, worker_id)
+            if job.status != "cancelled":
+                raise ConflictError(f"job {job_id} is {job.status}, not cancelled")
+            job.cancel_requested, job.heartbeat_at = False, now()
+            _event(session, job, "run stopped; no adapter version was registered")
+
+    def release(self, job_id: str, worker_id: str, reason: str) -> str:
+        """Put an owned running job back in the queue (its worker is stopping); the try is not counted.
+
+        `reason` is for the tenant (no worker names). A job cancelled meanwhile stays cancelled. The job's
+        status afterwards: "queued" or "cancelled".
+        """
+        with self.db.session() as session:
+            job = _run_of(session, job_id, worker_id)
+            if job.status == "cancelled":
+                job.cancel_requested = False
+                _event(session, job, f"{reason}; run stopped")
+                return job.status
+            if job.cancel_requested:  # asked to stop by a server from before cancellation was immediate
+                job.status, job.finished_at, job.cancel_requested = "cancelled", now(), False
                 _event(session, job, f"{reason}; the job was being cancelled", type="status")
-                return
+                return job.status
             job.status, job.worker_id, job.step, job.attempts = "queued", None, 0, job.attempts - 1
             _event(session, job, f"{reason}; re-queued", type="status", level="warning")
+            return job.status
 
     def recover_stale(self, *, lease_seconds: float) -> list[Job]:
-        """Re-queue (retries left) or fail running jobs with no heartbeat for `lease_seconds`."""
+        """Re-queue (retries left) or fail running jobs with no heartbeat for `lease_seconds`.
+
+        A cancelled job whose run was still stopping when its worker went quiet needs nothing: it is
+        cancelled already, and the run died with its worker.
+        """
         cutoff = now() - lease_seconds
         recovered = []
         with self.db.session() as session:
@@ -237,9 +284,15 @@ class Jobs:
                 .with_for_update(skip_locked=True)
             ).all()
             for job in stale:
-                lost = f"worker {job.worker_id} stopped responding (no heartbeat for {lease_seconds:g} s)"
-                if job.cancel_requested:
-                    job.status, job.finished_at = "cancelled", now()
+                logger.warning(
+                    "job %s: worker %s sent no heartbeat for %g s; recovering the job",
+                    job.id,
+                    job.worker_id,
+                    lease_seconds,
+                )
+                lost = f"its worker stopped responding (no heartbeat for {lease_seconds:g} s)"
+                if job.cancel_requested:  # asked to stop by a server from before cancellation was immediate
+                    job.status, job.finished_at, job.cancel_requested = "cancelled", now(), False
                     _event(session, job, f"{lost}; the job was being cancelled", type="status")
                 elif job.attempts <= job.max_retries:
                     job.status, job.worker_id, job.step = "queued", None, 0
@@ -269,9 +322,11 @@ def _owned(session: Session, tenant_id: str, job_id: str) -> Job:
     return owned(session, Job, job_id, tenant_id, what="fine-tuning job")
 
 
-def _running_for(session: Session, job_id: str, worker_id: str) -> Job:
+def _run_of(session: Session, job_id: str, worker_id: str) -> Job:
+    """The job whose run `worker_id` holds, locked; `ConflictError` once the worker no longer holds it."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status != "running" or job.worker_id != worker_id:
+    stopping = job is not None and job.status == "cancelled" and job.cancel_requested
+    if job is None or job.worker_id != worker_id or not (job.status == "running" or stopping):
         state = "missing" if job is None else f"{job.status} on {job.worker_id}"
         raise ConflictError(f"job {job_id} is no longer running on worker {worker_id} ({state})")
     return job

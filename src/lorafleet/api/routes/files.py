@@ -1,4 +1,8 @@
-"""Training files (`/v1/files`): upload with a size limit, validated row by row before anything is stored."""
+"""Training files (`/v1/files`): upload with a size limit, validated row by row before anything is stored.
+
+An upload over the limit is refused as it arrives (`api.uploads`): by its Content-Length before the body
+is read, or once its bytes pass the limit; what passes streams to a temporary file, never into memory.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import RegistryDep, TenantDep
 from lorafleet.api.errors import UploadTooLargeError
+from lorafleet.api.uploads import LimitedBodyRoute
 from lorafleet.errors import DataError, NotFoundError
 from lorafleet.registry.tables import Dataset
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=LimitedBodyRoute)  # refused before read
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _CHUNK = 1 << 20
 
