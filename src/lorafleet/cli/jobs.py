@@ -220,17 +220,14 @@ def cancel(
     database_url: DatabaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel a job: a queued one at once, a running one as soon as its worker sees the request."""
+    """Cancel a queued or running job; it is cancelled at once (a running job's worker then stops its run,
+    which saves a checkpoint, and registers nothing)."""
     with client_from_options(url, api_key, tenant, database_url) as client:
         job = client.request("POST", f"{JOBS}/{segment(job_id)}/cancel")
     if as_json:
         print_json(job)
-    elif job["status"] == "cancelled":
-        typer.echo(f"cancelled job {job['id']}")
     else:
-        typer.echo(
-            f"asked the worker to stop job {job['id']} ({job['status']}); see: lorafleet jobs wait {job_id}"
-        )
+        typer.echo(f"cancelled job {job['id']}")
 
 
 @app.command("wait")

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import RegistryDep, TenantDep
-from lorafleet.api.errors import UploadTooLargeError
+from lorafleet.api.errors import UploadTooLargeError, error_responses
 from lorafleet.api.uploads import LimitedBodyRoute
 from lorafleet.errors import DataError, NotFoundError
 from lorafleet.registry.tables import Dataset
@@ -76,7 +76,7 @@ def inspect_rows(path: Path, tokenizer: Any) -> tuple[str, int, int]:
     return read.format, len(read.examples), tokens
 
 
-@router.post("", response_model=FilePublic, status_code=201)
+@router.post("", response_model=FilePublic, status_code=201, responses=error_responses(413))
 def upload_file(
     request: Request,
     tenant: TenantDep,
@@ -131,14 +131,21 @@ def get_file(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FilePubl
     return FilePublic.of(registry.datasets.get(tenant, file_id))
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
+@router.get(
+    "/{file_id}/content",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
 def get_file_content(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FileResponse:
     """The file as uploaded."""
     dataset = registry.datasets.get(tenant, file_id)
-    return FileResponse(registry.datasets.local_path(dataset), filename=dataset.filename)
+    path = registry.datasets.local_path(dataset)
+    return FileResponse(path, filename=dataset.filename, media_type="application/octet-stream")
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(409))
 def delete_file(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FileDeleted:
     """Delete a file that no fine-tuning job uses."""
     registry.datasets.delete(tenant, file_id)

@@ -251,7 +251,7 @@ def list_events(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(409))
 def cancel_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobPublic:
-    """Cancel a job: a queued one at once, a running one as soon as its worker sees the request."""
+    """Cancel a queued or running job at once; a running one's worker stops its run, registering nothing."""
     return job_public(registry.jobs.cancel(tenant, job_id), registry)
 
 
