@@ -170,3 +170,11 @@ def test_an_unexpected_fault_is_a_500_in_openai_shape(
     error = error_of(acme.client.get("/v1/adapters"), 500)
     assert error["type"] == "server_error"
     assert "/srv/secret" not in error["message"]  # the details stay in the server log
+
+
+def test_a_bad_event_cursor_is_named(make_platform: Callable[..., Platform]) -> None:
+    platform = make_platform(serve_models=False)
+    acme = platform.tenant("acme")
+    for cursor in ("nope", "ftevent-", "ftevent-²", f"ftevent-{2**70}"):
+        answer = acme.client.get("/v1/fine_tuning/jobs/ftjob-x/events", params={"after": cursor})
+        assert error_of(answer, 400)["param"] == "after", cursor

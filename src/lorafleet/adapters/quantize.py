@@ -52,9 +52,10 @@ def quantize_nf4(
             )
             if child.bias is not None:
                 layer.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
-            if child.in_features % NF4_BLOCK:
-                # bitsandbytes ≥ 0.50 repacks the weight for its AVX512-BF16 CPU kernel on the first
-                # eval-mode forward, which fails for rows shorter than a block; keep the plain path there
+            if compute_dtype != torch.bfloat16 or child.in_features % NF4_BLOCK:
+                # bitsandbytes ≥ 0.50 repacks the weight on a CPU with AVX512-BF16 at the first forward
+                # without gradients, for a kernel that computes in bf16 (not the compute dtype asked for)
+                # and fails on rows shorter than a block: keep its plain de-quantizing path there
                 layer.support_avx512bf16_for_cpu = False
             setattr(parent, child_name, layer.to(device))  # moving the weight quantizes it
             replaced += 1
