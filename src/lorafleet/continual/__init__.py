@@ -1,0 +1,66 @@
+"""Continual learning: the strategies that keep a child version from forgetting what its parent learned.
+
+`ContinualConfig` (the recipe's `continual:` section) imports no torch; the math (replay mixing, the EWC
+penalty and Fisher, the O-LoRA penalty and served sum) is imported on first use, so validating a recipe
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lorafleet.continual.config import ContinualConfig, Strategy
+
+if TYPE_CHECKING:
+    from lorafleet.continual.ewc import (
+        FISHER_FILE,
+        estimate_fisher,
+        ewc_penalty,
+        load_fisher,
+        mean_token_loss,
+        save_fisher,
+    )
+    from lorafleet.continual.orthogonal import orthogonal_penalty, served_sum
+    from lorafleet.continual.parameters import lora_a_matrices, lora_parameters
+    from lorafleet.continual.replay import mix_replay, replay_rows_per_step, steps_per_epoch
+
+_LAZY = {
+    "FISHER_FILE": "ewc",
+    "estimate_fisher": "ewc",
+    "ewc_penalty": "ewc",
+    "load_fisher": "ewc",
+    "mean_token_loss": "ewc",
+    "save_fisher": "ewc",
+    "orthogonal_penalty": "orthogonal",
+    "served_sum": "orthogonal",
+    "lora_a_matrices": "parameters",
+    "lora_parameters": "parameters",
+    "mix_replay": "replay",
+    "replay_rows_per_step": "replay",
+    "steps_per_epoch": "replay",
+}
+
+__all__ = [
+    "FISHER_FILE",
+    "ContinualConfig",
+    "Strategy",
+    "estimate_fisher",
+    "ewc_penalty",
+    "load_fisher",
+    "lora_a_matrices",
+    "lora_parameters",
+    "mean_token_loss",
+    "mix_replay",
+    "orthogonal_penalty",
+    "replay_rows_per_step",
+    "save_fisher",
+    "served_sum",
+    "steps_per_epoch",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"lorafleet.continual.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

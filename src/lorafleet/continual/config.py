@@ -1,0 +1,105 @@
+"""`ContinualConfig`: how a child version guards what its parent learned (the recipe's `continual:` section).
+
+Strategies (the math is in the module of each):
+
+- `none`:       train the child on the new rows only.
+- `replay`:     a `replay_share` of every optimizer step's rows comes from the parent's own training rows,
+                at most `replay_max_rows` of them (`continual.replay`).
+- `ewc`:        add λ/2 Σᵢ Fᵢ(θᵢ − θ*ᵢ)² to the loss, F the parent's diagonal Fisher estimated on
+                `fisher_rows` of its rows, θ* the parent's LoRA weights (`continual.ewc`).
+- `orthogonal`: O-LoRA: freeze the parent, train a new rank-`orthogonal_r` adapter with
+                λ Σ ‖A_parent A_newᵀ‖²_F added to the loss; serve both as one `cat` adapter
+                (`continual.orthogonal`).
+
+This schema imports no torch, so the API can validate a recipe cheaply. What it cannot check is left to
+whoever knows the parent version: that `replay` has rows to replay (the registry's rows of the parent,
+or `replay_paths` when running locally), and that `ewc` has a Fisher stored with the parent (or rows to
+estimate one).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lorafleet.errors import validated
+
+Strategy = Literal["none", "replay", "ewc", "orthogonal"]
+
+# The fields only one strategy reads: setting one under another strategy is a mistake worth naming.
+_FIELDS_OF: dict[str, tuple[str, ...]] = {
+    "replay": ("replay_share", "replay_max_rows", "replay_paths"),
+    "ewc": ("ewc_lambda", "fisher_rows"),
+    "orthogonal": ("orthogonal_lambda", "orthogonal_r"),
+}
+
+
+class ContinualConfig(BaseModel):
+    """The strategy against forgetting used when a version is trained from a parent version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Strategy = Field(
+        "none",
+        description="none; replay (mix the parent's rows in); ewc (elastic weight consolidation on the "
+        "LoRA weights); orthogonal (O-LoRA: a new adapter orthogonal to the frozen parent).",
+    )
+    replay_share: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="replay: fraction of each optimizer step's rows drawn from the parent's rows "
+        "(round(share × rows per step) of them).",
+    )
+    replay_max_rows: int = Field(
+        10_000, ge=1, le=10**8, description="replay: at most this many distinct parent rows are replayed."
+    )
+    replay_paths: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="replay: data files holding the parent's rows, for local runs (the registry "
+        "supplies them otherwise).",
+    )
+    ewc_lambda: float = Field(
+        100.0, gt=0.0, le=1e9, description="ewc: weight λ of the penalty λ/2 Σ F(θ − θ*)²."
+    )
+    fisher_rows: int = Field(
+        256,
+        ge=1,
+        le=10**6,
+        description="ewc: parent rows used to estimate its diagonal Fisher (once, stored with the parent).",
+    )
+    orthogonal_lambda: float = Field(
+        0.5, gt=0.0, le=1e6, description="orthogonal: weight λ of the overlap penalty λ Σ ‖A_p A_newᵀ‖²_F."
+    )
+    orthogonal_r: int | None = Field(
+        None, ge=1, le=4096, description="orthogonal: rank of the new adapter; default: the parent's rank."
+    )
+
+    @field_validator("replay_paths")
+    @classmethod
+    def _check_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.strip():
+                raise ValueError("replay_paths holds an empty path; name a data file (jsonl, csv, parquet)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_strategy_fields(self) -> ContinualConfig:
+        for strategy, fields in _FIELDS_OF.items():
+            if strategy == self.strategy:
+                continue
+            stray = [name for name in fields if name in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} only apply to strategy {strategy!r}, but strategy is "
+                    f"{self.strategy!r}; set strategy: {strategy} or remove "
+                    f"{'them' if len(stray) > 1 else 'it'}"
+                )
+        return self
+
+    @classmethod
+    def parse(cls, **values: object) -> ContinualConfig:
+        """Build from untrusted values, raising `ConfigError` that names the bad field (`continual.…`)."""
+        return validated(cls, "continual", **values)

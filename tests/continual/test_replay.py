@@ -1,0 +1,75 @@
+"""Replay mixing: the configured share in every step, the cap on parent rows, every new row once, seeded."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from lorafleet.continual import mix_replay, replay_rows_per_step, steps_per_epoch
+from lorafleet.errors import ConfigError
+
+NEW = [("new", i) for i in range(50)]
+OLD = [("old", j) for j in range(40)]
+
+
+def mix(**options: object) -> list[list[tuple[str, int]]]:
+    settings: dict[str, object] = {"share": 0.25, "max_rows": 1000, "batch_size": 8, "seed": 0}
+    settings.update(options)
+    return mix_replay(NEW, OLD, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("share", "batch_size", "k"), [(0.25, 8, 2), (0.5, 4, 2), (0.1, 32, 3), (0.3, 10, 3)]
+)
+def test_every_full_step_holds_the_configured_share(share: float, batch_size: int, k: int) -> None:
+    steps = mix(share=share, batch_size=batch_size)
+    assert replay_rows_per_step(share, batch_size) == k
+    for step in steps[:-1]:
+        assert len(step) == batch_size
+        assert sum(kind == "old" for kind, _ in step) == k
+    last_new = sum(kind == "new" for kind, _ in steps[-1])
+    assert sum(kind == "old" for kind, _ in steps[-1]) == round(k * last_new / (batch_size - k))
+    assert len(steps) == steps_per_epoch(len(NEW), share, batch_size)
+
+
+def test_every_new_row_appears_once_per_epoch() -> None:
+    for epoch in range(3):
+        rows = [row for step in mix(epoch=epoch) for row in step if row[0] == "new"]
+        assert sorted(rows) == NEW
+
+
+def test_old_rows_are_capped_and_repeat_evenly() -> None:
+    steps = mix(max_rows=5)
+    counts = Counter(row for step in steps for row in step if row[0] == "old")
+    assert len(counts) == 5  # 18 replayed rows from a pool of 5
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_without_a_binding_cap_old_rows_do_not_repeat_before_the_pool_is_used() -> None:
+    old = [row for step in mix() for row in step if row[0] == "old"]
+    assert len(old) == len(set(old))  # 17 of 40 parent rows, each once
+
+
+def test_the_stream_is_decided_by_seed_and_epoch() -> None:
+    assert mix(seed=3) == mix(seed=3)
+    assert mix(seed=3) != mix(seed=4)
+    assert mix(seed=3, epoch=1) != mix(seed=3, epoch=0)
+    pool = {row for epoch in range(4) for step in mix(seed=3, max_rows=5, epoch=epoch) for row in step}
+    assert sum(kind == "old" for kind, _ in pool) == 5, "the capped pool is the same every epoch"
+
+
+def test_shares_that_round_to_nothing_or_everything_are_refused() -> None:
+    with pytest.raises(ConfigError, match="rounds to 0 replayed rows"):
+        mix(share=0.05, batch_size=8)
+    with pytest.raises(ConfigError, match="rounds to 4 replayed rows"):
+        mix(share=0.9, batch_size=4)
+    with pytest.raises(ConfigError, match="at least 2 rows"):
+        mix(batch_size=1)
+
+
+def test_replay_without_parent_rows_is_refused_and_no_new_rows_is_empty() -> None:
+    with pytest.raises(ConfigError, match="no parent rows") as err:
+        mix_replay(NEW, [], share=0.25, max_rows=10, batch_size=8, seed=0)
+    assert err.value.field == "continual.replay_paths"
+    assert mix_replay([], OLD, share=0.25, max_rows=10, batch_size=8, seed=0) == []
