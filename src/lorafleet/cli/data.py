@@ -1,4 +1,4 @@
-"""`lorafleet data`: check a data file and show its statistics; write the example dataset."""
+"""`lorafleet data`: check a data file and show its statistics; write a bundled example task."""
 
 from __future__ import annotations
 
@@ -70,12 +70,19 @@ def stats(
 @app.command("example")
 def example(
     directory: Annotated[Path, typer.Argument(help="Directory to write train.jsonl and test.jsonl into.")],
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Which task: support_tickets (tickets → type, customer, order_id, amount, date), "
+            "invoices (→ vendor, total, currency, due_date) or meeting_notes (→ owner, action, deadline)."
+        ),
+    ] = "support_tickets",
     train_rows: Annotated[int, typer.Option(min=1, help="Rows in train.jsonl.")] = 1000,
     test_rows: Annotated[int, typer.Option(min=1, help="Rows in test.jsonl.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the generated tickets; same seed, same files.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated rows; same seed, same files.")] = 0,
 ) -> None:
-    """Write the bundled example task (support tickets → JSON fields) as prompt/completion JSONL files."""
-    from lorafleet.data.support_tickets import write_example_dataset
+    """Write a bundled example task (generated texts → JSON fields) as prompt/completion JSONL files."""
+    from lorafleet.data.example_tasks import example_task
 
-    train, test = write_example_dataset(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
+    train, test = example_task(task).write(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
     typer.echo(f"wrote {train} ({train_rows} rows) and {test} ({test_rows} rows)")

@@ -10,116 +10,24 @@ Each row is `{"prompt": <instruction + ticket>, "completion": <JSON>}` with the 
 
 Wording comes from many interchangeable openings, problem descriptions, detail phrasings,
 requests and sign-offs, shuffled in order, so a model must read the ticket rather than memorise
-templates. Everything is generated from a fixed seed: no download, the same files every time.
+templates. Everything is generated from a fixed seed: no download, the same files every time
+(`task_generation.ExampleTask.write`; names and dates come from `example_text`).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
+
+from lorafleet.data.example_text import TICKET_DATE_STYLES, full_name, iso, random_date, written_date
+from lorafleet.data.task_generation import ExampleTask
 
 TICKET_TYPES = ("refund", "shipping", "billing", "technical", "account", "cancellation")
 FIELDS = ("type", "customer", "order_id", "amount", "date")
 
 INSTRUCTION = "Extract this support ticket as JSON (type, customer, order_id, amount, date)."
 
-_FIRST = [
-    "Maria",
-    "James",
-    "Aisha",
-    "Kenji",
-    "Olga",
-    "Pedro",
-    "Fatima",
-    "Liam",
-    "Chloe",
-    "Ravi",
-    "Ingrid",
-    "Tomas",
-    "Grace",
-    "Yusuf",
-    "Elena",
-    "Marco",
-    "Sofia",
-    "Daniel",
-    "Priya",
-    "Lukas",
-    "Hannah",
-    "Omar",
-    "Nina",
-    "Victor",
-    "Zoe",
-    "Mateo",
-    "Leila",
-    "Arjun",
-    "Freya",
-    "Diego",
-    "Amara",
-    "Jonas",
-    "Clara",
-    "Hugo",
-    "Mei",
-    "Samuel",
-    "Ana",
-    "Felix",
-    "Nadia",
-    "Oscar",
-    "Ines",
-    "Theo",
-    "Keiko",
-    "Rafael",
-    "Lena",
-    "Emeka",
-    "Julia",
-    "Ahmed",
-    "Sara",
-]
-_LAST = [
-    "Lopez",
-    "Smith",
-    "Okafor",
-    "Tanaka",
-    "Petrova",
-    "Alves",
-    "Haddad",
-    "Murphy",
-    "Dubois",
-    "Sharma",
-    "Berg",
-    "Novak",
-    "Kim",
-    "Demir",
-    "Rossi",
-    "Moretti",
-    "Garcia",
-    "Cohen",
-    "Patel",
-    "Weber",
-    "Fischer",
-    "Nasser",
-    "Ivanova",
-    "Costa",
-    "Walker",
-    "Silva",
-    "Rahimi",
-    "Mehta",
-    "Larsen",
-    "Ortiz",
-    "Mensah",
-    "Becker",
-    "Laurent",
-    "Martin",
-    "Chen",
-    "Adeyemi",
-    "Santos",
-    "Wagner",
-    "Karimi",
-    "Ramos",
-    "Ferreira",
-    "Yamamoto",
-]
 _PRODUCTS = (
     "wireless headphones",
     "standing desk",
@@ -138,21 +46,6 @@ _PRODUCTS = (
     "coffee grinder",
 )
 _SERVICES = ("premium plan", "family subscription", "cloud storage plan", "pro account", "monthly box")
-_MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
-
 # What each ticket type sounds like; {item} is a product, {service} a subscription.
 _PROBLEMS: dict[str, tuple[str, ...]] = {
     "refund": (
@@ -249,15 +142,15 @@ _SIGNOFFS = (
 )
 
 
-def make_ticket(rng: random.Random) -> dict[str, Any]:
+def make_ticket(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """One ticket and its reference record."""
     kind = rng.choice(TICKET_TYPES)
-    name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+    name = full_name(rng)
     problem = rng.choice(_PROBLEMS[kind]).format(item=rng.choice(_PRODUCTS), service=rng.choice(_SERVICES))
     order = None if rng.random() < 0.15 else f"{_letters(rng)}-{rng.randint(10000, 99999)}"
     amount = None if kind == "account" or rng.random() < 0.15 else round(rng.uniform(5, 900), 2)
-    year, month, day = rng.randint(2023, 2025), rng.randint(1, 12), rng.randint(1, 28)
-    details = [rng.choice(_DATE).format(date=_written_date(rng, year, month, day))]
+    date = random_date(rng, 2023, 2025)
+    details = [rng.choice(_DATE).format(date=written_date(rng, date, TICKET_DATE_STYLES))]
     if order is not None:
         details.append(rng.choice(_ORDER).format(order=order))
     if amount is not None:
@@ -272,50 +165,28 @@ def make_ticket(rng: random.Random) -> dict[str, Any]:
     if not introduce or rng.random() < 0.3:
         parts.append(rng.choice(_SIGNOFFS).format(name=name))
     ticket = " ".join(part for part in parts if part)
-    record = {
-        "type": kind,
-        "customer": name,
-        "order_id": order,
-        "amount": amount,
-        "date": f"{year:04d}-{month:02d}-{day:02d}",
-    }
-    return {"ticket": ticket, "record": record}
+    record = {"type": kind, "customer": name, "order_id": order, "amount": amount, "date": iso(date)}
+    return ticket, record
 
 
-def ticket_row(ticket: dict[str, Any]) -> dict[str, str]:
-    """A `{"prompt", "completion"}` training row for one ticket."""
-    return {
-        "prompt": f"{INSTRUCTION}\n\n{ticket['ticket']}",
-        "completion": json.dumps(ticket["record"], separators=(",", ":")),
-    }
+TASK = ExampleTask(
+    name="support_tickets",
+    description="customer-support tickets → {type, customer, order_id, amount, date}",
+    instruction=INSTRUCTION,
+    fields=FIELDS,
+    generate=make_ticket,
+)
 
 
 def write_example_dataset(
     directory: Path, *, train_rows: int = 1000, test_rows: int = 200, seed: int = 0
 ) -> tuple[Path, Path]:
     """Write `train.jsonl` and `test.jsonl` (held-out) into `directory`; same seed, same files."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = (directory / "train.jsonl", directory / "test.jsonl")
-    for path, count in zip(paths, (train_rows, test_rows), strict=True):
-        lines = [json.dumps(ticket_row(make_ticket(rng))) for _ in range(count)]
-        path.write_text("\n".join(lines) + "\n")
-    return paths
+    return TASK.write(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
 
 
 def _letters(rng: random.Random) -> str:
     return "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(2))
-
-
-def _written_date(rng: random.Random, year: int, month: int, day: int) -> str:
-    style = rng.randrange(4)
-    if style == 0:
-        return f"{year:04d}-{month:02d}-{day:02d}"
-    if style == 1:
-        return f"{_MONTHS[month - 1]} {day}, {year}"
-    if style == 2:
-        return f"{day} {_MONTHS[month - 1]} {year}"
-    return f"{_MONTHS[month - 1][:3]} {day} {year}"
 
 
 def _written_amount(rng: random.Random, amount: float) -> str:
