@@ -20,8 +20,6 @@ from lorafleet.api.auth import TENANT_HEADER
 from tests.helpers import save_random_adapter, write_jsonl
 from tests.support.platform import ADMIN_KEY, QA_ROWS, Platform, upload
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -58,6 +56,8 @@ def fuzz(platform: Platform, headers: dict[str, str], report: Path) -> subproces
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=report)
 
 
+@pytest.mark.integration
+@pytest.mark.slow  # a few minutes: `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_server_answers_as_its_document_declares(
     make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
@@ -85,3 +85,41 @@ def test_the_server_answers_as_its_document_declares(
             f"schemathesis with the {who} found undeclared answers:\n{output[-8000:]}"
         )
         assert "passed" in output.lower(), output[-2000:]  # it ran test cases, not nothing
+
+
+def test_the_document_declares_openai_errors_the_bearer_scheme_and_content_types(tmp_path: Path) -> None:
+    from lorafleet.api.app import create_app
+    from lorafleet.api.settings import ServerSettings
+
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        artifacts_url=str(tmp_path / "artifacts"),
+        serve_models=False,
+        workers=0,
+    )
+    app = create_app(settings)
+    try:
+        doc = app.openapi()
+    finally:
+        app.state.registry.close()
+    schemes = doc["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            declared = {
+                status: r.get("content", {}).get("application/json", {}) for status, r in responses.items()
+            }
+            assert declared["500"]["schema"] == error_body, (method, path)
+            if path.startswith("/v1/"):
+                assert operation["security"], (method, path)
+                for status in ("401", "403", "404", "429"):
+                    assert declared[status]["schema"] == error_body, (method, path, status)
+                assert "Retry-After" in responses["429"]["headers"]
+            if "422" in responses:  # only where an adapter cannot be served, in OpenAI's shape
+                assert declared["422"]["schema"] == error_body, (method, path)
+    assert list(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert "413" in doc["paths"]["/v1/files"]["post"]["responses"]
+    assert "text/event-stream" in doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]

@@ -26,6 +26,9 @@ from lorafleet.api.errors import ERROR_DESCRIPTIONS, ErrorBody
 
 SCHEMAS = "#/components/schemas/"
 AUTHENTICATED = (401, 403, 404, 429)
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -61,17 +64,15 @@ def describe_errors(schema: dict[str, Any]) -> None:
                 statuses.update(AUTHENTICATED)
             for status in sorted(statuses):
                 responses.setdefault(str(status), _error_response(status))
+            if "429" in responses:  # a route's own 429 (the engine's queue) carries it too
+                responses["429"].setdefault("headers", RETRY_AFTER)
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
 
 
 def _error_response(status: int) -> dict[str, Any]:
     content = {"application/json": {"schema": {"$ref": SCHEMAS + "ErrorBody"}}}
-    response: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[status], "content": content}
-    if status == 429:
-        retry = {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
-        response["headers"] = {"Retry-After": retry}
-    return response
+    return {"description": ERROR_DESCRIPTIONS[status], "content": content}
 
 
 def _is_fastapi_validation(response: dict[str, Any] | None) -> bool:
