@@ -110,6 +110,14 @@ class ConflictError(LorafleetError):
     """The request clashes with the current state (a name in use, a finished job); the API answers 409."""
 
 
+class GateRefusedError(ConflictError):
+    """A version fails its adapter's promotion gate; `report` holds every check (see `evaluation.gate`)."""
+
+    def __init__(self, message: str, *, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class AuthenticationError(LorafleetError):
     """A missing, unknown or revoked API key; the API answers 401."""
 

@@ -8,6 +8,11 @@ no artifact outlives a failed registration.
 Aliases (`production`, `staging`, any name) move with `promote`; every move is kept in
 `alias_moves`. `rollback` undoes the newest promote not yet undone, so rolling back twice after
 promoting v1, v2, v3 lands on v1.
+
+When the adapter has a gate policy (`registry.evaluation`), `promote` checks the version against it
+first: a failing version is refused (`GateRefusedError`, carrying the report) unless `force` is given;
+the report goes in the move either way, and a forced move is marked `forced`. `rollback` is not gated:
+it restores a version that was promoted before (and passed, or was forced past, the gate then).
 """
 
 from __future__ import annotations
@@ -20,11 +25,23 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lorafleet.errors import ConflictError, NotFoundError, UnknownAdapterError
+from lorafleet.errors import ConflictError, GateRefusedError, NotFoundError, UnknownAdapterError
+from lorafleet.evaluation.gate import summary
 from lorafleet.home import validate_name
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.tables import Adapter, AdapterVersion, Alias, AliasMove, Tenant, new_id, now, owned
+from lorafleet.registry.lineage import chain, gate_report
+from lorafleet.registry.tables import (
+    Adapter,
+    AdapterVersion,
+    Alias,
+    AliasMove,
+    EvalSuite,
+    Tenant,
+    new_id,
+    now,
+    owned,
+)
 from lorafleet.registry.usage import check_storage, record_usage
 
 DEFAULT_ALIAS = "production"
@@ -151,6 +168,13 @@ class Adapters:
                 raise UnknownAdapterError(f"adapter {name!r} has no versions")
             return newest
 
+    def lineage_chain(self, tenant_id: str, version_id: str) -> list[AdapterVersion]:
+        """The version `version_id` and its ancestors (parent, parent's parent, …), oldest first."""
+        with self.db.session() as session:
+            return chain(
+                session, owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            )
+
     def local_path(self, version: AdapterVersion) -> Path:
         return self.artifacts.local_path(version.artifact)
 
@@ -177,7 +201,7 @@ class Adapters:
             versions = session.scalars(
                 select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
             ).all()
-            for table in (Alias, AliasMove):
+            for table in (Alias, AliasMove, EvalSuite):
                 for row in session.scalars(select(table).where(table.adapter_id == adapter.id)):
                     session.delete(row)
             session.flush()
@@ -198,15 +222,36 @@ class Adapters:
             return self._aliases(session, self._adapter(session, tenant_id, name))
 
     def promote(
-        self, tenant_id: str, name: str, alias: str, number: int | str, *, actor: str
+        self, tenant_id: str, name: str, alias: str, number: int | str, *, actor: str, force: bool = False
     ) -> AdapterVersion:
-        """Point `alias` at version `number` (creating the alias), and record the move."""
+        """Point `alias` at version `number` (creating the alias), and record the move.
+
+        Under a gate policy a failing version raises `GateRefusedError` (nothing moves) unless `force`.
+        """
         validate_name(alias, what="alias")
         with self.db.session() as session:
             adapter = self._adapter(session, tenant_id, name)
             version = self._version(session, adapter, number)
+            report = gate_report(session, adapter, version)
+            forced = report is not None and not report["passed"]
+            if forced and not force:
+                assert report is not None
+                raise GateRefusedError(
+                    f"{summary(report)}; pass force (lorafleet adapters promote --force) to promote anyway",
+                    report=report,
+                )
             row = self._alias(session, adapter, alias)
-            self._move(session, adapter, alias, row, version.id, action="promote", actor=actor)
+            self._move(
+                session,
+                adapter,
+                alias,
+                row,
+                version.id,
+                action="promote",
+                actor=actor,
+                forced=forced,
+                report=report,
+            )
         return version
 
     def rollback(self, tenant_id: str, name: str, alias: str, *, actor: str) -> AdapterVersion:
@@ -307,6 +352,8 @@ class Adapters:
         *,
         action: str,
         actor: str,
+        forced: bool = False,
+        report: dict[str, Any] | None = None,
     ) -> None:
         """Point `alias` (its `row`, None if new) at `version_id` and record the move in the audit trail."""
         session.add(
@@ -318,6 +365,8 @@ class Adapters:
                 to_version_id=version_id,
                 action=action,
                 actor=actor,
+                forced=forced,
+                report=report,
             )
         )
         if row is None:

@@ -1,4 +1,5 @@
-"""Uploaded training files: stored as artifacts with their SHA-256, row and token counts.
+"""Uploaded files (training rows, purpose `fine-tune`; held-out eval suites, purpose `eval`): stored as
+artifacts with their SHA-256, row and token counts.
 
 The caller validates the file (rows, columns, tokens: that needs the data layer and a tokenizer,
 which the registry does not import) and hands over the counts; the registry stores the file, then
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from lorafleet.errors import ConflictError
 from lorafleet.registry.artifacts import ArtifactStore, file_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.tables import Dataset, Job, Tenant, new_id, owned
+from lorafleet.registry.tables import Adapter, Dataset, EvalSuite, Job, Tenant, new_id, owned
 from lorafleet.registry.usage import check_storage, record_usage
 
 
@@ -26,7 +27,15 @@ class Datasets:
         self.artifacts = artifacts
 
     def add(
-        self, tenant_id: str, source: Path, *, filename: str, format: str, rows: int, tokens: int
+        self,
+        tenant_id: str,
+        source: Path,
+        *,
+        filename: str,
+        format: str,
+        rows: int,
+        tokens: int,
+        purpose: str = "fine-tune",
     ) -> Dataset:
         """Store the validated file `source` and its row; `QuotaExceededError` past the storage quota."""
         size = source.stat().st_size
@@ -39,6 +48,7 @@ class Datasets:
             id=dataset_id,
             tenant_id=tenant_id,
             filename=Path(filename).name[:255],
+            purpose=purpose,
             format=format,
             bytes=size,
             sha256=file_sha256(source),
@@ -71,7 +81,7 @@ class Datasets:
         return self.artifacts.local_path(dataset.artifact)
 
     def delete(self, tenant_id: str, dataset_id: str) -> Dataset:
-        """Delete a file no job refers to; `ConflictError` naming a job that does."""
+        """Delete a file no job or eval suite refers to; `ConflictError` naming one that does."""
         with self.db.session() as session:
             dataset = owned(session, Dataset, dataset_id, tenant_id, what="file")
             job = session.scalar(
@@ -81,6 +91,16 @@ class Datasets:
             )
             if job is not None:
                 raise ConflictError(f"file {dataset_id} is used by fine-tuning job {job}; it is kept")
+            suite = session.execute(
+                select(EvalSuite.id, Adapter.name)
+                .join(Adapter, EvalSuite.adapter_id == Adapter.id)
+                .where(EvalSuite.dataset_id == dataset_id)
+            ).first()
+            if suite is not None:
+                raise ConflictError(
+                    f"file {dataset_id} is eval suite {suite[0]} of adapter {suite[1]!r}; it is kept "
+                    f"(delete the suite first: DELETE /v1/adapters/{suite[1]}/suites/{suite[0]})"
+                )
             session.delete(dataset)
             record_usage(session, tenant_id, "storage", storage_bytes=-dataset.bytes)
         self.artifacts.delete(dataset.artifact)

@@ -12,6 +12,7 @@ from lorafleet.registry.adapters import Adapters
 from lorafleet.registry.artifacts import ArtifactStore
 from lorafleet.registry.database import Database
 from lorafleet.registry.datasets import Datasets
+from lorafleet.registry.evaluation import Evaluations
 from lorafleet.registry.jobs import Jobs
 from lorafleet.registry.tables import AdapterVersion, Job
 from lorafleet.registry.tenants import Tenants
@@ -19,7 +20,8 @@ from lorafleet.registry.usage import Usage, record_usage
 
 
 class Registry:
-    """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases), `usage`.
+    """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases),
+    `evaluation` (eval suites, gate policies, gate reports), `usage`.
 
     `database_url` defaults to `$LORAFLEET_DATABASE_URL` or SQLite under `$LORAFLEET_HOME`;
     `artifacts_url` to `$LORAFLEET_ARTIFACTS_URL` or `$LORAFLEET_HOME/artifacts`. The schema is migrated
@@ -33,6 +35,7 @@ class Registry:
         self.datasets = Datasets(self.db, self.artifacts)
         self.jobs = Jobs(self.db)
         self.adapters = Adapters(self.db, self.artifacts)
+        self.evaluation = Evaluations(self.db)
         self.usage = Usage(self.db)
 
     def complete_job(

@@ -11,7 +11,18 @@ import time
 from typing import Any, ClassVar, TypeVar
 from uuid import uuid4
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from lorafleet.errors import NotFoundError
@@ -147,6 +158,8 @@ class Adapter(Base):
     name: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(default=now)
     latest_version: Mapped[int] = mapped_column(default=0)
+    # `evaluation.gate.GatePolicy` as JSON; None: promotions are not gated
+    gate_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AdapterVersion(Base):
@@ -197,6 +210,24 @@ class AliasMove(Base):
     to_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
     action: Mapped[str] = mapped_column(String(16))  # promote | rollback | delete
     actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(default=now)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # past a failed gate
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the gate report, if gated
+
+
+class EvalSuite(Base):
+    """A held-out set registered for an adapter: an uploaded file (purpose `eval`) and its metric.
+
+    Every new version of the adapter, and of any adapter trained from it, is scored on it by the worker.
+    """
+
+    __tablename__ = "eval_suites"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("suite"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(32))  # json_fields | exact_match | perplexity
     created_at: Mapped[float] = mapped_column(default=now)
 
 

@@ -1,0 +1,140 @@
+"""Evaluation suites and promotion-gate policies of a tenant's adapters, and what reads the scores.
+
+A suite is an uploaded file (purpose `eval`) and its metric, registered for one adapter; registering one
+for a name without versions creates the adapter (so its first version is scored too). The worker scores
+every new version on `suites_to_score` and writes the scores into the version's `metrics["evaluation"]`
+(shape in `evaluation.forgetting`); `lineage_evaluation` and `gate_report` read them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from lorafleet.errors import ConfigError, NotFoundError
+from lorafleet.evaluation.forgetting import lineage_evaluation
+from lorafleet.evaluation.gate import GatePolicy, check_gate
+from lorafleet.registry.adapters import Adapters
+from lorafleet.registry.database import Database
+from lorafleet.registry.lineage import gate_report, scored_chain, suites_of, suites_of_lineage
+from lorafleet.registry.tables import Adapter, AdapterVersion, Dataset, EvalSuite, Tenant, owned
+from lorafleet.registry.usage import check_storage
+
+METRICS = ("json_fields", "exact_match", "perplexity")  # score: field accuracy, exact match, 1/perplexity
+
+
+class Evaluations:
+    """A tenant's eval suites and gate policies, and the gate reports and forgetting of its versions."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- suites -----------------------------------------------------------------------------------------
+
+    def add_suite(self, tenant_id: str, name: str, *, dataset_id: str, metric: str) -> EvalSuite:
+        """Register the uploaded file `dataset_id` (purpose `eval`) as a suite of adapter `name`.
+
+        `ConfigError` naming `metric` or `file` when one is wrong; `NotFoundError` for another tenant's file.
+        """
+        if metric not in METRICS:
+            raise ConfigError(f"metric {metric!r}: choose one of {', '.join(METRICS)}", field="metric")
+        with self.db.session() as session:
+            dataset = owned(session, Dataset, dataset_id, tenant_id, what="file")
+            if dataset.purpose != "eval":
+                raise ConfigError(
+                    f"file {dataset_id} was uploaded with purpose {dataset.purpose!r}; "
+                    "upload held-out rows with purpose 'eval' to make a suite of them",
+                    field="file",
+                )
+            exists = session.scalar(
+                select(Adapter.id).where(Adapter.tenant_id == tenant_id, Adapter.name == name)
+            )
+            if exists is None:
+                check_storage(session, session.get_one(Tenant, tenant_id), new_bytes=0, new_adapter=True)
+            adapter = Adapters._adapter(session, tenant_id, name, create=True)
+            suite = EvalSuite(
+                tenant_id=tenant_id, adapter_id=adapter.id, dataset_id=dataset_id, metric=metric
+            )
+            session.add(suite)
+            session.flush()
+        return suite
+
+    def suites(self, tenant_id: str, name: str) -> list[EvalSuite]:
+        """The suites registered for adapter `name` itself, oldest first."""
+        with self.db.session() as session:
+            return suites_of(session, [Adapters._adapter(session, tenant_id, name).id])
+
+    def suites_to_score(
+        self, tenant_id: str, adapter_name: str, parent_version_id: str | None = None
+    ) -> list[EvalSuite]:
+        """What a new version of `adapter_name` trained from `parent_version_id` is scored on: the suites of
+        its own adapter (if it exists yet) and of the adapter of every version in the parent's chain."""
+        with self.db.session() as session:
+            parent = (
+                owned(session, AdapterVersion, parent_version_id, tenant_id, what="adapter version")
+                if parent_version_id is not None
+                else None
+            )
+            adapter = session.scalar(
+                select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == adapter_name)
+            )
+            if adapter is None:
+                adapter = Adapter(id="", tenant_id=tenant_id, name=adapter_name)  # not stored: no suites
+            return suites_of_lineage(session, adapter, parent)
+
+    def suites_for_version(self, tenant_id: str, version_id: str) -> list[EvalSuite]:
+        """What the existing version `version_id` is scored on (as `suites_to_score` for its lineage)."""
+        with self.db.session() as session:
+            version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            parent = session.get(AdapterVersion, version.parent_version_id or "")
+            if parent is not None and parent.tenant_id != tenant_id:
+                parent = None
+            return suites_of_lineage(session, session.get_one(Adapter, version.adapter_id), parent)
+
+    def delete_suite(self, tenant_id: str, name: str, suite_id: str) -> EvalSuite:
+        """Unregister one suite of `name` (its file stays; scores already stored stay with their versions)."""
+        with self.db.session() as session:
+            adapter = Adapters._adapter(session, tenant_id, name)
+            suite = session.get(EvalSuite, suite_id)
+            if suite is None or suite.adapter_id != adapter.id:
+                raise NotFoundError(f"adapter {name!r} has no eval suite {suite_id!r}")
+            session.delete(suite)
+        return suite
+
+    # --- the gate ---------------------------------------------------------------------------------------
+
+    def set_policy(self, tenant_id: str, name: str, policy: GatePolicy | None) -> GatePolicy | None:
+        """Set (or, with None, remove) the gate of adapter `name`; `ConfigError` for a suite id it names
+        that is not one of the tenant's suites."""
+        with self.db.session() as session:
+            adapter = Adapters._adapter(session, tenant_id, name)
+            if policy is not None:
+                for suite_id in sorted(policy.suite_ids()):
+                    suite = session.get(EvalSuite, suite_id)
+                    if suite is None or suite.tenant_id != tenant_id:
+                        raise ConfigError(f"{suite_id}: no such eval suite", field=suite_id)
+            adapter.gate_policy = policy.model_dump() if policy is not None else None
+        return policy
+
+    def policy(self, tenant_id: str, name: str) -> GatePolicy | None:
+        with self.db.session() as session:
+            stored = Adapters._adapter(session, tenant_id, name).gate_policy
+        return GatePolicy.model_validate(stored) if stored is not None else None
+
+    def gate_report(self, tenant_id: str, name: str, number: int | str) -> dict[str, Any]:
+        """Every check of version `number` against the adapter's gate (`evaluation.gate.check_gate`);
+        with no policy, a passing report without checks and `policy` None."""
+        with self.db.session() as session:
+            adapter = Adapters._adapter(session, tenant_id, name)
+            version = Adapters._version(session, adapter, number)
+            report = gate_report(session, adapter, version)
+            if report is None:
+                report = {**check_gate(GatePolicy(), scored_chain(session, version), []), "policy": None}
+            return report
+
+    def lineage_evaluation(self, tenant_id: str, version_id: str) -> dict[str, Any]:
+        """The forgetting matrix along the version's chain, its forgetting per suite, BWT and drift."""
+        with self.db.session() as session:
+            version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            return lineage_evaluation(scored_chain(session, version))
