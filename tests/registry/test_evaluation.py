@@ -199,8 +199,10 @@ def test_suites_validate_their_file_and_metric_and_keep_their_file(
         registry.evaluation.suites(other_tenant.id, "tickets")
     with pytest.raises(UnknownAdapterError):
         registry.evaluation.delete_suite(other_tenant.id, "tickets", suite.id)
-    with pytest.raises(ConfigError, match=f"{suite.id}: no such eval suite"):
+    theirs = add_eval_file(other_tenant.id)
+    registry.evaluation.add_suite(other_tenant.id, "tickets", dataset_id=theirs.id, metric="exact_match")
+    with pytest.raises(ConfigError, match=f"{suite.id}: no such eval suite"):  # another tenant's suite
         registry.evaluation.set_policy(other_tenant.id, "tickets", GatePolicy(min_scores={suite.id: 0.5}))
     registry.evaluation.delete_suite(tenant.id, "tickets", suite.id)
     registry.datasets.delete(tenant.id, held_out.id)
-    assert registry.datasets.all(tenant.id) == [training]
+    assert [d.id for d in registry.datasets.all(tenant.id)] == [training.id]
