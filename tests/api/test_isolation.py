@@ -49,6 +49,13 @@ FOREIGN_CALLS: list[Call] = [
     ("POST", "/v1/adapters/{name}/aliases/{alias}/rollback", None),
     ("GET", "/v1/adapters/{name}/history", None),
     ("DELETE", "/v1/adapters/{name}", None),
+    ("POST", "/v1/adapters/{name}/suites", {"file": "{eval_file}", "metric": "exact_match"}),
+    ("GET", "/v1/adapters/{name}/suites", None),
+    ("DELETE", "/v1/adapters/{name}/suites/{suite_id}", None),
+    ("PUT", "/v1/adapters/{name}/gate", {"policy": {"max_forgetting": 0.1}}),
+    ("GET", "/v1/adapters/{name}/gate", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}/gate", None),
+    ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "parent": "{name}@1"}),
     ("GET", "/v1/models/{model}", None),  # the other forms of `model`: tests/api/test_openai_parity.py
     *[("POST", "/v1/completions", {"model": m, "prompt": "q1", "max_tokens": 2}) for m in MODELS],
     *[
@@ -150,8 +157,8 @@ def test_every_tenant_route_has_an_isolation_case(tmp_path: Path, tiny_dir: Path
 def owned_resources(
     platform: Platform, tenant: Tenant, tiny_dir: Path, tmp_path: Path
 ) -> tuple[dict[str, str], list[str]]:
-    """A's file, queued job (no workers run it), and adapter `support` with v1, v2 and production → v2:
-    the values of the calls' placeholders, and strings only A's own answers may contain."""
+    """A's file, queued job (no workers run it), and adapter `support` with v1, v2, production → v2 and an
+    eval suite: the values of the calls' placeholders, and strings only A's own answers may contain."""
     from lorafleet.models import load_base
 
     client = tenant.client
@@ -174,9 +181,17 @@ def owned_resources(
     for version in (1, 2):  # two promotions, so A could roll back: B's rollback must fail on isolation alone
         promoted = client.post("/v1/adapters/support/aliases/production", json={"version": version})
         assert promoted.status_code == 200, promoted.text
+    held_out = upload(client, write_jsonl(tmp_path / "acme-held-out.jsonl", QA_ROWS[:4]), purpose="eval")
+    assert held_out.status_code == 201, held_out.text
+    suite = client.post(
+        "/v1/adapters/support/suites", json={"file": held_out.json()["id"], "metric": "exact_match"}
+    )
+    assert suite.status_code == 201, suite.text
     values = {
         "tenant_id": tenant.id,
         "file_id": file["id"],
+        "eval_file": held_out.json()["id"],
+        "suite_id": suite.json()["id"],
         "job_id": job.json()["id"],
         "name": "support",
         "version": "1",
@@ -188,6 +203,8 @@ def owned_resources(
         tenant.id,
         file["sha256"],
         "acme-secret",
+        "acme-held-out",
+        suite.json()["id"],
         *(v.id for v in versions),
         *(v.sha256 for v in versions),
     ]
@@ -204,6 +221,7 @@ def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
         "versions": [(v["version"], v["sha256"]) for v in adapter["versions"]],
         "aliases": adapter["aliases"],
         "history": client.get(f"/v1/adapters/{a['name']}/history").json()["data"],
+        "suites": client.get(f"/v1/adapters/{a['name']}/suites").json()["data"],
     }
 
 
@@ -236,7 +254,7 @@ def test_another_tenants_resources_are_not_found(
         assert leaks(a, answer.json()) == [], (path, answer.text)
         assert not [secret for secret in secrets if secret in answer.text], (path, answer.text)
     assert [f["id"] for f in rival.client.get("/v1/files").json()["data"]] == [mine["id"]]
-    assert [f["id"] for f in acme.client.get("/v1/files").json()["data"]] == [a["file_id"]]
+    assert [f["id"] for f in acme.client.get("/v1/files").json()["data"]] == [a["file_id"], a["eval_file"]]
     assert rival.client.get("/v1/usage").json()["tenant_id"] == rival.id
 
     assert snapshot(acme.client, a) == before
@@ -272,7 +290,19 @@ def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_pa
     assert [t["name"] for t in tenants] == ["acme"]  # nothing was made
 
     anything = dict.fromkeys(
-        ("file_id", "own_file", "job_id", "name", "version", "alias", "model", "base"), "x"
+        (
+            "file_id",
+            "own_file",
+            "eval_file",
+            "suite_id",
+            "job_id",
+            "name",
+            "version",
+            "alias",
+            "model",
+            "base",
+        ),
+        "x",
     )
     for spec in [*FOREIGN_CALLS, *(("GET", path, None) for path in LISTS)]:
         answer = call(platform.admin, spec, anything)  # refused before any id is looked up

@@ -64,9 +64,9 @@ class Platform:
         return Tenant(tenant_id, name, key, self.client(key))
 
 
-def upload(client: httpx.Client, path: Path) -> httpx.Response:
+def upload(client: httpx.Client, path: Path, *, purpose: str = "fine-tune") -> httpx.Response:
     with path.open("rb") as handle:
-        return client.post("/v1/files", files={"file": (path.name, handle)}, data={"purpose": "fine-tune"})
+        return client.post("/v1/files", files={"file": (path.name, handle)}, data={"purpose": purpose})
 
 
 def start_job(client: httpx.Client, file_id: str, adapter: str, model: str, **recipe: Any) -> dict[str, Any]:

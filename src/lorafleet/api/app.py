@@ -28,7 +28,17 @@ from lorafleet.api.auth import Authenticator
 from lorafleet.api.errors import install_error_handlers
 from lorafleet.api.metrics import ServerMetrics
 from lorafleet.api.openapi import install_openapi
-from lorafleet.api.routes import adapters, completions, files, fine_tuning, health, models, tenants, usage
+from lorafleet.api.routes import (
+    adapters,
+    completions,
+    evaluation,
+    files,
+    fine_tuning,
+    health,
+    models,
+    tenants,
+    usage,
+)
 from lorafleet.api.settings import ServerSettings
 from lorafleet.jobs.worker import Worker
 from lorafleet.registry import Registry
@@ -82,7 +92,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.middleware("http")(app.state.metrics.middleware)
     install_error_handlers(app)
     install_openapi(app)
-    for module in (health, tenants, files, fine_tuning, adapters, models, completions, usage):
+    for module in (health, tenants, files, fine_tuning, adapters, evaluation, models, completions, usage):
         app.include_router(module.router)
     return app
 

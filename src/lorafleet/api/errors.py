@@ -5,6 +5,7 @@
 403  a tenant key on an admin route, the admin key on inference         permission_error
 404  another tenant's resource or none at all; an unknown model         invalid_request_error
 409  a clash with the current state (a name in use, a finished job)     invalid_request_error
+     a version refused by its promotion gate (`error.report`)           (code gate_refused)
 413  an upload over the size limit                                      invalid_request_error
 422  an adapter that is known but cannot be served                      invalid_request_error
 429  a quota, a key's rate limit, or the engine's queue; Retry-After    rate_limit_error
@@ -25,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorafleet.errors import (
@@ -34,6 +35,7 @@ from lorafleet.errors import (
     AuthenticationError,
     ConfigError,
     ConflictError,
+    GateRefusedError,
     LorafleetError,
     NotFoundError,
     QueueFullError,
@@ -59,6 +61,9 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    report: dict[str, Any] | None = Field(
+        None, description="A refused promotion's gate report: every check, its value, limit and why."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -75,6 +80,7 @@ STATUS: tuple[tuple[type[LorafleetError], int, str, str | None], ...] = (
     (PermissionDeniedError, 403, "permission_error", None),
     (QuotaExceededError, 429, "rate_limit_error", "quota_exceeded"),
     (QueueFullError, 429, "rate_limit_error", "queue_full"),
+    (GateRefusedError, 409, "invalid_request_error", "gate_refused"),
     (ConflictError, 409, "invalid_request_error", "conflict"),
     (AlreadyExistsError, 409, "invalid_request_error", "conflict"),
     (UploadTooLargeError, 413, "invalid_request_error", "file_too_large"),
@@ -89,7 +95,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No API key, or an unknown or revoked one",
     403: "This key may not call the route",
     404: "No such resource for the caller's tenant",
-    409: "The request clashes with the current state (a name in use, a finished job, a file in use)",
+    409: "The request clashes with the current state (a name in use, a finished job, a file in use, "
+    "a version its promotion gate refuses: `error.report`)",
     413: "The upload is over the server's size limit",
     422: "The adapter is known but cannot be served",
     429: "A quota, the key's rate limit or the engine's queue is full; retry after Retry-After seconds",
@@ -115,10 +122,12 @@ class ApiError(LorafleetError):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        report: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(error=ErrorDetail(message=message, type=type, param=param, code=code))
+        detail = ErrorDetail(message=message, type=type, param=param, code=code, report=report)
+        self.body = ErrorBody(error=detail)
         self.headers = headers or {}
 
     @classmethod
@@ -138,10 +147,14 @@ class ApiError(LorafleetError):
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         param = param or getattr(err, "field", None)  # a ConfigError names the field at fault
-        return cls(status, str(err), type=kind, param=param, code=code, headers=headers)
+        report = getattr(err, "report", None)  # a refused promotion's gate report
+        return cls(status, str(err), type=kind, param=param, code=code, headers=headers, report=report)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=self.headers)
+        body = self.body.model_dump()
+        if body["error"]["report"] is None:  # only refused promotions carry one
+            del body["error"]["report"]
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def validation_error(errors: list[Any]) -> ApiError:

@@ -30,7 +30,7 @@ from lorafleet.evaluation.gate import summary
 from lorafleet.home import validate_name
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.lineage import chain, gate_report
+from lorafleet.registry.lineage import chain, gate_report, label
 from lorafleet.registry.tables import (
     Adapter,
     AdapterVersion,
@@ -167,6 +167,13 @@ class Adapters:
             if newest is None:
                 raise UnknownAdapterError(f"adapter {name!r} has no versions")
             return newest
+
+    def reference(self, tenant_id: str, version_id: str) -> str:
+        """`name@number` of the version `version_id`; `NotFoundError` if the tenant has no such version."""
+        with self.db.session() as session:
+            return label(
+                session, owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            )
 
     def lineage_chain(self, tenant_id: str, version_id: str) -> list[AdapterVersion]:
         """The version `version_id` and its ancestors (parent, parent's parent, …), oldest first."""

@@ -1,4 +1,5 @@
-"""Adapters and their versions (`/v1/adapters`): list, get, download, promote an alias, roll back, delete."""
+"""Adapters and their versions (`/v1/adapters`): list, get, download, promote an alias (gated), roll back,
+delete. Suites and the gate's policy: `routes/evaluation.py`."""
 
 from __future__ import annotations
 
@@ -31,8 +32,13 @@ class VersionPublic(BaseModel):
     training_file: str | None
     job_id: str | None
     parent_version_id: str | None
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="Training metrics; `evaluation` holds the worker's scores.")
     aliases: list[str]
+    lineage_evaluation: dict[str, Any] | None = Field(
+        None,
+        description="In single-version answers: the forgetting matrix along the version's lineage, its "
+        "forgetting per ancestor suite, backward transfer and general drift.",
+    )
 
     @classmethod
     def of(cls, name: str, version: AdapterVersion, aliases: dict[str, int]) -> VersionPublic:
@@ -77,6 +83,9 @@ class VersionList(BaseModel):
 
 class Promotion(BaseModel):
     version: int = Field(ge=1, description="The version number the alias should point at.")
+    force: bool = Field(
+        False, description="Promote even if the adapter's gate refuses the version (audited as forced)."
+    )
 
 
 class AliasMovePublic(BaseModel):
@@ -86,6 +95,8 @@ class AliasMovePublic(BaseModel):
     to_version: int | None
     actor: str
     created_at: int
+    forced: bool = Field(description="Promoted although the gate refused the version.")
+    report: dict[str, Any] | None = Field(description="The gate report of a gated promotion.")
 
 
 class AliasHistory(BaseModel):
@@ -146,8 +157,11 @@ def list_versions(name: str, tenant: TenantDep, registry: RegistryDep) -> Versio
 
 @router.get("/{name}/versions/{version}", response_model=VersionPublic)
 def get_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> VersionPublic:
-    """One version: digest, size, metrics, lineage (base model, training file, job, parent)."""
-    return _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
+    """One version: digest, size, metrics, lineage (base model, training file, job, parent) and forgetting."""
+    row = registry.adapters.version(tenant, name, version)
+    answer = _version(registry, tenant, name, row)
+    answer.lineage_evaluation = registry.evaluation.lineage_evaluation(tenant, row.id)
+    return answer
 
 
 @router.get(
@@ -175,12 +189,17 @@ def delete_version(name: str, version: str, tenant: TenantDep, registry: Registr
     return answer
 
 
-@router.post("/{name}/aliases/{alias}", response_model=VersionPublic)
+@router.post("/{name}/aliases/{alias}", response_model=VersionPublic, responses=error_responses(409))
 def promote(
     name: str, alias: str, body: Promotion, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
 ) -> VersionPublic:
-    """Point an alias (`production`, `staging`, any name) at a version; the move is audited."""
-    version = registry.adapters.promote(tenant, name, alias, body.version, actor=_actor(caller))
+    """Point an alias (`production`, `staging`, any name) at a version; the move is audited.
+
+    Under the adapter's gate a failing version is a 409 with the report in `error.report`, unless `force`.
+    """
+    version = registry.adapters.promote(
+        tenant, name, alias, body.version, actor=_actor(caller), force=body.force
+    )
     return _version(registry, tenant, name, version)
 
 
@@ -188,7 +207,7 @@ def promote(
 def rollback(
     name: str, alias: str, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
 ) -> VersionPublic:
-    """Move an alias back to the version it pointed at before its last promotion."""
+    """Move an alias back to the version it pointed at before its last promotion (not gated)."""
     version = registry.adapters.rollback(tenant, name, alias, actor=_actor(caller))
     return _version(registry, tenant, name, version)
 
@@ -207,6 +226,8 @@ def alias_history(name: str, tenant: TenantDep, registry: RegistryDep) -> AliasH
                 to_version=numbers.get(m.to_version_id or ""),
                 actor=m.actor,
                 created_at=int(m.created_at),
+                forced=m.forced,
+                report=m.report,
             )
             for m in moves
         ]

@@ -1,4 +1,5 @@
-"""Training files (`/v1/files`): upload with a size limit, validated row by row before anything is stored.
+"""Files (`/v1/files`): training rows (purpose `fine-tune`) and held-out eval suites (purpose `eval`),
+uploaded with a size limit and validated row by row before anything is stored.
 
 An upload over the limit is refused as it arrives (`api.uploads`): by its Content-Length before the body
 is read, or once its bytes pass the limit; what passes streams to a temporary file, never into memory.
@@ -22,6 +23,10 @@ from lorafleet.registry.tables import Dataset
 
 router = APIRouter(prefix="/v1/files", tags=["files"], route_class=LimitedBodyRoute)  # refused before read
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+PURPOSES = (
+    "fine-tune",
+    "eval",
+)  # training rows; held-out rows of an eval suite (`/v1/adapters/{name}/suites`)
 _CHUNK = 1 << 20
 
 
@@ -82,12 +87,14 @@ def upload_file(
     tenant: TenantDep,
     registry: RegistryDep,
     file: Annotated[UploadFile, File(description="Training rows: .jsonl, .json, .csv or .parquet.")],
-    purpose: Annotated[str, Form(description="Only 'fine-tune' is accepted.")] = "fine-tune",
+    purpose: Annotated[
+        str, Form(description="'fine-tune' (training rows) or 'eval' (held-out rows of an eval suite).")
+    ] = "fine-tune",
 ) -> FilePublic:
-    """Upload a training file; every row is checked and a bad one is named by line, storing nothing."""
+    """Upload training or eval rows; every row is checked and a bad one is named by line, storing nothing."""
     limit: int = request.app.state.settings.max_upload_bytes
-    if purpose != "fine-tune":
-        raise DataError(f"purpose {purpose!r}: this server accepts only 'fine-tune' files")
+    if purpose not in PURPOSES:
+        raise DataError(f"purpose {purpose!r}: choose 'fine-tune' or 'eval'", field="purpose")
     name = Path(file.filename or "upload.jsonl").name
     if Path(name).suffix.lower() not in SUFFIXES:
         raise DataError(f"{name}: unsupported file type; upload one of {', '.join(SUFFIXES)}")
@@ -104,7 +111,9 @@ def upload_file(
             format, rows, tokens = inspect_rows(path, request.app.state.tokenizer())
         except DataError as err:  # name the file as uploaded, not the temporary folder
             raise DataError(str(err).replace(f"{folder}/", "")) from None
-        dataset = registry.datasets.add(tenant, path, filename=name, format=format, rows=rows, tokens=tokens)
+        dataset = registry.datasets.add(
+            tenant, path, filename=name, format=format, rows=rows, tokens=tokens, purpose=purpose
+        )
     return FilePublic.of(dataset)
 
 
@@ -147,6 +156,6 @@ def get_file_content(file_id: str, tenant: TenantDep, registry: RegistryDep) -> 
 
 @router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(409))
 def delete_file(file_id: str, tenant: TenantDep, registry: RegistryDep) -> FileDeleted:
-    """Delete a file that no fine-tuning job uses."""
+    """Delete a file that no fine-tuning job or eval suite uses."""
     registry.datasets.delete(tenant, file_id)
     return FileDeleted(id=file_id)

@@ -1,6 +1,8 @@
 """Fine-tuning jobs (`/v1/fine_tuning/jobs`), shaped like OpenAI's where the two overlap.
 
-Beyond OpenAI's fields a job takes `adapter` (the adapter name its version is registered under) and
+Beyond OpenAI's fields a job takes `adapter` (the adapter name its version is registered under), `parent`
+(a version to continue from: `tickets@2`, `tickets:production` or `tickets`, resolved for the caller's
+tenant when the job is created and stored as its `parent_version_id`) and
 `recipe` (any fields of a lorafleet recipe — lora, training, quantization, eval — validated when the
 job is created, target modules against the base model's own, so a bad key is a 400 naming it, not a
 failed job later). OpenAI's `hyperparameters` set recipe fields (n_epochs → training.epochs, batch_size
@@ -18,8 +20,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lorafleet.api.deps import RegistryDep, TenantDep
-from lorafleet.api.errors import error_responses
-from lorafleet.errors import ConfigError
+from lorafleet.api.errors import ApiError, error_responses
+from lorafleet.errors import ConfigError, NotFoundError, UnknownAdapterError
 from lorafleet.home import validate_name
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Job, JobEvent
@@ -56,6 +58,12 @@ class JobCreate(BaseModel):
     adapter: str | None = Field(None, description="Register the result as a version of this adapter.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the run.")
     recipe: dict[str, Any] = Field(default_factory=dict, description="lorafleet recipe fields to set.")
+    parent: str | None = Field(
+        None,
+        max_length=200,
+        description="Continue from this version: `name@version`, `name:alias` or `name` (production, else "
+        "latest); it must be of the same base model. Its lineage's eval suites score the new version.",
+    )
 
 
 class JobError(BaseModel):
@@ -88,6 +96,8 @@ class JobPublic(BaseModel):
     attempts: int
     metrics: dict[str, Any]
     estimated_finish: int | None = None
+    parent: str | None = Field(None, description="`adapter@version` the job continues from.")
+    parent_version_id: str | None = None
 
 
 class JobList(BaseModel):
@@ -142,7 +152,40 @@ def job_public(job: Job, registry: Registry) -> JobPublic:
         total_steps=job.total_steps,
         attempts=job.attempts,
         metrics=job.metrics,
+        parent=_parent_reference(registry, job),
+        parent_version_id=job.parent_version_id,
     )
+
+
+def _parent_reference(registry: Registry, job: Job) -> str | None:
+    """`name@version` of the job's parent (its id if that version was deleted since)."""
+    if job.parent_version_id is None:
+        return None
+    try:
+        return registry.adapters.reference(job.tenant_id, job.parent_version_id)
+    except NotFoundError:
+        return job.parent_version_id
+
+
+def resolve_parent(registry: Registry, tenant: str, parent: str, base_model: str) -> str:
+    """The id of the version `parent` names for the tenant: a 404 naming `parent` if there is none, a 400
+    if it is malformed or of another base model."""
+    from lorafleet.serving.router import parse_reference
+
+    try:
+        ref = parse_reference(parent)
+    except ConfigError as err:
+        raise ConfigError(f"parent: {err}", field="parent") from None
+    try:
+        version = registry.adapters.resolve(tenant, ref.name, version=ref.version, alias=ref.alias)
+    except UnknownAdapterError as err:
+        raise ApiError(404, f"parent {parent!r}: {err}", param="parent", code="model_not_found") from None
+    if version.base_model != base_model:
+        raise ConfigError(
+            f"parent {parent!r} was trained on {version.base_model!r}; this server fine-tunes {base_model!r}",
+            field="parent",
+        )
+    return version.id
 
 
 def hyperparameter_fields(hyper: Hyperparameters, training: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +248,7 @@ def create_job(body: JobCreate, request: Request, tenant: TenantDep, registry: R
         raise ConfigError(f"model {body.model!r}: this server fine-tunes {settings.base_model!r}")
     adapter = body.adapter or body.suffix or f"ft-{uuid4().hex[:8]}"
     validate_name(adapter, what="adapter")
+    parent = resolve_parent(registry, tenant, body.parent, settings.base_model) if body.parent else None
     job = registry.jobs.create(
         tenant,
         adapter_name=adapter,
@@ -213,6 +257,7 @@ def create_job(body: JobCreate, request: Request, tenant: TenantDep, registry: R
         base_model=settings.base_model,
         recipe=job_recipe(body, settings.base_model, request.app.state.base_skeleton()),
         max_retries=settings.max_job_retries,
+        parent_version_id=parent,
     )
     return job_public(job, registry)
 
