@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from lorafleet.cli import plain_console
+from lorafleet.cli.evaluation import gate_policy, suites_app
 from lorafleet.cli.platform import (
     ApiKeyOption,
     DatabaseOption,
@@ -30,6 +31,9 @@ app = typer.Typer(
     help="Create, inspect, merge and combine adapters (PEFT format); list, promote, roll back registry ones.",
     no_args_is_help=True,
 )
+
+app.add_typer(suites_app, name="suites")
+app.command("gate-policy")(gate_policy)
 
 AdapterArg = Annotated[
     str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")
@@ -236,19 +240,26 @@ def promote(
     name: RegistryNameArg,
     version: Annotated[str, typer.Argument(help="The version to point the alias at: 3 or v3.")],
     alias: AliasOpt = "production",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the adapter's gate refuses it (audited).")
+    ] = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     tenant: TenantOption = None,
     database_url: DatabaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Point an alias at a version; requests for `NAME:ALIAS` (and `NAME`, for production) get it at once."""
+    """Point an alias at a version; requests for `NAME:ALIAS` (and `NAME`, for production) get it at once.
+
+    Under the adapter's promotion gate a failing version is refused with the failed checks (see
+    `lorafleet gate NAME@V`) unless --force.
+    """
     number = version.strip().lower().removeprefix("v")
     if not number.isdigit() or int(number) < 1:
         raise ConfigError(f"version {version!r}: give a version number such as 3 or v3")
     with client_from_options(url, api_key, tenant, database_url) as client:
         path = f"/v1/adapters/{segment(name)}/aliases/{segment(alias)}"
-        answer = client.request("POST", path, json={"version": int(number)})
+        answer = client.request("POST", path, json={"version": int(number), "force": force})
     if as_json:
         print_json(answer)
         return
@@ -299,7 +310,12 @@ def history(
         }
         for move in answer["data"]
     ]
-    columns = {key: key for key in ("when", "alias", "action", "from", "to", "actor")}
+    for row in rows:
+        report = row["report"]
+        row["gate"] = ("forced past: " if row["forced"] else "") + (
+            ("passed" if report["passed"] else "failed") if report is not None else "-"
+        )
+    columns = {key: key for key in ("when", "alias", "action", "from", "to", "actor", "gate")}
     print_table(
         rows,
         columns,

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from lorafleet import __version__
-from lorafleet.cli import adapters, data, estimate, generate, jobs, models, serve, tenants, train
+from lorafleet.cli import adapters, data, estimate, evaluation, generate, jobs, models, serve, tenants, train
 from lorafleet.cli.quiet import quiet_third_party_output
 from lorafleet.errors import LorafleetError
 
@@ -39,6 +39,7 @@ app.add_typer(data.app, name="data")
 app.command("generate")(generate.generate)
 app.command("train")(train.train)
 app.command("eval")(train.evaluate)
+app.command("gate")(evaluation.gate)
 app.command("chat")(train.chat)
 app.command("estimate")(estimate.estimate)
 app.command("serve")(serve.serve)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from lorafleet.cli import plain_console
+from lorafleet.cli.platform import ApiKeyOption, DatabaseOption, TenantOption, UrlOption
 
 
 def train(
@@ -76,7 +77,18 @@ def train(
 
 def evaluate(
     adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter name or directory.")],
-    data: Annotated[str, typer.Option(help="Held-out rows (.jsonl, .csv, .parquet, datasets dir).")],
+    data: Annotated[
+        str | None, typer.Option(help="Held-out rows (.jsonl, .csv, .parquet, datasets dir) to score on now.")
+    ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(
+            "--suite",
+            help="Instead of scoring now: register these held-out rows as an eval suite of the registry "
+            "adapter --adapter (with --metric json_fields, exact_match or perplexity); "
+            "same as `lorafleet adapters suites add`.",
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Base model the adapter was trained on.")
     ] = "default",
@@ -90,14 +102,28 @@ def evaluate(
     ] = None,
     base: Annotated[bool, typer.Option(help="Score the base model too, side by side.")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
 ) -> None:
-    """Loss, perplexity and a task metric of an adapter on held-out rows, beside its base model."""
+    """Loss, perplexity and a task metric of an adapter on held-out rows (--data), beside its base model;
+    or, with --suite, register held-out rows as an eval suite scoring every new version in the registry."""
     import json
+
+    from lorafleet.errors import ConfigError
+
+    if suite is not None:
+        from lorafleet.cli.evaluation import add_suite
+
+        add_suite(adapter, suite, metric, url, api_key, tenant, database_url, json_output)
+        return
+    if data is None:
+        raise ConfigError("--data: give held-out rows to score on (or --suite FILE to register a suite)")
 
     from lorafleet.adapters import load_adapter
     from lorafleet.adapters.storage import adapter_path
     from lorafleet.data import DataConfig, read_examples, tokenize_example, with_system_prompt
-    from lorafleet.errors import ConfigError
     from lorafleet.models import load_base
     from lorafleet.training.evaluate import evaluate_model
     from lorafleet.training.metrics import TASK_METRICS
