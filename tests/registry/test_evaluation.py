@@ -203,6 +203,12 @@ def test_suites_validate_their_file_and_metric_and_keep_their_file(
     registry.evaluation.add_suite(other_tenant.id, "tickets", dataset_id=theirs.id, metric="exact_match")
     with pytest.raises(ConfigError, match=f"{suite.id}: no such eval suite"):  # another tenant's suite
         registry.evaluation.set_policy(other_tenant.id, "tickets", GatePolicy(min_scores={suite.id: 0.5}))
+    registry.evaluation.set_policy(tenant.id, "tickets", GatePolicy(min_scores={suite.id: 0.5}))
+    with pytest.raises(
+        ConflictError, match=f"eval suite {suite.id} is named by the gate policy of adapter 'tickets'"
+    ):
+        registry.evaluation.delete_suite(tenant.id, "tickets", suite.id)
+    registry.evaluation.set_policy(tenant.id, "tickets", None)
     registry.evaluation.delete_suite(tenant.id, "tickets", suite.id)
     registry.datasets.delete(tenant.id, held_out.id)
     assert [d.id for d in registry.datasets.all(tenant.id)] == [training.id]

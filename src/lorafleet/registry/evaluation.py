@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lorafleet.errors import ConfigError, NotFoundError
+from lorafleet.errors import ConfigError, ConflictError, NotFoundError
 from lorafleet.evaluation.forgetting import lineage_evaluation
 from lorafleet.evaluation.gate import GatePolicy, check_gate
 from lorafleet.registry.adapters import Adapters
@@ -76,12 +76,10 @@ class Evaluations:
                 if parent_version_id is not None
                 else None
             )
-            adapter = session.scalar(
-                select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == adapter_name)
+            adapter_id = session.scalar(
+                select(Adapter.id).where(Adapter.tenant_id == tenant_id, Adapter.name == adapter_name)
             )
-            if adapter is None:
-                adapter = Adapter(id="", tenant_id=tenant_id, name=adapter_name)  # not stored: no suites
-            return suites_of_lineage(session, adapter, parent)
+            return suites_of_lineage(session, adapter_id, parent)
 
     def suites_for_version(self, tenant_id: str, version_id: str) -> list[EvalSuite]:
         """What the existing version `version_id` is scored on (as `suites_to_score` for its lineage)."""
@@ -90,15 +88,24 @@ class Evaluations:
             parent = session.get(AdapterVersion, version.parent_version_id or "")
             if parent is not None and parent.tenant_id != tenant_id:
                 parent = None
-            return suites_of_lineage(session, session.get_one(Adapter, version.adapter_id), parent)
+            return suites_of_lineage(session, version.adapter_id, parent)
 
     def delete_suite(self, tenant_id: str, name: str, suite_id: str) -> EvalSuite:
-        """Unregister one suite of `name` (its file stays; scores already stored stay with their versions)."""
+        """Unregister one suite of `name` (its file stays; scores already stored stay with their versions);
+        `ConflictError` while a gate policy of the tenant names it."""
         with self.db.session() as session:
             adapter = Adapters._adapter(session, tenant_id, name)
             suite = session.get(EvalSuite, suite_id)
             if suite is None or suite.adapter_id != adapter.id:
                 raise NotFoundError(f"adapter {name!r} has no eval suite {suite_id!r}")
+            for other in session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id)):
+                if other.gate_policy is None:  # (stored as JSON null: not filtered in SQL)
+                    continue
+                if suite_id in GatePolicy.model_validate(other.gate_policy).suite_ids():
+                    raise ConflictError(
+                        f"eval suite {suite_id} is named by the gate policy of adapter {other.name!r}; "
+                        "change that policy first"
+                    )
             session.delete(suite)
         return suite
 

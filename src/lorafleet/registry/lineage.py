@@ -50,10 +50,12 @@ def suites_of(session: Session, adapter_ids: list[str]) -> list[EvalSuite]:
     return list(session.scalars(query.order_by(EvalSuite.created_at, EvalSuite.id)))
 
 
-def suites_of_lineage(session: Session, adapter: Adapter, parent: AdapterVersion | None) -> list[EvalSuite]:
-    """The suites a new version of `adapter` trained from `parent` is scored on: its own adapter's and
-    those of every adapter in the parent's chain."""
-    ids = [adapter.id]
+def suites_of_lineage(
+    session: Session, adapter_id: str | None, parent: AdapterVersion | None
+) -> list[EvalSuite]:
+    """The suites a new version of adapter `adapter_id` (None: not created yet) trained from `parent` is
+    scored on: its own adapter's and those of every adapter in the parent's chain."""
+    ids = [adapter_id] if adapter_id is not None else []
     for ancestor in chain(session, parent) if parent is not None else []:
         if ancestor.adapter_id not in ids:
             ids.append(ancestor.adapter_id)
