@@ -163,6 +163,13 @@ def test_lineage_chain_suites_and_forgetting(
         s.id for s in registry.evaluation.suites_to_score(tenant.id, "billing", billing_v1.id)
     ] == expected
     assert [s.id for s in registry.evaluation.suites_to_score(tenant.id, "new-one")] == []
+    specs = registry.evaluation.suite_specs(tenant.id, "billing", billing_v1.id)
+    assert [(s["id"], s["adapter"], s["metric"]) for s in specs] == [
+        (a, "tickets", "exact_match"),
+        (b, "tickets", "exact_match"),
+        (own.id, "billing", "json_fields"),
+    ]
+    assert specs[2]["file"] == own.dataset_id
     assert [s.id for s in registry.evaluation.suites(tenant.id, "billing")] == [own.id]
 
 

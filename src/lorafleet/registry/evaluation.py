@@ -81,6 +81,19 @@ class Evaluations:
             )
             return suites_of_lineage(session, adapter_id, parent)
 
+    def suite_specs(
+        self, tenant_id: str, adapter_name: str, parent_version_id: str | None = None
+    ) -> list[dict[str, str]]:
+        """`suites_to_score` as the job runner's spec lists them: `{"id", "adapter" (the name of the
+        adapter that registered it), "metric", "file" (its dataset id; `registry.datasets` finds the file)}`."""
+        suites = self.suites_to_score(tenant_id, adapter_name, parent_version_id)
+        with self.db.session() as session:
+            names = {s.adapter_id: session.get_one(Adapter, s.adapter_id).name for s in suites}
+        return [
+            {"id": s.id, "adapter": names[s.adapter_id], "metric": s.metric, "file": s.dataset_id}
+            for s in suites
+        ]
+
     def suites_for_version(self, tenant_id: str, version_id: str) -> list[EvalSuite]:
         """What the existing version `version_id` is scored on (as `suites_to_score` for its lineage)."""
         with self.db.session() as session:

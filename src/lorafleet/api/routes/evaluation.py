@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import RegistryDep, TenantDep
+from lorafleet.api.errors import error_responses
 from lorafleet.errors import ConfigError, describe_validation_error, first_field
 from lorafleet.evaluation.gate import GatePolicy
 from lorafleet.registry.tables import EvalSuite
@@ -106,9 +107,9 @@ def list_suites(name: str, tenant: TenantDep, registry: RegistryDep) -> SuiteLis
     return SuiteList(data=[SuitePublic.of(name, s) for s in registry.evaluation.suites(tenant, name)])
 
 
-@router.delete("/{name}/suites/{suite_id}", response_model=SuiteDeleted)
+@router.delete("/{name}/suites/{suite_id}", response_model=SuiteDeleted, responses=error_responses(409))
 def delete_suite(name: str, suite_id: str, tenant: TenantDep, registry: RegistryDep) -> SuiteDeleted:
-    """Unregister an eval suite (its file, and scores already stored, stay)."""
+    """Unregister an eval suite (its file, and scores already stored, stay); 409 while a gate names it."""
     registry.evaluation.delete_suite(tenant, name, suite_id)
     return SuiteDeleted(id=suite_id)
 
