@@ -85,7 +85,7 @@ class Evaluations:
         self, tenant_id: str, adapter_name: str, parent_version_id: str | None = None
     ) -> list[dict[str, str]]:
         """`suites_to_score` as the job runner's spec lists them: `{"id", "adapter" (the name of the
-        adapter that registered it), "metric", "file" (its dataset id; `registry.datasets` finds the file)}`."""
+        adapter that registered it), "metric", "file" (its dataset id, for `registry.datasets`)}`."""
         suites = self.suites_to_score(tenant_id, adapter_name, parent_version_id)
         with self.db.session() as session:
             names = {s.adapter_id: session.get_one(Adapter, s.adapter_id).name for s in suites}
