@@ -27,6 +27,8 @@ import torch
 from peft import PeftModel
 
 from lorafleet.adapters import attach, count_parameters, merge, save_adapter, unmerge
+from lorafleet.adapters.attach import Quantization
+from lorafleet.adapters.settings import LoraSettings
 from lorafleet.adapters.storage import Lineage
 from lorafleet.data import (
     IGNORE_INDEX,
@@ -51,6 +53,7 @@ from lorafleet.training.checkpoint import (
 from lorafleet.training.config import FinetuneConfig
 from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
 from lorafleet.training.loss import causal_lm_loss
+from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.progress import TrainingProgress
 from lorafleet.training.report import (
     CURVE_FILE,
@@ -90,6 +93,8 @@ def train(
     started = time.perf_counter()
     run_dir, adapter_dir = config.run_dir(), config.adapter_dir()
     _check_outputs(config, run_dir, adapter_dir, resume=resume)
+    parent = read_parent(config.model.parent) if config.model.parent else None
+    lora = child_settings(parent, config.lora) if parent else config.lora
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
     accelerator = Accelerator(
@@ -119,14 +124,9 @@ def train(
             show_progress=show_progress and main,
         )
     _apply_liger(config, model, accelerator.device, say)
-    peft_model = attach(
-        model,
-        config.lora,
-        "nf4" if config.quantization.method == "nf4" else None,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-    )
+    peft_model = _attach(config, model, lora, parent, say)
     params = count_parameters(peft_model)
-    say(f"LoRA r={config.lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
+    say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
     accum = config.training.gradient_accumulation_steps
     micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator))
@@ -258,7 +258,7 @@ def train(
             name=config.output.name,
             training=config.model_dump(mode="json"),
             metrics={name: result.task or {"loss": result.loss} for name, result in evaluations.items()},
-            lineage=Lineage(method="train"),
+            lineage=parent.lineage(config.continual.strategy) if parent else Lineage(method="train"),
             overwrite=config.output.overwrite,
         )
         plot_losses(read_metrics(run_dir / METRICS_FILE), run_dir / CURVE_FILE, title=config.output.name)
@@ -266,6 +266,25 @@ def train(
         write_summary(run_dir / SUMMARY_FILE, summary)
     accelerator.end_training()
     return TrainResult(adapter_dir=adapter_dir, run_dir=run_dir, summary=summary)
+
+
+def _attach(
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    lora: LoraSettings,
+    parent: ParentAdapter | None,
+    say: Callable[[str], None],
+) -> PeftModel:
+    """A fresh trainable LoRA on `model`, or, training from a parent, one holding the parent's weights."""
+    quantization: Quantization = "nf4" if config.quantization.method == "nf4" else None
+    checkpointing = config.training.gradient_checkpointing
+    if parent is None:
+        return attach(model, lora, quantization, gradient_checkpointing=checkpointing)
+    say(
+        f"starting from parent {parent.path} (its LoRA settings: r={lora.r}, alpha={lora.alpha:g}, "
+        f"targets {lora.target_modules}); strategy {config.continual.strategy}"
+    )
+    return attach_parent(model, parent, lora, quantization, gradient_checkpointing=checkpointing)
 
 
 def _optimizer_step(
