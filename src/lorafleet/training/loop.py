@@ -34,6 +34,7 @@ from lorafleet.data import (
     IGNORE_INDEX,
     Example,
     PreparedData,
+    TokenizedExample,
     batches,
     prepare_data,
     read_examples,
@@ -55,6 +56,7 @@ from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, va
 from lorafleet.training.loss import causal_lm_loss
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.progress import TrainingProgress
+from lorafleet.training.replay import read_replay_rows, replay_batches
 from lorafleet.training.report import (
     CURVE_FILE,
     METRICS_FILE,
@@ -109,6 +111,9 @@ def train(
     data = prepare_data(config.data, tokenizer)
     say = log if main else _silent
     say(_describe_data(data))
+    replay_rows = read_replay_rows(config.data, config.continual, tokenizer) if _replays(config) else None
+    if replay_rows is not None:
+        say(f"replay: {len(replay_rows)} parent rows, share {config.continual.replay_share:g} of each step")
     eval_examples = _task_examples(config, data)
 
     evaluations: dict[str, EvalResult] = {}
@@ -129,7 +134,7 @@ def train(
     say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
     accum = config.training.gradient_accumulation_steps
-    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator))
+    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator, replay_rows)[0])
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
     total_steps = config.training.max_steps or config.training.epochs * steps_per_epoch
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -171,7 +176,9 @@ def train(
     try:
         with bar:
             while progress.step < total_steps:
-                epoch_batches = _epoch_batches(config, data, tokenizer, progress.epoch, accelerator)
+                epoch_batches, replayed = _epoch_batches(
+                    config, data, tokenizer, progress.epoch, accelerator, replay_rows
+                )
                 while progress.batch < len(epoch_batches) and progress.step < total_steps:
                     window = epoch_batches[progress.batch : progress.batch + accum]
                     step_rng = rng_state()
@@ -192,6 +199,8 @@ def train(
                         "tokens": progress.tokens,
                         "tokens_per_second": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
                     }
+                    if replay_rows is not None:
+                        record["replay_rows"] = sum(replayed[progress.batch - len(window) : progress.batch])
                     if config.eval.steps and progress.step % config.eval.steps == 0 and data.validation:
                         record |= _periodic_eval(config, peft_model, data, pad_id, progress)
                     if main:
@@ -322,10 +331,33 @@ def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
 
 
+def _replays(config: FinetuneConfig) -> bool:
+    return config.model.parent is not None and config.continual.strategy == "replay"
+
+
 def _epoch_batches(
-    config: FinetuneConfig, data: PreparedData, tokenizer: Any, epoch: int, accelerator: Any
-) -> list[dict[str, torch.Tensor]]:
-    """This process's micro-batches of `epoch` (every n-th batch under multi-process training)."""
+    config: FinetuneConfig,
+    data: PreparedData,
+    tokenizer: Any,
+    epoch: int,
+    accelerator: Any,
+    replay_rows: list[TokenizedExample] | None = None,
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """This process's micro-batches of `epoch` (every n-th batch under multi-process training), and the
+    parent rows each holds (all 0 unless replaying)."""
+    every, first = accelerator.num_processes, accelerator.process_index
+    if replay_rows is not None:
+        micro, replayed = replay_batches(
+            data.train,
+            replay_rows,
+            config.continual,
+            batch_size=config.training.batch_size,
+            accumulation=config.training.gradient_accumulation_steps,
+            pad_token_id=tokenizer.pad_token_id,
+            seed=config.data.seed + config.training.seed,
+            epoch=epoch,
+        )
+        return micro[first::every], replayed[first::every]
     all_batches = batches(
         data.train,
         batch_size=config.training.batch_size,
@@ -336,7 +368,8 @@ def _epoch_batches(
         seed=config.data.seed + config.training.seed,
         epoch=epoch,
     )
-    return all_batches[accelerator.process_index :: accelerator.num_processes]
+    mine = all_batches[first::every]
+    return mine, [0] * len(mine)
 
 
 def _evaluate(
