@@ -52,6 +52,7 @@ from lorafleet.training.checkpoint import (
     set_rng_state,
 )
 from lorafleet.training.config import FinetuneConfig
+from lorafleet.training.consolidation import elastic_anchor
 from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
 from lorafleet.training.loss import causal_lm_loss
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
@@ -130,6 +131,17 @@ def train(
         )
     _apply_liger(config, model, accelerator.device, say)
     peft_model = _attach(config, model, lora, parent, say)
+    ewc = None
+    if parent is not None and config.continual.strategy == "ewc":
+        ewc = elastic_anchor(
+            peft_model,
+            parent,
+            config.data,
+            lam=config.continual.ewc_lambda,
+            fisher_rows=config.continual.fisher_rows,
+            tokenizer=tokenizer,
+            say=say,
+        )
     params = count_parameters(peft_model)
     say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
@@ -183,7 +195,14 @@ def train(
                     window = epoch_batches[progress.batch : progress.batch + accum]
                     step_rng = rng_state()
                     loss, grad_norm, tokens = _optimizer_step(
-                        config, accelerator, peft_model, optimizer, scheduler, trainable, window
+                        config,
+                        accelerator,
+                        peft_model,
+                        optimizer,
+                        scheduler,
+                        trainable,
+                        window,
+                        penalty=ewc.penalty if ewc is not None else None,
                     )
                     progress.batch += len(window)
                     progress.step += 1
@@ -304,8 +323,13 @@ def _optimizer_step(
     scheduler: Any,
     trainable: list[torch.nn.Parameter],
     window: list[dict[str, torch.Tensor]],
+    *,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[float, float | None, int]:
-    """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens)."""
+    """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens).
+
+    A `penalty` (EWC) is added to the step's loss with the last micro-batch; the loss reported excludes it.
+    """
     model.train()
     label_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in window)
     total = 0.0
@@ -314,7 +338,10 @@ def _optimizer_step(
         sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
         with sync, accelerator.autocast():
             loss_sum, _ = causal_lm_loss(model, batch)
-            accelerator.backward(loss_sum / max(label_tokens, 1))
+            objective = loss_sum / max(label_tokens, 1)
+            if penalty is not None and i == len(window) - 1:
+                objective = objective + penalty()
+            accelerator.backward(objective)
         total += loss_sum.item()
     grad_norm = None
     if config.training.max_grad_norm > 0:
