@@ -1,7 +1,9 @@
 """The fine-tuning loop: `train(config)` turns a recipe into a trained adapter and a run directory.
 
-    setup     check outputs → load base → tokenize data → (score base) → attach LoRA/QLoRA → AdamW +
-              schedule; only then, with everything the user gave checked, an earlier run's outputs go
+    setup     check outputs (and read the parent, `model.parent`) → load base → tokenize data (and the
+              replay rows) → (score base) → attach LoRA/QLoRA, or the parent's LoRA with its weights
+              (`training.parent`), and its EWC anchor (`training.consolidation`) → AdamW + schedule;
+              only then, with everything the user gave checked, an earlier run's outputs go
     train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
               token of the step, backward, clip, step; log, evaluate, checkpoint every N steps
     finish    evaluate, save the adapter (PEFT files + lorafleet.json), curves and summary
