@@ -255,7 +255,7 @@ def test_continual_defaults_to_none_without_a_parent() -> None:
     ("overrides", "field", "needle"),
     [
         (["continual.strategy=ewc"], "continual.strategy", "no parent is given"),
-        (["model.parent=p", "continual.strategy=orthogonal"], "continual.strategy", "not supported yet"),
+        (["continual.strategy=orthogonal"], "continual.strategy", "no parent is given"),
         (["model.parent=p", "continual.strategy=replay"], "continual.replay_paths", "replay needs"),
         (
             [

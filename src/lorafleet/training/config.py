@@ -214,11 +214,6 @@ def parse_config(values: dict[str, Any], *, source: str = "config") -> FinetuneC
 def check_continual(config: FinetuneConfig) -> None:
     """Raise `ConfigError` when `continual` does not fit the rest of the recipe (parent, data)."""
     strategy = config.continual.strategy
-    if strategy == "orthogonal":
-        raise ConfigError(
-            "continual.strategy: orthogonal is not supported yet by train; use none, replay or ewc",
-            field="continual.strategy",
-        )
     if strategy != "none" and config.model.parent is None:
         raise ConfigError(
             f"continual.strategy: {strategy} guards a parent's knowledge, but no parent is given; "

@@ -2,11 +2,14 @@
 
     setup     check outputs (and read the parent, `model.parent`) → load base → tokenize data (and the
               replay rows) → (score base) → attach LoRA/QLoRA, or the parent's LoRA with its weights
-              (`training.parent`), and its EWC anchor (`training.consolidation`) → AdamW + schedule;
-              only then, with everything the user gave checked, an earlier run's outputs go
+              (`training.parent`), and its EWC anchor (`training.consolidation`), or the frozen parent
+              beside a new adapter (`training.orthogonal`) → AdamW + schedule; only then, with
+              everything the user gave checked, an earlier run's outputs go
     train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
-              token of the step, backward, clip, step; log, evaluate, checkpoint every N steps
-    finish    evaluate, save the adapter (PEFT files + lorafleet.json), curves and summary
+              token of the step (plus the EWC or orthogonal penalty), backward, clip, step; log,
+              evaluate, checkpoint every N steps
+    finish    evaluate, save the adapter (PEFT files + lorafleet.json; orthogonal: parent + new adapter
+              summed into one), curves and summary
 
 Runs on `accelerate`: one process on CPU or one GPU, or several GPUs under `accelerate launch`
 (each process takes every n-th micro-batch). Data order depends only on (seed, epoch), and
@@ -57,6 +60,13 @@ from lorafleet.training.config import FinetuneConfig
 from lorafleet.training.consolidation import elastic_anchor
 from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
 from lorafleet.training.loss import causal_lm_loss
+from lorafleet.training.orthogonal import (
+    NEW_ADAPTER_DIR,
+    OrthogonalSubspace,
+    attach_orthogonal,
+    new_adapter_settings,
+    save_served_sum,
+)
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.progress import TrainingProgress
 from lorafleet.training.replay import read_replay_rows, replay_batches
@@ -99,7 +109,7 @@ def train(
     run_dir, adapter_dir = config.run_dir(), config.adapter_dir()
     _check_outputs(config, run_dir, adapter_dir, resume=resume)
     parent = read_parent(config.model.parent) if config.model.parent else None
-    lora = child_settings(parent, config.lora) if parent else config.lora
+    lora = _lora_settings(config, parent)
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
     accelerator = Accelerator(
@@ -132,8 +142,8 @@ def train(
             show_progress=show_progress and main,
         )
     _apply_liger(config, model, accelerator.device, say)
-    peft_model = _attach(config, model, lora, parent, say)
-    ewc = None
+    peft_model, subspace = _attach(config, model, lora, parent, say)
+    penalty = subspace.penalty if subspace is not None else None
     if parent is not None and config.continual.strategy == "ewc":
         ewc = elastic_anchor(
             peft_model,
@@ -144,6 +154,7 @@ def train(
             tokenizer=tokenizer,
             say=say,
         )
+        penalty = ewc.penalty
     params = count_parameters(peft_model)
     say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
@@ -204,7 +215,7 @@ def train(
                         scheduler,
                         trainable,
                         window,
-                        penalty=ewc.penalty if ewc is not None else None,
+                        penalty=penalty,
                     )
                     progress.batch += len(window)
                     progress.step += 1
@@ -282,20 +293,24 @@ def train(
         "data": {"train": data.train_stats.as_dict(), "validation": data.validation_stats.as_dict()},
     }
     if main:
-        save_adapter(
-            model_out,
-            adapter_dir,
-            name=config.output.name,
-            training=config.model_dump(mode="json"),
-            metrics={name: result.task or {"loss": result.loss} for name, result in evaluations.items()},
-            lineage=parent.lineage(config.continual.strategy) if parent else Lineage(method="train"),
-            overwrite=config.output.overwrite,
-        )
+        _save(config, model_out, parent, adapter_dir, run_dir, evaluations)
+        if subspace is not None:
+            summary["overlap"] = float(subspace.overlap().detach())
+            summary["new_adapter"] = str(run_dir / NEW_ADAPTER_DIR)
         plot_losses(read_metrics(run_dir / METRICS_FILE), run_dir / CURVE_FILE, title=config.output.name)
         summary["loss_curve"] = str(run_dir / CURVE_FILE)
         write_summary(run_dir / SUMMARY_FILE, summary)
     accelerator.end_training()
     return TrainResult(adapter_dir=adapter_dir, run_dir=run_dir, summary=summary)
+
+
+def _lora_settings(config: FinetuneConfig, parent: ParentAdapter | None) -> LoraSettings:
+    """The trained adapter's settings: the recipe's; from a parent, the parent's (orthogonal: a new one's)."""
+    if parent is None:
+        return config.lora
+    if config.continual.strategy == "orthogonal":
+        return new_adapter_settings(parent, config.lora, config.continual)
+    return child_settings(parent, config.lora)
 
 
 def _attach(
@@ -304,17 +319,66 @@ def _attach(
     lora: LoraSettings,
     parent: ParentAdapter | None,
     say: Callable[[str], None],
-) -> PeftModel:
-    """A fresh trainable LoRA on `model`, or, training from a parent, one holding the parent's weights."""
+) -> tuple[PeftModel, OrthogonalSubspace | None]:
+    """A fresh trainable LoRA on `model`, or, training from a parent, one holding the parent's weights, or
+    (orthogonal) the frozen parent beside a fresh one, with the subspace the penalty keeps it out of."""
     quantization: Quantization = "nf4" if config.quantization.method == "nf4" else None
     checkpointing = config.training.gradient_checkpointing
     if parent is None:
-        return attach(model, lora, quantization, gradient_checkpointing=checkpointing)
+        return attach(model, lora, quantization, gradient_checkpointing=checkpointing), None
+    if config.continual.strategy == "orthogonal":
+        say(
+            f"starting from parent {parent.path}, frozen (r={parent.settings.r}); strategy orthogonal: "
+            f"a new adapter r={lora.r}, alpha={lora.alpha:g}, targets {lora.target_modules}, "
+            f"λ {config.continual.orthogonal_lambda:g}"
+        )
+        return attach_orthogonal(
+            model,
+            parent,
+            lora,
+            lam=config.continual.orthogonal_lambda,
+            quantization=quantization,
+            gradient_checkpointing=checkpointing,
+        )
     say(
         f"starting from parent {parent.path} (its LoRA settings: r={lora.r}, alpha={lora.alpha:g}, "
         f"targets {lora.target_modules}); strategy {config.continual.strategy}"
     )
-    return attach_parent(model, parent, lora, quantization, gradient_checkpointing=checkpointing)
+    return attach_parent(model, parent, lora, quantization, gradient_checkpointing=checkpointing), None
+
+
+def _save(
+    config: FinetuneConfig,
+    model: PeftModel,
+    parent: ParentAdapter | None,
+    adapter_dir: Path,
+    run_dir: Path,
+    evaluations: dict[str, EvalResult],
+) -> None:
+    """Write the version: the trained adapter, or (orthogonal) the parent and the new adapter summed."""
+    training = config.model_dump(mode="json")
+    metrics = {name: result.task or {"loss": result.loss} for name, result in evaluations.items()}
+    if parent is not None and config.continual.strategy == "orthogonal":
+        save_served_sum(
+            model,
+            parent,
+            adapter_dir,
+            run_dir,
+            name=config.output.name,
+            training=training,
+            metrics=metrics,
+            overwrite=config.output.overwrite,
+        )
+        return
+    save_adapter(
+        model,
+        adapter_dir,
+        name=config.output.name,
+        training=training,
+        metrics=metrics,
+        lineage=parent.lineage(config.continual.strategy) if parent else Lineage(method="train"),
+        overwrite=config.output.overwrite,
+    )
 
 
 def _optimizer_step(

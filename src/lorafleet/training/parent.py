@@ -22,6 +22,7 @@ from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
 from lorafleet.adapters.identity import base_identity, check_same_base
 from lorafleet.adapters.settings import LoraSettings
 from lorafleet.adapters.storage import (
+    CONFIG_FILE,
     AdapterCard,
     Lineage,
     adapter_path,
@@ -58,7 +59,16 @@ def read_parent(ref: str) -> ParentAdapter:
         raise UnknownAdapterError(f"model.parent: unknown adapter {ref!r} ({err})") from err
     if not path.is_dir():
         raise UnknownAdapterError(f"model.parent: unknown adapter {ref!r}: no directory {path}; {_known()}")
-    config, state, card = read_adapter(path)
+    try:
+        config, state, card = read_adapter(path)
+    except AdapterError as err:
+        if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():
+            raise AdapterError(
+                f"model.parent: {path} holds a full model (config.json, no {CONFIG_FILE}), such as "
+                "`lorafleet adapters merge` writes, not a LoRA adapter; train from the adapter it was made "
+                "from, or use it as the base (model.name, --model)"
+            ) from err
+        raise type(err)(f"model.parent: {err}") from err
     return ParentAdapter(ref=ref, path=path, settings=LoraSettings.from_peft(config), state=state, card=card)
 
 
