@@ -92,3 +92,24 @@ def test_ewc_without_a_fisher_or_the_parents_rows_fails_before_writing(
     assert err.value.field == "continual.strategy"
     assert not (lorafleet_home / "adapters" / "child").exists()
     assert not (random_adapter / FISHER_FILE).exists()
+
+
+def test_ewc_estimates_the_fisher_on_the_named_parent_rows(
+    recipe: RecipeFactory, random_adapter: Path, json_file: Path
+) -> None:
+    lines: list[str] = []
+    config = recipe(
+        "model.parent=rand",
+        "output.name=child",
+        "training.max_steps=2",
+        "continual.strategy=ewc",
+        "continual.fisher_rows=4",
+        f"continual.replay_paths=[{json_file}]",
+    )
+
+    quiet(config, lines)  # the parent's card records no data: the named rows serve instead
+
+    assert any(f"estimating the parent's Fisher on up to 4 rows of {json_file}" in line for line in lines), (
+        lines
+    )
+    assert (random_adapter / FISHER_FILE).is_file()

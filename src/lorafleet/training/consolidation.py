@@ -2,8 +2,9 @@
 
 The anchor θ* is the parent's tensors. The diagonal Fisher F is the parent's `fisher.safetensors` when one
 is stored beside it; otherwise it is estimated (`continual.estimate_fisher`, batches of one row, at θ*)
-on the first `continual.fisher_rows` rows of the parent's training data, the `data.path` its card
-records, read with this recipe's `data:` settings, and saved beside the parent so later children reuse
+on the first `continual.fisher_rows` rows of the parent's training data (the first of
+`continual.replay_paths` when given, else the `data.path` its card records), read with this recipe's
+`data:` settings, and saved beside the parent so later children reuse
 it. Locally the parent is a directory and the Fisher is written into it (the adapter's own files are left
 as they were); the server's jobs store it with the registered version instead. Each optimizer step adds
 
@@ -52,8 +53,10 @@ def elastic_anchor(
     fisher_rows: int,
     tokenizer: Any,
     say: Callable[[str], None],
+    paths: list[str] | None = None,
 ) -> ElasticAnchor:
-    """The EWC anchor of `model` (which holds `parent`'s weights); the Fisher is read or estimated once."""
+    """The EWC anchor of `model` (which holds `parent`'s weights); the Fisher is read or estimated once,
+    on `paths` (`continual.replay_paths`, the parent's rows) if given, else on the data its card records."""
     params = lora_parameters(model)
     device = next(iter(params.values())).device
     anchor = {key: parent.state[key].to(device) for key in params if key in parent.state}
@@ -61,7 +64,7 @@ def elastic_anchor(
         fisher = load_fisher(parent.path)
         say(f"EWC: the parent's Fisher from {parent.path / FISHER_FILE}, λ {lam:g}")
     else:
-        rows = _parent_rows(parent)
+        rows = paths[0] if paths else _parent_rows(parent)
         say(f"EWC: estimating the parent's Fisher on up to {fisher_rows} rows of {rows}")
         fisher = estimate_fisher(model, _one_row_batches(rows, data, fisher_rows, tokenizer, device), params)
         try:

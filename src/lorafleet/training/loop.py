@@ -153,6 +153,7 @@ def train(
             fisher_rows=config.continual.fisher_rows,
             tokenizer=tokenizer,
             say=say,
+            paths=config.continual.replay_paths,
         )
         penalty = ewc.penalty
     params = count_parameters(peft_model)
