@@ -69,7 +69,8 @@ def test_base_answers_are_cached_once_per_base(tiny: Tiny, monkeypatch: pytest.M
 
     first = base_answers(model, tokenizer, PROMPTS, **FAST)
     written = path.stat().st_mtime_ns
-    again = base_answers(zero_adapter(model), tokenizer, PROMPTS, **FAST)  # same base, with an adapter
+    with (adapted := zero_adapter(model)).disable_adapter():  # the same base, under an adapter
+        again = base_answers(adapted, tokenizer, PROMPTS, **FAST)
 
     assert calls == [1] and again == first
     assert path.stat().st_mtime_ns == written
@@ -79,6 +80,18 @@ def test_base_answers_are_cached_once_per_base(tiny: Tiny, monkeypatch: pytest.M
 
     base_answers(model, tokenizer, PROMPTS[:2], **FAST)  # other prompts: generated again, cache replaced
     assert calls == [1, 1] and json.loads(path.read_text())["prompts"] == list(PROMPTS[:2])
+
+
+def test_base_answers_refuse_a_model_whose_adapter_is_on(tiny: Tiny) -> None:
+    model, tokenizer = tiny
+    adapted = zero_adapter(model)
+
+    with pytest.raises(ValueError, match="disable_adapter"):
+        base_answers(adapted, tokenizer, PROMPTS, **FAST)
+    with adapted.disable_adapter():
+        assert base_answers(adapted, tokenizer, PROMPTS, **FAST) == base_answers(
+            model, tokenizer, PROMPTS, **FAST
+        )
 
 
 def test_a_zero_adapter_does_not_drift(tiny: Tiny) -> None:

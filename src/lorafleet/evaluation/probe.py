@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from lorafleet.adapters.identity import base_identity
@@ -66,7 +67,13 @@ def base_answers(
 
     Read from the cache when it holds answers of this base to these prompts at this length; else
     generated and cached (written to a temporary file, then renamed, so a reader never sees half a file).
+    A model whose adapter is active or merged is refused (`ValueError`): its answers would be cached as
+    the base's.
     """
+    if _adapter_in_use(model):
+        raise ValueError(
+            "base_answers needs the base model: call it inside `model.disable_adapter()`, unmerged"
+        )
     identity = base_identity(model)
     path = probe_cache_file(identity.fingerprint)
     key = {"prompts": list(prompts), "max_new_tokens": max_new_tokens}
@@ -123,6 +130,12 @@ def general_drift(
 
 def _adapter_disabled(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
     return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+
+
+def _adapter_in_use(model: nn.Module) -> bool:
+    """Whether a LoRA layer of `model` changes its output: an adapter enabled, or merged into the base."""
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return any(not layer.disable_adapters or layer.merged for layer in layers)
 
 
 def _example(index: int, prompt: str, answer: str | None = None) -> Example:
