@@ -89,7 +89,9 @@ def evaluate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Base model the adapter was trained on.")
     ] = "default",
-    metric: Annotated[str, typer.Option(help="Task metric by generation: json_fields or none.")] = "none",
+    metric: Annotated[
+        str, typer.Option(help="Task metric by generation: json_fields, exact_match or none.")
+    ] = "none",
     rows: Annotated[int, typer.Option(help="Most rows to score.")] = 200,
     max_length: Annotated[int, typer.Option(help="Tokens per example for the loss.")] = 1024,
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 128,
