@@ -216,3 +216,89 @@ def test_help(command: str) -> None:
 
     assert result.exit_code == 0, result.output
     assert f"Usage: lorafleet {command}" in result.stdout
+
+
+# --- train --from a parent -------------------------------------------------------------------------------
+
+
+def test_train_from_a_parent_names_it_in_the_lineage(
+    tiny_dir: Path, qa_file: Path, random_adapter: Path, lorafleet_home: Path
+) -> None:
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(qa_file), "-o", "child", "--from", "rand",
+        "--max-steps", "1", "--no-progress", *QUICK[:2],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert f"starting from parent {random_adapter}" in result.stdout
+    card = json.loads((lorafleet_home / "adapters" / "child" / "lorafleet.json").read_text())
+    assert card["lineage"] == {"parents": [str(random_adapter)], "method": "continual:none", "weights": None}
+
+
+def test_train_from_a_parent_of_another_base_fails_in_one_line(
+    tiny_dir: Path, qa_file: Path, lorafleet_home: Path
+) -> None:
+    from lorafleet.models import tiny_model
+    from tests.helpers import save_random_adapter
+
+    other, _ = tiny_model("llama", hidden_size=48, seed=1)
+    save_random_adapter(other, lorafleet_home / "adapters" / "other")
+
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(qa_file), "-o", "child", "--from", "other"
+    )
+
+    assert_friendly_error(result, "other was trained on base")
+    assert not (lorafleet_home / "adapters" / "child").exists()
+    assert not (lorafleet_home / "runs" / "child" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("parent", "needle"),
+    [("nope", "unknown adapter 'nope'"), ("rand@2", "registry version"), ("./missing", "no directory")],
+)
+def test_train_from_an_unknown_parent_fails_in_one_line(
+    tiny_dir: Path, qa_file: Path, random_adapter: Path, lorafleet_home: Path, parent: str, needle: str
+) -> None:
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(qa_file), "-o", "child", "--from", parent
+    )
+
+    assert_friendly_error(result, needle)
+    assert not (lorafleet_home / "adapters" / "child").exists()
+
+
+def test_train_orthogonal_from_a_merged_model_fails_in_one_line(
+    tiny_dir: Path, qa_file: Path, lorafleet_home: Path
+) -> None:
+    from lorafleet.models import tiny_model
+
+    merged, tokenizer = tiny_model("llama")
+    merged.save_pretrained(lorafleet_home / "adapters" / "merged")  # a full HF model dir, as `merge` writes
+    tokenizer.save_pretrained(lorafleet_home / "adapters" / "merged")
+
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(qa_file), "-o", "child", "--from", "merged",
+        "--set", "continual.strategy=orthogonal",
+    )  # fmt: skip
+
+    assert_friendly_error(result, "model.parent", "holds a full model", "not a LoRA adapter")
+    assert not (lorafleet_home / "adapters" / "child").exists()
+    assert not (lorafleet_home / "runs" / "child").exists()
+
+
+def test_train_orthogonal_saves_the_served_sum(
+    tiny_dir: Path, qa_file: Path, random_adapter: Path, lorafleet_home: Path
+) -> None:
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(qa_file), "-o", "child", "--from", "rand",
+        "--set", "continual.strategy=orthogonal", "--max-steps", "1", "--no-progress", *QUICK[:2],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "strategy orthogonal: a new adapter r=4" in result.stdout
+    card = json.loads((lorafleet_home / "adapters" / "child" / "lorafleet.json").read_text())
+    lineage = {"parents": [str(random_adapter)], "method": "continual:orthogonal", "weights": None}
+    assert card["lineage"] == lineage
+    config = json.loads((lorafleet_home / "adapters" / "child" / "adapter_config.json").read_text())
+    assert config["r"] == 8

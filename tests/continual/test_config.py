@@ -63,3 +63,12 @@ def test_each_strategy_takes_its_own_fields() -> None:
 def test_the_schema_imports_no_torch() -> None:
     code = "import sys, lorafleet.continual.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_parents_rows_serve_replay_and_ewc_only() -> None:
+    assert ContinualConfig.parse(strategy="ewc", replay_paths=["parent.jsonl"]).replay_paths == [
+        "parent.jsonl"
+    ]
+    assert ContinualConfig.parse(strategy="replay", replay_paths=["parent.jsonl"]).replay_paths
+    with pytest.raises(ConfigError, match=r"replay_paths only apply to strategy 'replay' or 'ewc'"):
+        ContinualConfig.parse(strategy="orthogonal", replay_paths=["parent.jsonl"])

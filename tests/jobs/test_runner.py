@@ -31,12 +31,15 @@ from lorafleet.jobs.runner import (
 )
 from lorafleet.models import load_base
 from tests.helpers import write_jsonl
-from tests.training.conftest import QA_ROWS
+from tests.training.conftest import JSON_ROWS, QA_ROWS
 
 RUNNER = [sys.executable, "-m", "lorafleet.jobs.runner"]
 # Job processes run on one thread, like the tests themselves.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 STARTUP_SECONDS = 120  # importing torch + transformers + peft takes seconds, more on a busy machine
+# Held-out suites, as the worker writes them into a spec (paths beside the spec).
+SUITE_A = {"id": "suite-a", "adapter": "records", "metric": "json_fields", "path": "suites/a.jsonl"}
+SUITE_B = {"id": "suite-b", "adapter": "qa", "metric": "perplexity", "path": "suites/b.jsonl"}
 
 
 def write_spec(
@@ -212,13 +215,138 @@ def test_spec_without_an_events_file_reports_on_stderr(
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
-    [({"priority": 5}, "unknown key 'priority'"), ({"home": ""}, "'home' must be a path")],
+    [
+        ({"priority": 5}, "unknown key 'priority'"),
+        ({"home": ""}, "'home' must be a path"),
+        ({"probe": "no"}, "'probe' must be a boolean"),
+        ({"suites": {"id": "suite-a"}}, "'suites' must be a JSON array"),
+        ({"suites": [{"id": "suite-a", "path": "a.jsonl"}]}, "suites[0] must be an object with exactly"),
+        ({"suites": [{"id": "s", "adapter": "t", "metric": "exact_match", "path": 3}]}, "suites[0].path"),
+        ({"suites": [SUITE_A, SUITE_A]}, "id 'suite-a' appears twice"),
+    ],
 )
 def test_bad_spec_key_is_named(tmp_path: Path, tiny_dir: Path, extra: dict[str, Any], needle: str) -> None:
     spec, events_path = write_spec(tmp_path, tiny_dir, steps=2, **extra)
 
     assert run_spec(spec) == EXIT_BAD_SPEC
     assert needle in events_of(events_path)[-1]["message"]
+
+
+# --- scoring the trained adapter on suites and the general probe ----------------------------------------
+
+
+def write_suites(folder: Path, b_rows: list[dict[str, Any]] | None = None) -> None:
+    (folder / "suites").mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "suites" / "a.jsonl", JSON_ROWS[:4])
+    write_jsonl(folder / "suites" / "b.jsonl", QA_ROWS[:4] if b_rows is None else b_rows)
+
+
+def spec_with_suites(folder: Path, tiny_dir: Path, **extra: Any) -> tuple[Path, Path]:
+    """A 2-step job whose adapter is scored on two suites (json_fields, perplexity), generating little."""
+    write_suites(folder)
+    spec, events_path = write_spec(folder, tiny_dir, steps=2, suites=[SUITE_A, SUITE_B], **extra)
+    values = json.loads(spec.read_text())
+    values["config"]["eval"] = {"max_new_tokens": 8, "batch_size": 4}
+    spec.write_text(json.dumps(values))
+    return spec, events_path
+
+
+def test_the_result_carries_suite_scores_and_the_general_probe(tmp_path: Path, tiny_dir: Path) -> None:
+    spec, events_path = spec_with_suites(tmp_path, tiny_dir)
+
+    assert run_spec(spec) == EXIT_OK
+
+    events = events_of(events_path)
+    logs = [event["message"] for event in events if event["type"] == "log"]
+    assert "scoring the version on 2 suites and the general probe" in logs
+    summary = events[-1]["summary"]
+    evaluation = summary["evaluation"]
+    assert "adapter" in evaluation  # the run's own evaluation stays beside the suites
+    assert list(evaluation["suites"]) == ["suite-a", "suite-b"]
+    a, b = evaluation["suites"]["suite-a"], evaluation["suites"]["suite-b"]
+    assert (a["adapter"], a["metric"], b["adapter"], b["metric"]) == (
+        "records",
+        "json_fields",
+        "qa",
+        "perplexity",
+    )
+    assert a["score"] == a["details"]["field_accuracy"] and a["details"]["rows"] == 4
+    assert b["score"] == 1 / b["details"]["perplexity"] and b["details"]["rows"] == 4
+    general = evaluation["general"]
+    assert set(general) == {"perplexity", "base_perplexity", "drift"}
+    assert general["drift"] == pytest.approx(general["perplexity"] / general["base_perplexity"] - 1)
+    assert json.loads((Path(events[-1]["run_dir"]) / "summary.json").read_text())["evaluation"] == evaluation
+
+
+def test_probe_false_and_no_suites_scores_nothing(tmp_path: Path, tiny_dir: Path) -> None:
+    spec, events_path = write_spec(tmp_path, tiny_dir, steps=1, probe=False)
+
+    assert run_spec(spec) == EXIT_OK
+
+    events = events_of(events_path)
+    assert not any("scoring the version" in event.get("message", "") for event in events)
+    assert not {"suites", "general"} & set(events[-1]["summary"]["evaluation"])
+
+
+def test_a_bad_suite_row_fails_the_job_before_training(tmp_path: Path, tiny_dir: Path) -> None:
+    spec, events_path = spec_with_suites(tmp_path, tiny_dir)
+    write_suites(tmp_path, b_rows=[QA_ROWS[0], {"prompt": "q1", "completion": 5}])
+
+    assert run_spec(spec) == EXIT_BAD_SPEC
+
+    events = events_of(events_path)
+    assert [event["type"] for event in events] == ["started", "error"]
+    message = events[-1]["message"]
+    assert message.startswith("suite suite-b (adapter qa): ") and "b.jsonl:2" in message
+
+
+def test_an_unknown_suite_metric_fails_the_job_naming_it(tmp_path: Path, tiny_dir: Path) -> None:
+    write_suites(tmp_path)
+    spec, events_path = write_spec(tmp_path, tiny_dir, steps=2, suites=[SUITE_A | {"metric": "bleu"}])
+
+    assert run_spec(spec) == EXIT_BAD_SPEC
+    assert "suite suite-a" in (message := events_of(events_path)[-1]["message"]) and "'bleu'" in message
+
+
+def test_a_scoring_failure_fails_the_job_naming_the_suite(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorafleet.evaluation import suites
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(suites, "score_suite", broken)
+    spec, events_path = spec_with_suites(tmp_path, tiny_dir, probe=False)
+
+    assert run_spec(spec) == EXIT_FAILED
+
+    events = events_of(events_path)
+    assert "result" not in [event["type"] for event in events]
+    assert (
+        events[-1]["message"]
+        == "suite suite-a (adapter records): scoring failed: RuntimeError: out of memory"
+    )
+
+
+def test_a_cancel_request_while_scoring_cancels_the_job(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorafleet.evaluation import suites
+
+    spec, events_path = spec_with_suites(tmp_path, tiny_dir)
+    evaluate_task = suites.evaluate_task
+
+    def cancel_then_score(*args: Any, **kwargs: Any) -> Any:
+        cancel_request_file(spec).touch()  # asked to stop once the first suite is being generated
+        return evaluate_task(*args, **kwargs)
+
+    monkeypatch.setattr(suites, "evaluate_task", cancel_then_score)
+
+    assert run_spec(spec) == EXIT_CANCELLED
+
+    cancelled = events_of(events_path)[-1]
+    assert cancelled["type"] == "cancelled" and "while scoring" in cancelled["message"]
 
 
 # --- cancel and kill ------------------------------------------------------------------------------------

@@ -239,3 +239,47 @@ def test_an_empty_recipe_plus_overrides_is_enough(tmp_path: Path) -> None:
     config = load_config(path, ["data.path=rows.jsonl"])
 
     assert config.data.path == "rows.jsonl"
+
+
+# --- continual: training from a parent -------------------------------------------------------------------
+
+
+def test_continual_defaults_to_none_without_a_parent() -> None:
+    config = load_config(None, ["data.path=rows.jsonl"])
+
+    assert config.continual.strategy == "none"
+    assert config.model.parent is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "needle"),
+    [
+        (["continual.strategy=ewc"], "continual.strategy", "no parent is given"),
+        (["continual.strategy=orthogonal"], "continual.strategy", "no parent is given"),
+        (["model.parent=p", "continual.strategy=replay"], "continual.replay_paths", "replay needs"),
+        (
+            [
+                "model.parent=p",
+                "continual.strategy=replay",
+                "continual.replay_paths=[old.jsonl]",
+                "data.packing=true",
+            ],
+            "data.packing",
+            "does not pack",
+        ),
+        (["model.parent=p@3"], "model.parent", "registry version"),
+        (
+            ["model.parent=p", "continual.ewc_lambda=5"],
+            "continual",  # the section's own check, across its fields
+            "only apply to strategy 'ewc'",
+        ),
+    ],
+)
+def test_a_continual_section_that_does_not_fit_fails_naming_the_field(
+    overrides: list[str], field: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle) as err:
+        load_config(None, ["data.path=rows.jsonl", *overrides])
+
+    assert err.value.field == field
+    assert str(err.value).startswith(f"overrides: {field}")

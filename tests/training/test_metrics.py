@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lorafleet.training import json_field_scores
-from lorafleet.training.metrics import parse_record, same_value
+from lorafleet.training.metrics import exact_match_scores, parse_record, same_value
 
 TICKET = json.dumps(
     {"type": "refund", "customer": "Ana Kim", "order_id": "QX-48213", "amount": 45.1, "date": "2024-03-05"}
@@ -145,3 +145,14 @@ def test_parse_record(text: str, expected: dict[str, Any] | None) -> None:
 )
 def test_same_value(predicted: Any, expected: Any, right: bool) -> None:
     assert same_value(predicted, expected) is right
+
+
+def test_exact_match_compares_whole_answers_with_whitespace_normalised_and_case_kept() -> None:
+    predictions = ["Paris", "  two  words\n", "paris", "42"]
+    references = ["Paris", "two words", "Paris", "42.0"]
+
+    scores = exact_match_scores(predictions, references)
+
+    assert scores.as_dict() == {"rows": 4, "exact_match": 0.5}
+    with pytest.raises(ValueError, match="3 predictions for 4 references"):
+        exact_match_scores(predictions[:3], references)

@@ -32,6 +32,14 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Passes over the training rows.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per micro-batch.")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start from this adapter's weights (a name or directory of the same base); "
+            "the recipe's continual: section picks the strategy against forgetting.",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing adapter and checkpoints.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -42,6 +50,7 @@ def train(
 
     flags = {
         "model.name": model,
+        "model.parent": parent,
         "data.path": data,
         "output.name": output,
         "training.max_steps": max_steps,
@@ -92,7 +101,9 @@ def evaluate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Base model the adapter was trained on.")
     ] = "default",
-    metric: Annotated[str, typer.Option(help="Task metric by generation: json_fields or none.")] = "none",
+    metric: Annotated[
+        str, typer.Option(help="Task metric by generation: json_fields, exact_match or none.")
+    ] = "none",
     rows: Annotated[int, typer.Option(help="Most rows to score.")] = 200,
     max_length: Annotated[int, typer.Option(help="Tokens per example for the loss.")] = 1024,
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 128,

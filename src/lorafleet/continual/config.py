@@ -27,11 +27,15 @@ from lorafleet.errors import validated
 
 Strategy = Literal["none", "replay", "ewc", "orthogonal"]
 
-# The fields only one strategy reads: setting one under another strategy is a mistake worth naming.
-_FIELDS_OF: dict[str, tuple[str, ...]] = {
-    "replay": ("replay_share", "replay_max_rows", "replay_paths"),
-    "ewc": ("ewc_lambda", "fisher_rows"),
-    "orthogonal": ("orthogonal_lambda", "orthogonal_r"),
+# The strategies that read each field: setting one under another strategy is a mistake worth naming.
+_READ_BY: dict[str, tuple[str, ...]] = {
+    "replay_share": ("replay",),
+    "replay_max_rows": ("replay",),
+    "replay_paths": ("replay", "ewc"),  # the parent's rows: replayed, or the Fisher's rows
+    "ewc_lambda": ("ewc",),
+    "fisher_rows": ("ewc",),
+    "orthogonal_lambda": ("orthogonal",),
+    "orthogonal_r": ("orthogonal",),
 }
 
 
@@ -58,8 +62,9 @@ class ContinualConfig(BaseModel):
     replay_paths: list[str] = Field(
         default_factory=list,
         max_length=64,
-        description="replay: data files holding the parent's rows, for local runs (the registry "
-        "supplies them otherwise).",
+        description="replay and ewc: data files holding the parent's training rows, replayed (replay) or "
+        "used to estimate its Fisher when none is stored with it (ewc); the server's jobs name the "
+        "parent version's own file.",
     )
     ewc_lambda: float = Field(
         100.0, gt=0.0, le=1e9, description="ewc: weight λ of the penalty λ/2 Σ F(θ − θ*)²."
@@ -87,15 +92,12 @@ class ContinualConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_strategy_fields(self) -> ContinualConfig:
-        for strategy, fields in _FIELDS_OF.items():
-            if strategy == self.strategy:
-                continue
-            stray = [name for name in fields if name in self.model_fields_set]
-            if stray:
+        for name in sorted(self.model_fields_set & _READ_BY.keys()):
+            readers = _READ_BY[name]
+            if self.strategy not in readers:
                 raise ValueError(
-                    f"{', '.join(stray)} only apply to strategy {strategy!r}, but strategy is "
-                    f"{self.strategy!r}; set strategy: {strategy} or remove "
-                    f"{'them' if len(stray) > 1 else 'it'}"
+                    f"{name} only apply to strategy {' or '.join(map(repr, readers))}, but strategy is "
+                    f"{self.strategy!r}; set strategy: {readers[0]} or remove it"
                 )
         return self
 

@@ -1,5 +1,7 @@
-"""Evaluation of adapter versions: suites, forgetting along a lineage, and the promotion gate.
+"""Evaluation of adapter versions: held-out suites, the general-ability probe, forgetting across a lineage,
+and the promotion gate.
 
-Pure functions over plain dicts (a version's `metrics`), so the registry, the API and the worker share
-them without importing torch. Nothing here imports torch; scoring a model lives with the worker.
+`forgetting` and `gate` are pure functions over plain dicts (a version's `metrics`), torch-free, so the
+registry and the API use them; `suites`, `probe` and `version` score a model (the worker's side). This
+module imports none of them, so importing `lorafleet.evaluation.gate` never pulls torch in.
 """

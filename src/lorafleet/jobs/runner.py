@@ -7,7 +7,22 @@ The spec is a JSON object (relative paths in it are relative to the spec file's 
     {"config": {...},          a FinetuneConfig mapping (the recipe, as `parse_config` takes it)
      "events": "events.jsonl", where to append events (created if missing)
      "home": "/srv/lorafleet", optional: the LORAFLEET_HOME to train under
-     "resume": false}          optional: continue from the run's last checkpoint
+     "resume": false,          optional: continue from the run's last checkpoint
+     "suites": [...],          optional: held-out suites to score the trained adapter on (below)
+     "probe": true}            optional: score it on the general-ability probe too (default true)
+
+Each suite is `{"id": "suite-…", "adapter": "tickets", "metric": "json_fields" | "exact_match" |
+"perplexity", "path": "suites/suite-….jsonl"}`. The suites' files are read and checked before training
+starts (a bad row fails the job at once); after training the saved adapter is loaded onto the base
+again and scored on every suite and on the probe (`lorafleet.evaluation`), and the result's summary
+gains, beside the run's own `evaluation.base` / `evaluation.adapter`:
+
+    "evaluation": {"suites": {suite_id: {"adapter", "metric", "score", "details"}},
+                   "general": {"perplexity", "base_perplexity", "drift"}}      (absent with "probe": false)
+
+With no suites and "probe": false nothing is scored and `evaluation` is the run's alone. Scoring is
+part of the job: if it fails the job fails (no result; the message names the suite), since a version
+whose scores are missing could pass a forgetting gate it should not.
 
 The events file is the contract with the worker that tails it (`read_events`): one JSON object per
 line, each appended with a single write(); the terminal event is fsynced before the process exits.
@@ -26,11 +41,11 @@ non-finite number (a NaN loss) is written as null so every line is strict JSON. 
 `training.max_steps` when the recipe sets it (early stopping may end sooner), else null. Exactly
 one of result / error / cancelled ends a job that was not killed, matching the exit code:
 
-    0  result     the adapter was saved
-    1  error      training failed (the traceback is on stderr)
-    2  error      the spec, the config or its data is invalid; retrying will not help
+    0  result     the adapter was saved (and scored, see above)
+    1  error      training or scoring failed (the traceback is on stderr)
+    2  error      the spec, the config or its data (a suite's too) is invalid; retrying will not help
     3  cancelled  SIGTERM or the cancel-request file: a checkpoint was written, `resume` continues from it
-                  (none when it came before the training loop started: the message says so)
+                  (none when it came before the training loop started or while scoring: the message says so)
 
 A spec that names no usable events file gets its message on stderr only, and exit code 2; a job
 whose parent died before it could ask to die with it exits 1 at once, with no events.
@@ -57,9 +72,13 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorafleet.errors import ConfigError
+
+if TYPE_CHECKING:  # the job process imports torch only once the spec is checked
+    from lorafleet.evaluation.suites import Suite
+    from lorafleet.training.config import FinetuneConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -67,8 +86,16 @@ EXIT_BAD_SPEC = 2
 EXIT_CANCELLED = 3
 
 PARENT_PID_ENV = "LORAFLEET_JOB_PARENT_PID"  # set by the executor: the pid the job must die with
-_SPEC_KEYS: dict[str, type] = {"config": dict, "events": str, "home": str, "resume": bool}
-_KIND_NAMES = {dict: "JSON object", str: "string", bool: "boolean"}
+_SPEC_KEYS: dict[str, type] = {
+    "config": dict,
+    "events": str,
+    "home": str,
+    "resume": bool,
+    "suites": list,
+    "probe": bool,
+}
+_SUITE_KEYS = ("id", "adapter", "metric", "path")
+_KIND_NAMES = {dict: "JSON object", str: "string", bool: "boolean", list: "JSON array"}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -145,7 +172,7 @@ def run_spec(spec_path: str | os.PathLike[str]) -> int:
             events.emit("error", message=str(err), durable=True)
             return EXIT_BAD_SPEC
         with _lorafleet_home(home):
-            return _run(spec, events, cancel_file=cancel_request_file(path))
+            return _run(path, spec, events, cancel_file=cancel_request_file(path))
     finally:
         events.close()
 
@@ -171,6 +198,18 @@ def _check_spec(path: Path, spec: dict[str, Any]) -> None:
     for key, kind in _SPEC_KEYS.items():
         if (key in ("config", "events") or key in spec) and not isinstance(spec.get(key), kind):
             raise BadSpecError(f"{path}: '{key}' must be a {_KIND_NAMES[kind]} (got {spec.get(key)!r})")
+    for i, suite in enumerate(spec.get("suites", [])):
+        where = f"{path}: suites[{i}]"
+        if not isinstance(suite, dict) or set(suite) != set(_SUITE_KEYS):
+            raise BadSpecError(
+                f"{where} must be an object with exactly {', '.join(_SUITE_KEYS)} (got {suite!r})"
+            )
+        for key in _SUITE_KEYS:
+            if not isinstance(suite[key], str) or not suite[key]:
+                raise BadSpecError(f"{where}.{key} must be a non-empty string (got {suite[key]!r})")
+    ids = [suite["id"] for suite in spec.get("suites", [])]
+    if len(set(ids)) != len(ids):
+        raise BadSpecError(f"{path}: suites: id {next(i for i in ids if ids.count(i) > 1)!r} appears twice")
 
 
 def _resolve(path: Path, spec: dict[str, Any], key: str) -> Path:
@@ -186,14 +225,17 @@ def cancel_request_file(spec_path: Path) -> Path:
     return spec_path.with_name(spec_path.name + ".cancel")
 
 
-def _run(spec: dict[str, Any], events: EventLog, *, cancel_file: Path) -> int:
-    """Validate the config and train, turning each way it can end into its event and exit code."""
+def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Path) -> int:
+    """Validate the config and suites, train and score, turning each way it can end into its event and
+    exit code."""
     try:
         from lorafleet.errors import LorafleetError, TrainingInterrupted
         from lorafleet.training import parse_config, train
+        from lorafleet.training.report import SUMMARY_FILE, write_summary
 
         try:
             config = parse_config(spec["config"], source="job config")
+            suites = _suites(path, spec, config)
         except ConfigError as err:
             events.emit("error", message=str(err), durable=True)
             return EXIT_BAD_SPEC
@@ -223,6 +265,25 @@ def _run(spec: dict[str, Any], events: EventLog, *, cancel_file: Path) -> int:
             traceback.print_exc()
             events.emit("error", message=str(err), durable=True)
             return EXIT_FAILED
+        probe = spec.get("probe", True)
+        if suites or probe:
+            count = f"{len(suites)} suite{'' if len(suites) == 1 else 's'}"
+            log(f"scoring the version on {count}" + (" and the general probe" if probe else ""))
+            try:
+                scores = _score(config, result.adapter_dir, suites, probe, cancel_file)
+            except KeyboardInterrupt:
+                message = "cancelled while scoring the trained adapter (training had finished); no checkpoint"
+                events.emit("cancelled", message=message, durable=True)
+                return EXIT_CANCELLED
+            except ConfigError as err:  # a suite's file or rows went bad since they were checked
+                events.emit("error", message=str(err), durable=True)
+                return EXIT_BAD_SPEC
+            except LorafleetError as err:
+                traceback.print_exc()
+                events.emit("error", message=str(err), durable=True)
+                return EXIT_FAILED
+            result.summary["evaluation"] = {**result.summary.get("evaluation", {}), **scores}
+            write_summary(result.run_dir / SUMMARY_FILE, result.summary)
         _state.finishing = True
         events.emit(
             "result",
@@ -241,6 +302,41 @@ def _run(spec: dict[str, Any], events: EventLog, *, cancel_file: Path) -> int:
         traceback.print_exc()
         events.emit("error", message=f"{type(err).__name__}: {err}", durable=True)
         return EXIT_FAILED
+
+
+def _suites(path: Path, spec: dict[str, Any], config: FinetuneConfig) -> list[Suite]:
+    """The spec's suites (paths resolved beside the spec), each file read and checked now, before training:
+    `ConfigError` naming the suite and its file:line for a bad row or metric."""
+    from lorafleet.evaluation.suites import Suite, read_suite
+
+    suites = [
+        Suite(id=s["id"], adapter=s["adapter"], metric=s["metric"], path=path.parent / Path(s["path"]))
+        for s in spec.get("suites", [])
+    ]
+    for suite in suites:
+        try:
+            read_suite(
+                suite.path,
+                suite.metric,
+                system_prompt=config.data.system_prompt,
+                max_rows=config.eval.generation_rows,
+            )
+        except ConfigError as err:
+            raise type(err)(f"suite {suite.id} (adapter {suite.adapter}): {err}", field=err.field) from err
+    return suites
+
+
+def _score(
+    config: FinetuneConfig, adapter_dir: Path, suites: list[Suite], probe: bool, cancel_file: Path
+) -> dict[str, Any]:
+    """The trained adapter's suite scores and probe (`evaluation.version`); the cancel file stops it."""
+    from lorafleet.evaluation.version import score_version
+
+    def check_cancel(_: int) -> None:
+        if cancel_file.exists():
+            raise KeyboardInterrupt
+
+    return score_version(config, adapter_dir, suites, probe=probe, on_batch=check_cancel)
 
 
 @contextlib.contextmanager

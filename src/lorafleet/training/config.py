@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.adapters.settings import LoraSettings
+from lorafleet.continual.config import ContinualConfig
 from lorafleet.data.config import DataConfig
 from lorafleet.errors import ConfigError, describe_validation_error, first_field
 from lorafleet.home import lorafleet_home, validate_name
@@ -36,6 +37,24 @@ class ModelConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="Weights dtype; default fp32 on CPU, bf16 (or fp16) on CUDA, fp16 on MPS."
     )
+    parent: str | None = Field(
+        None,
+        min_length=1,
+        description="A parent adapter of this same base to start from (`lorafleet train --from`): a name "
+        "under $LORAFLEET_HOME/adapters or a directory. Its LoRA settings (rank, alpha, targets, rsLoRA, "
+        "DoRA) and exact weights are the starting point; the child's lineage names it. Registry versions "
+        "(NAME@V) are resolved by the server's jobs.",
+    )
+
+    @field_validator("parent")
+    @classmethod
+    def _check_parent(cls, value: str | None) -> str | None:
+        if value is not None and "@" in value:
+            raise ValueError(
+                f"{value!r} names a registry version; a local run starts from an adapter name or directory "
+                "(versions are resolved by the server's training jobs)"
+            )
+        return value
 
 
 class QuantizationConfig(BaseModel):
@@ -134,6 +153,10 @@ class FinetuneConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    continual: ContinualConfig = Field(
+        default_factory=ContinualConfig,
+        description="The strategy against forgetting when training from `model.parent` (default none).",
+    )
 
     @model_validator(mode="after")
     def _check_name(self) -> FinetuneConfig:
@@ -177,10 +200,37 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
 def parse_config(values: dict[str, Any], *, source: str = "config") -> FinetuneConfig:
     """Validate a recipe mapping, raising `ConfigError` that names the file and key at fault."""
     try:
-        return FinetuneConfig.model_validate(values)
+        config = FinetuneConfig.model_validate(values)
     except ValidationError as err:
         message = f"{source}: {describe_validation_error(err, '')}"
         raise ConfigError(message, field=first_field(err, "")) from err
+    try:
+        check_continual(config)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}", field=err.field) from None
+    return config
+
+
+def check_continual(config: FinetuneConfig) -> None:
+    """Raise `ConfigError` when `continual` does not fit the rest of the recipe (parent, data)."""
+    strategy = config.continual.strategy
+    if strategy != "none" and config.model.parent is None:
+        raise ConfigError(
+            f"continual.strategy: {strategy} guards a parent's knowledge, but no parent is given; "
+            "name one with --from (model.parent) or set strategy: none",
+            field="continual.strategy",
+        )
+    if strategy == "replay" and not config.continual.replay_paths:
+        raise ConfigError(
+            "continual.replay_paths: strategy replay needs the parent's training rows; name their files",
+            field="continual.replay_paths",
+        )
+    if strategy == "replay" and config.data.packing:
+        raise ConfigError(
+            "data.packing: replay mixes rows into each step and does not pack them yet; "
+            "set data.packing: false",
+            field="data.packing",
+        )
 
 
 def apply_override(values: dict[str, Any], override: str) -> None:

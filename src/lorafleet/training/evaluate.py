@@ -18,7 +18,7 @@ from torch import nn
 from lorafleet.data import Example, TokenizedExample, batches, render_chat
 from lorafleet.training.greedy import greedy_decode
 from lorafleet.training.loss import causal_lm_loss
-from lorafleet.training.metrics import could_be_record, json_field_scores
+from lorafleet.training.metrics import could_be_record, exact_match_scores, json_field_scores
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ def score_task(metric: str, answers: Sequence[str], examples: Sequence[Example])
     references = [example.reference or "" for example in examples]
     if metric == "json_fields":
         return json_field_scores(answers, references).as_dict()
+    if metric == "exact_match":
+        return exact_match_scores(answers, references).as_dict()
     raise ValueError(f"unknown task metric {metric!r}")
 
 

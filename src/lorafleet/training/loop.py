@@ -1,10 +1,15 @@
 """The fine-tuning loop: `train(config)` turns a recipe into a trained adapter and a run directory.
 
-    setup     check outputs → load base → tokenize data → (score base) → attach LoRA/QLoRA → AdamW +
-              schedule; only then, with everything the user gave checked, an earlier run's outputs go
+    setup     check outputs (and read the parent, `model.parent`) → load base → tokenize data (and the
+              replay rows) → (score base) → attach LoRA/QLoRA, or the parent's LoRA with its weights
+              (`training.parent`), and its EWC anchor (`training.consolidation`), or the frozen parent
+              beside a new adapter (`training.orthogonal`) → AdamW + schedule; only then, with
+              everything the user gave checked, an earlier run's outputs go
     train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
-              token of the step, backward, clip, step; log, evaluate, checkpoint every N steps
-    finish    evaluate, save the adapter (PEFT files + lorafleet.json), curves and summary
+              token of the step (plus the EWC or orthogonal penalty), backward, clip, step; log,
+              evaluate, checkpoint every N steps
+    finish    evaluate, save the adapter (PEFT files + lorafleet.json; orthogonal: parent + new adapter
+              summed into one), curves and summary
 
 Runs on `accelerate`: one process on CPU or one GPU, or several GPUs under `accelerate launch`
 (each process takes every n-th micro-batch). Data order depends only on (seed, epoch), and
@@ -27,11 +32,14 @@ import torch
 from peft import PeftModel
 
 from lorafleet.adapters import attach, count_parameters, merge, save_adapter, unmerge
+from lorafleet.adapters.attach import Quantization
+from lorafleet.adapters.settings import LoraSettings
 from lorafleet.adapters.storage import Lineage
 from lorafleet.data import (
     IGNORE_INDEX,
     Example,
     PreparedData,
+    TokenizedExample,
     batches,
     prepare_data,
     read_examples,
@@ -49,9 +57,19 @@ from lorafleet.training.checkpoint import (
     set_rng_state,
 )
 from lorafleet.training.config import FinetuneConfig
+from lorafleet.training.consolidation import elastic_anchor
 from lorafleet.training.evaluate import EvalResult, evaluate_model, headline, validation_loss
 from lorafleet.training.loss import causal_lm_loss
+from lorafleet.training.orthogonal import (
+    NEW_ADAPTER_DIR,
+    OrthogonalSubspace,
+    attach_orthogonal,
+    new_adapter_settings,
+    save_served_sum,
+)
+from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.progress import TrainingProgress
+from lorafleet.training.replay import read_replay_rows, replay_batches
 from lorafleet.training.report import (
     CURVE_FILE,
     METRICS_FILE,
@@ -90,6 +108,8 @@ def train(
     started = time.perf_counter()
     run_dir, adapter_dir = config.run_dir(), config.adapter_dir()
     _check_outputs(config, run_dir, adapter_dir, resume=resume)
+    parent = read_parent(config.model.parent) if config.model.parent else None
+    lora = _lora_settings(config, parent)
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
     accelerator = Accelerator(
@@ -104,6 +124,9 @@ def train(
     data = prepare_data(config.data, tokenizer)
     say = log if main else _silent
     say(_describe_data(data))
+    replay_rows = read_replay_rows(config.data, config.continual, tokenizer) if _replays(config) else None
+    if replay_rows is not None:
+        say(f"replay: {len(replay_rows)} parent rows, share {config.continual.replay_share:g} of each step")
     eval_examples = _task_examples(config, data)
 
     evaluations: dict[str, EvalResult] = {}
@@ -119,17 +142,25 @@ def train(
             show_progress=show_progress and main,
         )
     _apply_liger(config, model, accelerator.device, say)
-    peft_model = attach(
-        model,
-        config.lora,
-        "nf4" if config.quantization.method == "nf4" else None,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-    )
+    peft_model, subspace = _attach(config, model, lora, parent, say)
+    penalty = subspace.penalty if subspace is not None else None
+    if parent is not None and config.continual.strategy == "ewc":
+        ewc = elastic_anchor(
+            peft_model,
+            parent,
+            config.data,
+            lam=config.continual.ewc_lambda,
+            fisher_rows=config.continual.fisher_rows,
+            tokenizer=tokenizer,
+            say=say,
+            paths=config.continual.replay_paths,
+        )
+        penalty = ewc.penalty
     params = count_parameters(peft_model)
-    say(f"LoRA r={config.lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
+    say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
     accum = config.training.gradient_accumulation_steps
-    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator))
+    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator, replay_rows)[0])
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
     total_steps = config.training.max_steps or config.training.epochs * steps_per_epoch
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -171,12 +202,21 @@ def train(
     try:
         with bar:
             while progress.step < total_steps:
-                epoch_batches = _epoch_batches(config, data, tokenizer, progress.epoch, accelerator)
+                epoch_batches, replayed = _epoch_batches(
+                    config, data, tokenizer, progress.epoch, accelerator, replay_rows
+                )
                 while progress.batch < len(epoch_batches) and progress.step < total_steps:
                     window = epoch_batches[progress.batch : progress.batch + accum]
                     step_rng = rng_state()
                     loss, grad_norm, tokens = _optimizer_step(
-                        config, accelerator, peft_model, optimizer, scheduler, trainable, window
+                        config,
+                        accelerator,
+                        peft_model,
+                        optimizer,
+                        scheduler,
+                        trainable,
+                        window,
+                        penalty=penalty,
                     )
                     progress.batch += len(window)
                     progress.step += 1
@@ -192,6 +232,8 @@ def train(
                         "tokens": progress.tokens,
                         "tokens_per_second": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
                     }
+                    if replay_rows is not None:
+                        record["replay_rows"] = sum(replayed[progress.batch - len(window) : progress.batch])
                     if config.eval.steps and progress.step % config.eval.steps == 0 and data.validation:
                         record |= _periodic_eval(config, peft_model, data, pad_id, progress)
                     if main:
@@ -252,20 +294,92 @@ def train(
         "data": {"train": data.train_stats.as_dict(), "validation": data.validation_stats.as_dict()},
     }
     if main:
-        save_adapter(
-            model_out,
-            adapter_dir,
-            name=config.output.name,
-            training=config.model_dump(mode="json"),
-            metrics={name: result.task or {"loss": result.loss} for name, result in evaluations.items()},
-            lineage=Lineage(method="train"),
-            overwrite=config.output.overwrite,
-        )
+        _save(config, model_out, parent, adapter_dir, run_dir, evaluations)
+        if subspace is not None:
+            summary["overlap"] = float(subspace.overlap().detach())
+            summary["new_adapter"] = str(run_dir / NEW_ADAPTER_DIR)
         plot_losses(read_metrics(run_dir / METRICS_FILE), run_dir / CURVE_FILE, title=config.output.name)
         summary["loss_curve"] = str(run_dir / CURVE_FILE)
         write_summary(run_dir / SUMMARY_FILE, summary)
     accelerator.end_training()
     return TrainResult(adapter_dir=adapter_dir, run_dir=run_dir, summary=summary)
+
+
+def _lora_settings(config: FinetuneConfig, parent: ParentAdapter | None) -> LoraSettings:
+    """The trained adapter's settings: the recipe's; from a parent, the parent's (orthogonal: a new one's)."""
+    if parent is None:
+        return config.lora
+    if config.continual.strategy == "orthogonal":
+        return new_adapter_settings(parent, config.lora, config.continual)
+    return child_settings(parent, config.lora)
+
+
+def _attach(
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    lora: LoraSettings,
+    parent: ParentAdapter | None,
+    say: Callable[[str], None],
+) -> tuple[PeftModel, OrthogonalSubspace | None]:
+    """A fresh trainable LoRA on `model`, or, training from a parent, one holding the parent's weights, or
+    (orthogonal) the frozen parent beside a fresh one, with the subspace the penalty keeps it out of."""
+    quantization: Quantization = "nf4" if config.quantization.method == "nf4" else None
+    checkpointing = config.training.gradient_checkpointing
+    if parent is None:
+        return attach(model, lora, quantization, gradient_checkpointing=checkpointing), None
+    if config.continual.strategy == "orthogonal":
+        say(
+            f"starting from parent {parent.path}, frozen (r={parent.settings.r}); strategy orthogonal: "
+            f"a new adapter r={lora.r}, alpha={lora.alpha:g}, targets {lora.target_modules}, "
+            f"λ {config.continual.orthogonal_lambda:g}"
+        )
+        return attach_orthogonal(
+            model,
+            parent,
+            lora,
+            lam=config.continual.orthogonal_lambda,
+            quantization=quantization,
+            gradient_checkpointing=checkpointing,
+        )
+    say(
+        f"starting from parent {parent.path} (its LoRA settings: r={lora.r}, alpha={lora.alpha:g}, "
+        f"targets {lora.target_modules}); strategy {config.continual.strategy}"
+    )
+    return attach_parent(model, parent, lora, quantization, gradient_checkpointing=checkpointing), None
+
+
+def _save(
+    config: FinetuneConfig,
+    model: PeftModel,
+    parent: ParentAdapter | None,
+    adapter_dir: Path,
+    run_dir: Path,
+    evaluations: dict[str, EvalResult],
+) -> None:
+    """Write the version: the trained adapter, or (orthogonal) the parent and the new adapter summed."""
+    training = config.model_dump(mode="json")
+    metrics = {name: result.task or {"loss": result.loss} for name, result in evaluations.items()}
+    if parent is not None and config.continual.strategy == "orthogonal":
+        save_served_sum(
+            model,
+            parent,
+            adapter_dir,
+            run_dir,
+            name=config.output.name,
+            training=training,
+            metrics=metrics,
+            overwrite=config.output.overwrite,
+        )
+        return
+    save_adapter(
+        model,
+        adapter_dir,
+        name=config.output.name,
+        training=training,
+        metrics=metrics,
+        lineage=parent.lineage(config.continual.strategy) if parent else Lineage(method="train"),
+        overwrite=config.output.overwrite,
+    )
 
 
 def _optimizer_step(
@@ -276,8 +390,13 @@ def _optimizer_step(
     scheduler: Any,
     trainable: list[torch.nn.Parameter],
     window: list[dict[str, torch.Tensor]],
+    *,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[float, float | None, int]:
-    """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens)."""
+    """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens).
+
+    A `penalty` (EWC) is added to the step's loss with the last micro-batch; the loss reported excludes it.
+    """
     model.train()
     label_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in window)
     total = 0.0
@@ -286,7 +405,10 @@ def _optimizer_step(
         sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
         with sync, accelerator.autocast():
             loss_sum, _ = causal_lm_loss(model, batch)
-            accelerator.backward(loss_sum / max(label_tokens, 1))
+            objective = loss_sum / max(label_tokens, 1)
+            if penalty is not None and i == len(window) - 1:
+                objective = objective + penalty()
+            accelerator.backward(objective)
         total += loss_sum.item()
     grad_norm = None
     if config.training.max_grad_norm > 0:
@@ -303,10 +425,33 @@ def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
 
 
+def _replays(config: FinetuneConfig) -> bool:
+    return config.model.parent is not None and config.continual.strategy == "replay"
+
+
 def _epoch_batches(
-    config: FinetuneConfig, data: PreparedData, tokenizer: Any, epoch: int, accelerator: Any
-) -> list[dict[str, torch.Tensor]]:
-    """This process's micro-batches of `epoch` (every n-th batch under multi-process training)."""
+    config: FinetuneConfig,
+    data: PreparedData,
+    tokenizer: Any,
+    epoch: int,
+    accelerator: Any,
+    replay_rows: list[TokenizedExample] | None = None,
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """This process's micro-batches of `epoch` (every n-th batch under multi-process training), and the
+    parent rows each holds (all 0 unless replaying)."""
+    every, first = accelerator.num_processes, accelerator.process_index
+    if replay_rows is not None:
+        micro, replayed = replay_batches(
+            data.train,
+            replay_rows,
+            config.continual,
+            batch_size=config.training.batch_size,
+            accumulation=config.training.gradient_accumulation_steps,
+            pad_token_id=tokenizer.pad_token_id,
+            seed=config.data.seed + config.training.seed,
+            epoch=epoch,
+        )
+        return micro[first::every], replayed[first::every]
     all_batches = batches(
         data.train,
         batch_size=config.training.batch_size,
@@ -317,7 +462,8 @@ def _epoch_batches(
         seed=config.data.seed + config.training.seed,
         epoch=epoch,
     )
-    return all_batches[accelerator.process_index :: accelerator.num_processes]
+    mine = all_batches[first::every]
+    return mine, [0] * len(mine)
 
 
 def _evaluate(

@@ -1,10 +1,13 @@
-"""Task metrics computed from generated text: how well generated JSON records match the references.
+"""Task metrics computed from generated text: how well generated answers match the references.
 
 `json_fields` scores structured extraction: the share of predictions that parse as a JSON object
 (valid JSON), the share of reference fields whose value the prediction gets right (per-field
 accuracy, over all fields of all rows), and the share of rows with every field right (exact match).
 Strings compare after trimming and case-folding, numbers by value (45.1 == 45.10), null only with
 null. A prediction that is not a JSON object gets every field wrong.
+
+`exact_match` scores short answers (a label, a number, a name): the share of rows whose answer is the
+reference, compared after trimming and collapsing runs of whitespace; case counts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TASK_METRICS = ("json_fields",)
+TASK_METRICS = ("json_fields", "exact_match")
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,26 @@ def json_field_scores(predictions: Sequence[str], references: Sequence[str]) -> 
         exact_match=exact / rows if rows else 0.0,
         per_field={key: right[key] / seen[key] for key in seen},
     )
+
+
+@dataclass(frozen=True)
+class ExactMatchScores:
+    """The share of generated answers equal to their reference answers."""
+
+    rows: int
+    exact_match: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exact_match_scores(predictions: Sequence[str], references: Sequence[str]) -> ExactMatchScores:
+    """Score `predictions` against `references` as whole answers (whitespace-normalised, case kept)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    right = sum(
+        " ".join(predicted.split()) == " ".join(reference.split())
+        for predicted, reference in zip(predictions, references, strict=True)
+    )
+    rows = len(references)
+    return ExactMatchScores(rows=rows, exact_match=right / rows if rows else 0.0)
