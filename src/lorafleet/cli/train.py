@@ -102,7 +102,11 @@ def evaluate(
         str, typer.Option("--model", "-m", help="Base model the adapter was trained on.")
     ] = "default",
     metric: Annotated[
-        str, typer.Option(help="Task metric by generation: json_fields, exact_match or none.")
+        str,
+        typer.Option(
+            help="Task metric by generation: json_fields, exact_match or none "
+            "(a --suite: json_fields, exact_match or perplexity)."
+        ),
     ] = "none",
     rows: Annotated[int, typer.Option(help="Most rows to score.")] = 200,
     max_length: Annotated[int, typer.Option(help="Tokens per example for the loss.")] = 1024,
