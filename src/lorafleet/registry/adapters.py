@@ -244,7 +244,7 @@ class Adapters:
             if forced and not force:
                 assert report is not None
                 raise GateRefusedError(
-                    f"{summary(report)}; pass force (lorafleet adapters promote --force) to promote anyway",
+                    f"{summary(report)}; pass force=true (CLI: --force) to promote anyway",
                     report=report,
                 )
             row = self._alias(session, adapter, alias)
