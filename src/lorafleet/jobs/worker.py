@@ -244,12 +244,39 @@ class Worker:
         for key, file in files.items():
             data[key] = str(datasets.local_path(file))
             names[data[key]] = f"{file.filename} ({file.id})" if clash else file.filename
+        if job.parent_version_id is not None:
+            names |= self._parent(job, recipe, folder)
+        suites = []
+        for suite in self.registry.evaluation.suite_specs(
+            job.tenant_id, job.adapter_name, job.parent_version_id
+        ):
+            file = datasets.get(job.tenant_id, suite.pop("file"))
+            suites.append({**suite, "path": str(datasets.local_path(file))})
+            names[suites[-1]["path"]] = f"{file.filename} (suite {suite['id']})"
         # The adapter is written under the job's id (unique), registered, then removed from there.
         recipe["output"] = {"name": job.id, "run_dir": str(folder / "run"), "overwrite": True}
         spec = folder / "spec.json"
         events = str(folder / "events.jsonl")
-        spec.write_text(json.dumps({"config": recipe, "events": events, "home": str(lorafleet_home())}))
+        body = {"config": recipe, "events": events, "home": str(lorafleet_home()), "suites": suites}
+        spec.write_text(json.dumps(body))
         return spec, names
+
+    def _parent(self, job: Job, recipe: dict[str, Any], folder: Path) -> dict[str, str]:
+        """Point the recipe at the job's parent version: a private copy of its adapter (`model.parent`; EWC
+        may store the parent's Fisher beside it, and the registered artifact must stay as it is) and, for
+        the strategies that read them, its own training rows (`continual.replay_paths`). Returns those
+        rows' path → the name the tenant uploaded them under."""
+        assert job.parent_version_id is not None
+        parent = self.registry.adapters.by_id(job.tenant_id, job.parent_version_id)
+        copy_dir = folder / "parent"
+        shutil.copytree(self.registry.adapters.local_path(parent), copy_dir)
+        recipe["model"]["parent"] = str(copy_dir)
+        continual = recipe.setdefault("continual", {})
+        if continual.get("strategy") not in ("replay", "ewc") or parent.dataset_id is None:
+            return {}
+        rows = self.registry.datasets.get(job.tenant_id, parent.dataset_id)
+        continual["replay_paths"] = [str(self.registry.datasets.local_path(rows))]
+        return {continual["replay_paths"][0]: f"{rows.filename} (the parent's rows)"}
 
 
 class _EventTail:

@@ -30,6 +30,7 @@ from lorafleet.training.config import TrainingConfig
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 RESERVED = ("model", "output")  # recipe sections the job itself sets
+PARENT_ROWS_STRATEGIES = ("replay", "ewc")  # read the parent version's training rows
 DEFAULT_LR: float = TrainingConfig.model_fields["learning_rate"].default  # what the multiplier scales
 
 
@@ -212,7 +213,11 @@ def hyperparameter_fields(hyper: Hyperparameters, training: dict[str, Any]) -> d
 
 def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str, Any]:
     """The recipe fields the job sets, checked by building the whole recipe and matching its target modules
-    against `base_skeleton` (the base model's module tree); `ConfigError` names a bad key as `recipe.…`."""
+    against `base_skeleton` (the base model's module tree); `ConfigError` names a bad key as `recipe.…`.
+
+    With a `parent`, the worker names the parent's adapter and its training rows (`model.parent`,
+    `continual.replay_paths`); they stand in as placeholders here, so the rest is checked as it will run.
+    """
     from lorafleet.adapters.attach import check_targets
     from lorafleet.training import parse_config
 
@@ -229,7 +234,18 @@ def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str
     training.update(hyperparameter_fields(body.hyperparameters, training))
     if body.seed is not None:
         training["seed"] = body.seed
-    whole = {**recipe, "model": {"name": base_model}, "data": {**data, "path": "train.jsonl"}}
+    continual = recipe.get("continual", {})
+    if not isinstance(continual, dict) or "replay_paths" in continual:
+        raise ConfigError(
+            "recipe.continual.replay_paths: the parent version's own training rows are used; leave it out",
+            field="recipe.continual.replay_paths",
+        )
+    model: dict[str, Any] = {"name": base_model}
+    if body.parent:
+        model["parent"] = "parent"
+        if continual.get("strategy") in PARENT_ROWS_STRATEGIES:
+            continual = {**continual, "replay_paths": ["parent.jsonl"]}
+    whole = {**recipe, "model": model, "data": {**data, "path": "train.jsonl"}, "continual": continual}
     try:
         config = parse_config(whole, source="recipe")
         check_targets(base_skeleton, config.lora)
