@@ -159,15 +159,18 @@ def test_new_adapter_settings_take_the_parents_unless_the_recipe_says(
 
     plain = new_adapter_settings(parent, LoraSettings(dropout=0.1), continual)
     chosen = new_adapter_settings(parent, LoraSettings(alpha=2.0, target_modules=["q_proj"]), continual)
+    unset = ContinualConfig(strategy="orthogonal")
 
     assert (plain.r, plain.alpha, plain.target_modules, plain.dropout) == (2, 16.0, ["q_proj", "v_proj"], 0.1)
     assert (chosen.r, chosen.alpha, chosen.target_modules) == (2, 2.0, ["q_proj"])
+    assert new_adapter_settings(parent, LoraSettings(), unset).r == parent.settings.r
+    assert new_adapter_settings(parent, LoraSettings(r=3), unset).r == 3  # a chain keeps the recipe's rank
 
 
 @pytest.mark.parametrize(
     ("recipe_lora", "parent_lora", "field", "needle"),
     [
-        ({"r": 8}, {}, "lora.r", "set continual.orthogonal_r instead"),
+        ({"r": 8}, {}, "lora.r", "continual.orthogonal_r sets the new adapter's rank to 4"),
         ({"init": "pissa"}, {}, "lora.init", "does not start the new adapter at zero"),
         ({"use_dora": True}, {}, "lora.use_dora", "cannot be summed"),
         ({}, {"use_dora": True}, "continual.strategy", "uses DoRA"),
@@ -183,7 +186,7 @@ def test_what_cannot_be_summed_is_refused_naming_the_field(
 ) -> None:
     base, _ = load_base(str(tiny_dir), device="cpu")
     save_random_adapter(base, lorafleet_home / "adapters" / "p", **parent_lora)
-    continual = ContinualConfig(strategy="orthogonal")
+    continual = ContinualConfig(strategy="orthogonal", orthogonal_r=4)
 
     with pytest.raises(ConfigError, match=needle) as err:
         new_adapter_settings(read_parent("p"), LoraSettings(**recipe_lora), continual)

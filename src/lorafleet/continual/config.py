@@ -79,7 +79,10 @@ class ContinualConfig(BaseModel):
         0.5, gt=0.0, le=1e6, description="orthogonal: weight λ of the overlap penalty λ Σ ‖A_p A_newᵀ‖²_F."
     )
     orthogonal_r: int | None = Field(
-        None, ge=1, le=4096, description="orthogonal: rank of the new adapter; default: the parent's rank."
+        None,
+        ge=1,
+        le=4096,
+        description="orthogonal: rank of the new adapter; default: the recipe's lora.r, else the parent's.",
     )
 
     @field_validator("replay_paths")

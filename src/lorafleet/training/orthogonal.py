@@ -9,10 +9,12 @@ the only thing trained. Each adapted layer computes
 and each optimizer step adds λ·Σ_modules ‖Aₚ·Aₙᵀ‖²_F (`continual.orthogonal_penalty`, λ the recipe's
 `continual.orthogonal_lambda`) to the mean token loss.
 
-The new adapter: rank `continual.orthogonal_r` (default: the parent's rank; `lora.r`, if the recipe sets it,
-must agree); targets the recipe's `lora.target_modules` when the recipe sets them (at least one module in
-common with the parent's, or there is no overlap to penalise), else the parent's; alpha the recipe's
-`lora.alpha` when set, else the parent's; dropout and rsLoRA the recipe's. The parent runs without dropout.
+The new adapter: rank `continual.orthogonal_r`, else the recipe's `lora.r` when it sets one, else the
+parent's rank (a parent that is itself a sum holds every stage's rank, so a chain keeps the recipe's rank
+per stage; `lora.r` and `orthogonal_r` both set must agree); targets the recipe's `lora.target_modules`
+when the recipe sets them (at least one module in common with the parent's, or there is no overlap to
+penalise), else the parent's; alpha the recipe's `lora.alpha` when set, else the parent's; dropout and
+rsLoRA the recipe's. The parent runs without dropout.
 
 The version saved is the served sum, one plain LoRA adapter of rank rₚ + rₙ (`continual.served_sum`): the new
 adapter alone is kept in the run directory (`new_adapter/`), and the sum is written to the adapter
@@ -68,12 +70,12 @@ def new_adapter_settings(
 ) -> LoraSettings:
     """The new adapter's LoRA settings (see the module docstring); `ConfigError` for what cannot be summed."""
     _check_summable(parent, recipe)
-    rank = continual.orthogonal_r or parent.settings.r
     given = recipe.model_fields_set
+    rank = continual.orthogonal_r or (recipe.r if "r" in given else parent.settings.r)
     if "r" in given and recipe.r != rank:
         raise ConfigError(
-            f"lora.r: {recipe.r} in the recipe, but the new adapter of strategy orthogonal has rank {rank} "
-            "(continual.orthogonal_r, default the parent's); set continual.orthogonal_r instead",
+            f"lora.r: {recipe.r} in the recipe, but continual.orthogonal_r sets the new adapter's rank to "
+            f"{rank}; set one of them",
             field="lora.r",
         )
     if recipe.init not in ("default", "gaussian"):
