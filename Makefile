@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/continual.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

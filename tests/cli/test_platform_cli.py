@@ -208,6 +208,24 @@ def test_job_create_list_show_events_cancel(rows_file: Path, tiny_dir: Path) -> 
     assert waited.exit_code == 1 and f"error: job {job_id} cancelled" in waited.stderr
 
 
+def test_job_create_continues_a_parent_version(
+    registry: Registry, rows_file: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    tenant = registry.tenants.create("acme").id
+    parent = registry.adapters.register(
+        tenant, "bot", fake_adapter(tmp_path / "v1", 1), base_model=str(tiny_dir)
+    )
+
+    job = create_job("acme", rows_file, tiny_dir, "--parent", "bot@1", "--set", "continual.strategy=replay")
+
+    assert (job["parent"], job["parent_version_id"]) == ("bot@1", parent.id)
+    unknown = invoke(
+        "jobs", "create", "--tenant", "acme", "--file", str(rows_file), "--adapter", "bot",
+        "--model", str(tiny_dir), "--parent", "bot@7",
+    )  # fmt: skip
+    assert_friendly_error(unknown, "parent", "bot@7")
+
+
 def test_job_create_with_a_file_id_and_bad_inputs(rows_file: Path, tiny_dir: Path, tmp_path: Path) -> None:
     new_tenant("acme")
     first = create_job("acme", rows_file, tiny_dir)

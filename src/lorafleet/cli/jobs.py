@@ -63,6 +63,14 @@ def create(
         typer.Option("--learning-rate-multiplier", help="Multiplies the recipe's learning rate."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the run.")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            "--parent",
+            help="Continue this version (NAME@V, NAME:ALIAS or NAME); pick the strategy with "
+            "--set continual.strategy=replay|ewc|orthogonal.",
+        ),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Set a recipe field: --set lora.r=16 (repeatable; values are YAML)."),
@@ -103,6 +111,7 @@ def create(
             "hyperparameters": hyperparameters,
             "seed": seed,
             "recipe": recipe,
+            "parent": parent,
         }
         job = client.request("POST", JOBS, json=body)
         if not as_json:
