@@ -58,7 +58,7 @@ def main() -> None:
             "ewc_lambda": args.ewc_lambda,
             "fisher_rows": args.fisher_rows,
             "orthogonal_lambda": args.orthogonal_lambda,
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
@@ -256,6 +256,16 @@ def _print_summary(results: dict[str, Any]) -> None:
             f"{name:<12}{row['average_accuracy']:>9.3f}{bwt:>9}{row['general_drift']:>+9.3f}{gap:>10}{minutes:>9.1f}"
         )
     print(f"\nwhole bench: {results['seconds'] / 60:.1f} min; results in {RESULTS}")
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.machine()
 
 
 def _save(results: dict[str, Any]) -> None:
