@@ -74,7 +74,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from lorafleet.errors import ConfigError
+from lorafleet.errors import ConfigError, LorafleetError
 
 if TYPE_CHECKING:  # the job process imports torch only once the spec is checked
     from lorafleet.evaluation.suites import Suite
@@ -220,6 +220,16 @@ def _resolve(path: Path, spec: dict[str, Any], key: str) -> Path:
     return path.parent / Path(value).expanduser()
 
 
+def _failed(events: EventLog, err: LorafleetError) -> int:
+    """Report `err` as the run's error event; the exit code: bad input (a `ConfigError`) 2, else 1 (with the
+    traceback on stderr)."""
+    events.emit("error", message=str(err), durable=True)
+    if isinstance(err, ConfigError):
+        return EXIT_BAD_SPEC
+    traceback.print_exc()
+    return EXIT_FAILED
+
+
 def cancel_request_file(spec_path: Path) -> Path:
     """The file whose existence asks the job of `spec_path` to stop at its next step (beside the spec)."""
     return spec_path.with_name(spec_path.name + ".cancel")
@@ -229,7 +239,7 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
     """Validate the config and suites, train and score, turning each way it can end into its event and
     exit code."""
     try:
-        from lorafleet.errors import LorafleetError, TrainingInterrupted
+        from lorafleet.errors import TrainingInterrupted
         from lorafleet.training import parse_config, train
         from lorafleet.training.report import SUMMARY_FILE, write_summary
 
@@ -258,13 +268,8 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
         except TrainingInterrupted as err:
             events.emit("cancelled", message=str(err), durable=True)
             return EXIT_CANCELLED
-        except ConfigError as err:  # a data file missing or bad, a setting the device cannot honour
-            events.emit("error", message=str(err), durable=True)
-            return EXIT_BAD_SPEC
-        except LorafleetError as err:
-            traceback.print_exc()
-            events.emit("error", message=str(err), durable=True)
-            return EXIT_FAILED
+        except LorafleetError as err:  # a data file missing or bad, a setting the device cannot honour, ...
+            return _failed(events, err)
         probe = spec.get("probe", True)
         if suites or probe:
             count = f"{len(suites)} suite{'' if len(suites) == 1 else 's'}"
@@ -275,13 +280,8 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
                 message = "cancelled while scoring the trained adapter (training had finished); no checkpoint"
                 events.emit("cancelled", message=message, durable=True)
                 return EXIT_CANCELLED
-            except ConfigError as err:  # a suite's file or rows went bad since they were checked
-                events.emit("error", message=str(err), durable=True)
-                return EXIT_BAD_SPEC
-            except LorafleetError as err:
-                traceback.print_exc()
-                events.emit("error", message=str(err), durable=True)
-                return EXIT_FAILED
+            except LorafleetError as err:  # a suite's file or rows went bad since they were checked, ...
+                return _failed(events, err)
             result.summary["evaluation"] = {**result.summary.get("evaluation", {}), **scores}
             write_summary(result.run_dir / SUMMARY_FILE, result.summary)
         _state.finishing = True
