@@ -25,7 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+# How a suite is scored, each as a "higher is better" fraction: field accuracy, exact match, 1/perplexity.
+SuiteMetric = Literal["json_fields", "exact_match", "perplexity"]
+SUITE_METRICS: tuple[str, ...] = get_args(SuiteMetric)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from torch import nn
 
 from lorafleet.data import Example, read_examples, tokenize_example, with_system_prompt
 from lorafleet.errors import ConfigError, DataError, LorafleetError
+from lorafleet.evaluation.forgetting import SUITE_METRICS
 from lorafleet.training.evaluate import evaluate_task, validation_loss
 from lorafleet.training.metrics import parse_record
 
-SUITE_METRICS = ("json_fields", "exact_match", "perplexity")
 _SCORE_OF = {"json_fields": "field_accuracy", "exact_match": "exact_match"}  # the detail that is the score
 
 

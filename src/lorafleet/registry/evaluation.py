@@ -13,15 +13,13 @@ from typing import Any
 from sqlalchemy import select
 
 from lorafleet.errors import ConfigError, ConflictError, NotFoundError
-from lorafleet.evaluation.forgetting import lineage_evaluation
+from lorafleet.evaluation.forgetting import SUITE_METRICS, lineage_evaluation
 from lorafleet.evaluation.gate import GatePolicy, check_gate
 from lorafleet.registry.adapters import Adapters
 from lorafleet.registry.database import Database
 from lorafleet.registry.lineage import gate_report, scored_chain, suites_of, suites_of_lineage
 from lorafleet.registry.tables import Adapter, AdapterVersion, Dataset, EvalSuite, Tenant, owned
 from lorafleet.registry.usage import check_storage
-
-METRICS = ("json_fields", "exact_match", "perplexity")  # score: field accuracy, exact match, 1/perplexity
 
 
 class Evaluations:
@@ -37,8 +35,8 @@ class Evaluations:
 
         `ConfigError` naming `metric` or `file` when one is wrong; `NotFoundError` for another tenant's file.
         """
-        if metric not in METRICS:
-            raise ConfigError(f"metric {metric!r}: choose one of {', '.join(METRICS)}", field="metric")
+        if metric not in SUITE_METRICS:
+            raise ConfigError(f"metric {metric!r}: choose one of {', '.join(SUITE_METRICS)}", field="metric")
         with self.db.session() as session:
             dataset = owned(session, Dataset, dataset_id, tenant_id, what="file")
             if dataset.purpose != "eval":

@@ -7,7 +7,7 @@ The gate policy decides which versions an alias may point at (`POST …/aliases/
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -15,16 +15,16 @@ from pydantic import BaseModel, Field
 from lorafleet.api.deps import RegistryDep, TenantDep
 from lorafleet.api.errors import error_responses
 from lorafleet.errors import ConfigError, describe_validation_error, first_field
+from lorafleet.evaluation.forgetting import SuiteMetric
 from lorafleet.evaluation.gate import GatePolicy
 from lorafleet.registry.tables import EvalSuite
 
 router = APIRouter(prefix="/v1/adapters", tags=["evaluation"])
-Metric = Literal["json_fields", "exact_match", "perplexity"]
 
 
 class SuiteCreate(BaseModel):
     file: str = Field(description="Id of a file uploaded with purpose 'eval' (held-out rows).")
-    metric: Metric = Field(
+    metric: SuiteMetric = Field(
         description="json_fields (field accuracy), exact_match, or perplexity (scored as 1/perplexity)."
     )
 
