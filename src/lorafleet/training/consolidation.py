@@ -25,9 +25,10 @@ from torch import nn
 
 from lorafleet.continual.ewc import FISHER_FILE, estimate_fisher, ewc_penalty, load_fisher, save_fisher
 from lorafleet.continual.parameters import lora_parameters
-from lorafleet.data import DataConfig, batches, prepare_data
+from lorafleet.data import DataConfig, batches
 from lorafleet.errors import ConfigError
 from lorafleet.training.parent import ParentAdapter
+from lorafleet.training.replay import read_parent_rows
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,7 @@ def _one_row_batches(
     path: str, data: DataConfig, rows: int, tokenizer: Any, device: torch.device
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The first `rows` rows of `path`, tokenized as `data:` says, one row per batch, on `device`."""
-    settings = data.model_copy(
-        update={"path": path, "validation_path": None, "validation_fraction": 0.0, "max_rows": rows}
-    )
-    examples = prepare_data(settings, tokenizer).train
+    examples = read_parent_rows(path, data, tokenizer, max_rows=rows)
     for batch in batches(
         examples,
         batch_size=1,

@@ -21,13 +21,18 @@ Batch = dict[str, torch.Tensor]  # input_ids, labels, attention_mask: (B, T)
 
 def read_replay_rows(data: DataConfig, continual: ContinualConfig, tokenizer: Any) -> list[TokenizedExample]:
     """Every row of `continual.replay_paths`, tokenized with the recipe's `data:` settings."""
-    rows: list[TokenizedExample] = []
-    for path in continual.replay_paths:
-        settings = data.model_copy(
-            update={"path": path, "validation_path": None, "validation_fraction": 0.0, "max_rows": None}
-        )
-        rows += prepare_data(settings, tokenizer).train
-    return rows
+    return [row for path in continual.replay_paths for row in read_parent_rows(path, data, tokenizer)]
+
+
+def read_parent_rows(
+    path: str, data: DataConfig, tokenizer: Any, *, max_rows: int | None = None
+) -> list[TokenizedExample]:
+    """The first `max_rows` (default all) rows of the parent's data file `path`, tokenized with the recipe's
+    `data:` settings, none held out for validation."""
+    settings = data.model_copy(
+        update={"path": path, "validation_path": None, "validation_fraction": 0.0, "max_rows": max_rows}
+    )
+    return prepare_data(settings, tokenizer).train
 
 
 def replay_batches(
