@@ -30,19 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from torch import nn
 
 from lorafleet.adapters import attach
 from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
-from lorafleet.adapters.identity import base_identity, check_same_base
 from lorafleet.adapters.settings import LoraSettings
-from lorafleet.adapters.storage import check_shapes, save_adapter, write_adapter
+from lorafleet.adapters.storage import save_adapter, write_adapter
 from lorafleet.continual.config import ContinualConfig
 from lorafleet.continual.orthogonal import orthogonal_penalty, served_sum
 from lorafleet.continual.parameters import lora_a_matrices, lora_parameters
-from lorafleet.errors import AdapterError, ConfigError
-from lorafleet.training.parent import ParentAdapter
+from lorafleet.errors import ConfigError
+from lorafleet.training.parent import ParentAdapter, check_parent_fits, load_parent_tensors
 
 PARENT_ADAPTER = "parent"  # the frozen parent's name inside the PEFT model; the new adapter is ADAPTER_NAME
 NEW_ADAPTER_DIR = "new_adapter"  # the new adapter alone, in the run directory
@@ -109,20 +108,11 @@ def attach_orthogonal(
     The base is checked first (`BaseModelMismatchError`), so a parent of another base fails before `model`
     is changed. The parent's tensors are loaded exactly; a tensor that fits no layer is an `AdapterError`.
     """
-    if parent.card is not None:
-        check_same_base(parent.card.base_model, base_identity(model), adapter=f"parent {parent.path}")
-    check_shapes(model, parent.state, adapter=f"parent {parent.path}")
+    check_parent_fits(model, parent)
     peft_model = attach(model, settings, quantization, gradient_checkpointing=gradient_checkpointing)
     frozen = parent.settings.model_copy(update={"dropout": 0.0, "init": "default"})
     peft_model.add_adapter(PARENT_ADAPTER, frozen.to_peft())
-    loaded: Any = set_peft_model_state_dict(peft_model, parent.state, adapter_name=PARENT_ADAPTER)
-    unexpected = [key for key in loaded.unexpected_keys if "lora_" in key]
-    missing = [key for key in loaded.missing_keys if f".{PARENT_ADAPTER}." in key and "lora_" in key]
-    if unexpected or missing:
-        problem = f"tensor {unexpected[0]} fits no" if unexpected else f"it lacks {missing[0]} of the"
-        raise AdapterError(
-            f"parent {parent.path}: {problem} LoRA layer of its own config; is it a LoRA adapter?"
-        )
+    load_parent_tensors(peft_model, parent, PARENT_ADAPTER)
     # Both adapters act in the forward pass; PEFT marks every active adapter trainable, so freeze the parent.
     lora_model: Any = peft_model.base_model
     lora_model.set_adapter([ADAPTER_NAME, PARENT_ADAPTER])

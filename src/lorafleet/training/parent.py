@@ -101,17 +101,31 @@ def attach_parent(
     The base is checked first (`BaseModelMismatchError` naming the first module that differs), so a
     parent of another base fails before `model` is changed.
     """
+    check_parent_fits(model, parent)
+    peft_model = attach(model, settings, quantization, gradient_checkpointing=gradient_checkpointing)
+    load_parent_tensors(peft_model, parent, ADAPTER_NAME)
+    return peft_model
+
+
+def check_parent_fits(model: nn.Module, parent: ParentAdapter) -> None:
+    """`BaseModelMismatchError` (naming the first module that differs) or `AdapterError` when `parent` was
+    not trained on `model`'s base; checked before `model` is changed."""
     if parent.card is not None:
         check_same_base(parent.card.base_model, base_identity(model), adapter=f"parent {parent.path}")
     check_shapes(model, parent.state, adapter=f"parent {parent.path}")
-    peft_model = attach(model, settings, quantization, gradient_checkpointing=gradient_checkpointing)
-    loaded: Any = set_peft_model_state_dict(peft_model, parent.state, adapter_name=ADAPTER_NAME)
+
+
+def load_parent_tensors(peft_model: PeftModel, parent: ParentAdapter, adapter_name: str) -> None:
+    """Load `parent`'s tensors exactly into adapter `adapter_name`; `AdapterError` for a tensor that fits
+    no LoRA layer of it, or a LoRA layer the parent has no tensor for."""
+    loaded: Any = set_peft_model_state_dict(peft_model, parent.state, adapter_name=adapter_name)
     unexpected = [key for key in loaded.unexpected_keys if "lora_" in key]
-    missing = [key for key in loaded.missing_keys if f".{ADAPTER_NAME}." in key and "lora_" in key]
+    missing = [key for key in loaded.missing_keys if f".{adapter_name}." in key and "lora_" in key]
     if unexpected or missing:
         problem = f"tensor {unexpected[0]} fits no" if unexpected else f"it lacks {missing[0]} of the"
-        raise AdapterError(f"parent {parent.path}: {problem} LoRA layer of the child; is it a LoRA adapter?")
-    return peft_model
+        raise AdapterError(
+            f"parent {parent.path}: {problem} LoRA layer of adapter {adapter_name!r}; is it a LoRA adapter?"
+        )
 
 
 def _normalised(value: Any) -> Any:
