@@ -165,12 +165,8 @@ def _sequence(
         parent = result.adapter_dir
         clock = time.perf_counter()
         learned = TASK_ORDER[: stage + 1]  # a task not yet trained is not scored
-        matrix.append(
-            [
-                _accuracy(parent, data[task][1], args.scored_rows) if task in learned else None
-                for task in TASK_ORDER
-            ]
-        )
+        scores = _accuracies(parent, [data[task][1] for task in learned], args.scored_rows)
+        matrix.append(scores + [None] * (len(TASK_ORDER) - len(learned)))
         score_seconds += time.perf_counter() - clock
         print(f"   after {name}: {_scores(matrix[-1])}", flush=True)
     assert parent is not None
@@ -191,7 +187,7 @@ def _joint(data: dict[str, tuple[Path, Path]], folder: Path, args: argparse.Name
     result = train(config, show_progress=False, log=lambda line: print(f"   {line}", flush=True))
     train_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
-    final = [_accuracy(result.adapter_dir, data[task][1], args.scored_rows) for task in TASK_ORDER]
+    final = _accuracies(result.adapter_dir, [data[task][1] for task in TASK_ORDER], args.scored_rows)
     score_seconds = time.perf_counter() - clock
     print(f"   joint: {_scores(final)}", flush=True)
     summary = _summary([final], result.adapter_dir, train_seconds, score_seconds)
@@ -199,20 +195,28 @@ def _joint(data: dict[str, tuple[Path, Path]], folder: Path, args: argparse.Name
     return summary
 
 
-def _accuracy(adapter_dir: Path, test_path: Path, rows: int) -> float:
-    """Field accuracy of `adapter_dir` on the first `rows` held-out rows of `test_path` (greedy)."""
+def _accuracies(adapter_dir: Path, test_paths: list[Path], rows: int) -> list[float]:
+    """Field accuracy of `adapter_dir` on the first `rows` held-out rows of each of `test_paths` (greedy),
+    scored as a version's eval suites are (`evaluation.suites.score_suite`), the adapter loaded once."""
     from lorafleet.adapters import load_adapter
-    from lorafleet.data import read_examples, with_system_prompt
+    from lorafleet.evaluation.suites import score_suite
     from lorafleet.models import load_base
-    from lorafleet.training.evaluate import evaluate_task
 
     base, tokenizer = load_base("default")
     model = load_adapter(base, adapter_dir)
-    examples = [
-        with_system_prompt(e, SYSTEM_PROMPT) for e in read_examples(test_path, max_rows=rows).examples
+    return [
+        score_suite(
+            model,
+            tokenizer,
+            path,
+            "json_fields",
+            system_prompt=SYSTEM_PROMPT,
+            max_new_tokens=64,
+            batch_size=50,
+            max_rows=rows,
+        )["score"]
+        for path in test_paths
     ]
-    scored = evaluate_task(model, tokenizer, examples, metric="json_fields", max_new_tokens=64, batch_size=50)
-    return float(scored.task["field_accuracy"])
 
 
 def _summary(
