@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import RegistryDep, TenantDep
 from lorafleet.api.errors import error_responses
-from lorafleet.errors import ConfigError, describe_validation_error, first_field
+from lorafleet.errors import validated
 from lorafleet.evaluation.forgetting import SuiteMetric
 from lorafleet.evaluation.gate import GatePolicy
 from lorafleet.registry.tables import EvalSuite
@@ -135,11 +135,4 @@ def gate_report(name: str, version: str, tenant: TenantDep, registry: RegistryDe
 
 def _policy(fields: dict[str, Any]) -> GatePolicy:
     """`fields` as a `GatePolicy`, or a `ConfigError` naming each bad field as `policy.…`."""
-    from pydantic import ValidationError
-
-    try:
-        return GatePolicy.model_validate(fields)
-    except ValidationError as err:
-        raise ConfigError(
-            describe_validation_error(err, "policy"), field=first_field(err, "policy")
-        ) from None
+    return validated(GatePolicy, "policy", **fields)
