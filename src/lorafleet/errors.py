@@ -6,6 +6,8 @@ maps each kind to a 4xx answer.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 _Model = TypeVar("_Model", bound=Any)  # a pydantic model class
@@ -65,7 +67,7 @@ def describe_validation_error(err: object, prefix: str) -> str:
     """One line per bad field of a pydantic `ValidationError`: `lora.r: Input should be ≥ 1 (got 0)`."""
     lines = []
     for item in err.errors():  # type: ignore[attr-defined]
-        field = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        field = field_path(item["loc"], prefix)
         got = item.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{field}: {item['msg']}{shown}")
@@ -77,7 +79,20 @@ def first_field(err: object, prefix: str) -> str | None:
     items = err.errors()  # type: ignore[attr-defined]
     if not items:
         return None
-    return ".".join(str(part) for part in (prefix, *items[0]["loc"]) if part != "") or None
+    return field_path(items[0]["loc"], prefix) or None
+
+
+def field_path(loc: Sequence[object], prefix: str = "") -> str:
+    """The dotted field path of a pydantic error's `loc` under `prefix`, without the parts that name which
+    member of a union a value was checked against (`int`, `literal['auto']`): no one wrote those."""
+    return ".".join(str(part) for part in (prefix, *loc) if part != "" and not _union_member(part))
+
+
+def _union_member(part: object) -> bool:
+    return isinstance(part, str) and bool(_UNION_MEMBER.search(part))
+
+
+_UNION_MEMBER = re.compile(r"^(int|float|str|bool|bytes|none|list|dict)$|\[")
 
 
 class UnknownAdapterError(AdapterError):

@@ -20,7 +20,6 @@ one lorafleet error, and anything else is a 500 whose details stay in the server
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,6 +40,7 @@ from lorafleet.errors import (
     QueueFullError,
     QuotaExceededError,
     UnknownAdapterError,
+    field_path,
 )
 
 
@@ -165,24 +165,13 @@ def validation_error(errors: list[Any]) -> ApiError:
             where = item.get("loc", ("body", 0))[-1]
             reason = item.get("ctx", {}).get("error", "not JSON")
             return ApiError(400, f"invalid JSON body: {reason} (at character {where})")
-        loc = [str(part) for part in item.get("loc", ()) if not _not_a_field(part)]
-        field = ".".join(loc) or "body"
+        loc = [part for part in item.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        field = field_path(loc) or "body"  # the field as the client sent it
         got = item.get("input")
         shown = "" if isinstance(got, dict | list) or "input" not in item else f" (got {got!r})"
         lines.append(f"{field}: {item.get('msg', 'invalid')}{shown}")
         params.append(field)
     return ApiError(400, "; ".join(lines) or "invalid request", param=params[0] if params else None)
-
-
-def _not_a_field(part: object) -> bool:
-    """Whether a part of a pydantic error's `loc` is where the value came from (`body`) or which member of
-    a union it was checked against (`int`, `literal['auto']`), not a field the client sent."""
-    return isinstance(part, str) and (
-        part in ("body", "query", "path", "header") or bool(_UNION_MEMBER.search(part))
-    )
-
-
-_UNION_MEMBER = re.compile(r"^(int|float|str|bool|bytes|none|list|dict)$|\[")
 
 
 def install_error_handlers(app: FastAPI) -> None:
