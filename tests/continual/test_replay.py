@@ -6,17 +6,25 @@ from collections import Counter
 
 import pytest
 
-from lorafleet.continual import mix_replay, replay_rows_per_step, steps_per_epoch
+from lorafleet.continual import Pool, mix_replay, rows_per_step, steps_per_epoch
 from lorafleet.errors import ConfigError
 
 NEW = [("new", i) for i in range(50)]
 OLD = [("old", j) for j in range(40)]
 
 
-def mix(**options: object) -> list[list[tuple[str, int]]]:
-    settings: dict[str, object] = {"share": 0.25, "max_rows": 1000, "batch_size": 8, "seed": 0}
-    settings.update(options)
-    return mix_replay(NEW, OLD, **settings)  # type: ignore[arg-type]
+GENERAL = [("general", j) for j in range(6)]
+Row = tuple[str, int]
+
+
+def parent_pool(share: float = 0.25, max_rows: int = 1000, rows: list[Row] = OLD) -> Pool[Row]:
+    return Pool("replay", rows, share, max_rows)
+
+
+def mix(
+    *, share: float = 0.25, max_rows: int = 1000, batch_size: int = 8, seed: int = 0, epoch: int = 0
+) -> list[list[Row]]:
+    return mix_replay(NEW, [parent_pool(share, max_rows)], batch_size=batch_size, seed=seed, epoch=epoch)
 
 
 @pytest.mark.parametrize(
@@ -24,13 +32,13 @@ def mix(**options: object) -> list[list[tuple[str, int]]]:
 )
 def test_every_full_step_holds_the_configured_share(share: float, batch_size: int, k: int) -> None:
     steps = mix(share=share, batch_size=batch_size)
-    assert replay_rows_per_step(share, batch_size) == k
+    assert rows_per_step([parent_pool(share)], batch_size) == [k]
     for step in steps[:-1]:
         assert len(step) == batch_size
         assert sum(kind == "old" for kind, _ in step) == k
     last_new = sum(kind == "new" for kind, _ in steps[-1])
     assert sum(kind == "old" for kind, _ in steps[-1]) == round(k * last_new / (batch_size - k))
-    assert len(steps) == steps_per_epoch(len(NEW), share, batch_size)
+    assert len(steps) == steps_per_epoch(len(NEW), [parent_pool(share)], batch_size)
 
 
 def test_every_new_row_appears_once_per_epoch() -> None:
@@ -59,17 +67,35 @@ def test_the_stream_is_decided_by_seed_and_epoch() -> None:
     assert sum(kind == "old" for kind, _ in pool) == 5, "the capped pool is the same every epoch"
 
 
+def test_two_pools_each_get_their_share_of_every_step() -> None:
+    pools = [parent_pool(0.25), Pool("rehearsal", GENERAL, 0.125)]
+    steps = mix_replay(NEW, pools, batch_size=8, seed=0)
+
+    assert rows_per_step(pools, 8) == [2, 1]
+    for step in steps[:-1]:
+        kinds = Counter(kind for kind, _ in step)
+        assert kinds == {"new": 5, "old": 2, "general": 1}
+    assert sorted(row for step in steps for row in step if row[0] == "new") == NEW  # 50 new rows: 10 steps
+    assert len(steps) == 10 == steps_per_epoch(len(NEW), pools, 8)
+    general = Counter(row for step in steps for row in step if row[0] == "general")
+    assert len(general) == 6 and max(general.values()) - min(general.values()) <= 1
+
+
 def test_shares_that_round_to_nothing_or_everything_are_refused() -> None:
-    with pytest.raises(ConfigError, match="rounds to 0 replayed rows"):
+    with pytest.raises(ConfigError, match="rounds to 0 rows"):
         mix(share=0.05, batch_size=8)
-    with pytest.raises(ConfigError, match="rounds to 4 replayed rows"):
+    with pytest.raises(ConfigError, match="rounds to 4 mixed-in rows"):
         mix(share=0.9, batch_size=4)
     with pytest.raises(ConfigError, match="at least 2 rows"):
         mix(batch_size=1)
+    both = [parent_pool(0.5), Pool("rehearsal", GENERAL, 0.5)]
+    with pytest.raises(ConfigError, match="leaving no new rows") as err:
+        mix_replay(NEW, both, batch_size=8, seed=0)
+    assert err.value.field == "continual.rehearsal_share"
 
 
-def test_replay_without_parent_rows_is_refused_and_no_new_rows_is_empty() -> None:
-    with pytest.raises(ConfigError, match="no parent rows") as err:
-        mix_replay(NEW, [], share=0.25, max_rows=10, batch_size=8, seed=0)
-    assert err.value.field == "continual.replay_paths"
-    assert mix_replay([], OLD, share=0.25, max_rows=10, batch_size=8, seed=0) == []
+def test_a_pool_without_rows_is_refused_and_no_new_rows_is_empty() -> None:
+    with pytest.raises(ConfigError, match="no rows to mix in") as err:
+        mix_replay(NEW, [parent_pool(rows=[])], batch_size=8, seed=0)
+    assert err.value.field == "continual.replay_share"
+    assert mix_replay([], [parent_pool()], batch_size=8, seed=0) == []

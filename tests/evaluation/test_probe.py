@@ -76,7 +76,7 @@ def test_base_answers_are_cached_once_per_base(tiny: Tiny, monkeypatch: pytest.M
     assert path.stat().st_mtime_ns == written
     record = json.loads(path.read_text())
     assert record["answers"] == first and record["prompts"] == list(PROMPTS)
-    assert record["fingerprint"] == path.stem
+    assert path.stem == f"{record['fingerprint']}-general"
 
     base_answers(model, tokenizer, PROMPTS[:2], **FAST)  # other prompts: generated again, cache replaced
     assert calls == [1, 1] and json.loads(path.read_text())["prompts"] == list(PROMPTS[:2])

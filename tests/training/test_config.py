@@ -265,8 +265,21 @@ def test_continual_defaults_to_none_without_a_parent() -> None:
                 "data.packing=true",
             ],
             "data.packing",
-            "does not pack",
+            "not packed",
         ),
+        (["continual.rehearsal_share=0.25", "data.packing=true"], "data.packing", "not packed"),
+        (
+            [
+                "model.parent=p",
+                "continual.strategy=replay",
+                "continual.replay_paths=[old.jsonl]",
+                "continual.replay_share=0.5",
+                "continual.rehearsal_share=0.5",
+            ],
+            "continual.rehearsal_share",
+            "leaving no new rows",
+        ),
+        (["continual.rehearsal_share=0.01"], "continual.rehearsal_share", "rounds to 0 rows"),
         (["model.parent=p@3"], "model.parent", "registry version"),
         (
             ["model.parent=p", "continual.ewc_lambda=5"],

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lorafleet.continual import ContinualConfig
+from lorafleet.continual import ContinualConfig, Pool
 from lorafleet.data import DataConfig, TokenizedExample
 from lorafleet.errors import ConfigError
 from lorafleet.models import tiny_tokenizer
@@ -77,11 +77,10 @@ def rows(n: int, first_token: int) -> list[TokenizedExample]:
 
 def test_replay_batches_cut_steps_into_micro_batches_and_cap_the_parent_rows() -> None:
     new, old = rows(24, 0), rows(50, 1000)
-    continual = ContinualConfig(strategy="replay", replay_share=0.5, replay_max_rows=3, replay_paths=["x"])
+    pool = Pool("replay", old, 0.5, max_rows=3)
 
-    micro, replayed = replay_batches(
-        new, old, continual, batch_size=2, accumulation=2, pad_token_id=0, seed=0, epoch=0
-    )
+    micro, mixed = replay_batches(new, [pool], batch_size=2, accumulation=2, pad_token_id=0, seed=0, epoch=0)
+    replayed = [counts[0] for counts in mixed]
 
     # 4 rows per step, 2 of them old: 24 new rows fill 12 steps of 2 micro-batches.
     assert len(micro) == 24 and all(b["input_ids"].shape == (2, 3) for b in micro)

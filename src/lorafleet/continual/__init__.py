@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     )
     from lorafleet.continual.orthogonal import orthogonal_penalty, served_sum
     from lorafleet.continual.parameters import lora_a_matrices, lora_parameters
-    from lorafleet.continual.replay import mix_replay, replay_rows_per_step, steps_per_epoch
+    from lorafleet.continual.replay import Pool, mix_replay, mixed_pools, rows_per_step, steps_per_epoch
 
 _LAZY = {
     "FISHER_FILE": "ewc",
@@ -36,14 +36,17 @@ _LAZY = {
     "served_sum": "orthogonal",
     "lora_a_matrices": "parameters",
     "lora_parameters": "parameters",
+    "Pool": "replay",
     "mix_replay": "replay",
-    "replay_rows_per_step": "replay",
+    "mixed_pools": "replay",
+    "rows_per_step": "replay",
     "steps_per_epoch": "replay",
 }
 
 __all__ = [
     "FISHER_FILE",
     "ContinualConfig",
+    "Pool",
     "Strategy",
     "estimate_fisher",
     "ewc_penalty",
@@ -52,8 +55,9 @@ __all__ = [
     "lora_parameters",
     "mean_token_loss",
     "mix_replay",
+    "mixed_pools",
     "orthogonal_penalty",
-    "replay_rows_per_step",
+    "rows_per_step",
     "save_fisher",
     "served_sum",
     "steps_per_epoch",

@@ -11,6 +11,10 @@ Strategies (the math is in the module of each):
                 λ Σ ‖A_parent A_newᵀ‖²_F added to the loss; serve both as one `cat` adapter
                 (`continual.orthogonal`).
 
+Any strategy, and a version trained without a parent too, can also rehearse the base model's general
+ability: a `rehearsal_share` of every step's rows are the base's own answers to general prompts shipped
+with the package (`training.rehearsal`).
+
 This schema imports no torch, so the API can validate a recipe cheaply. What it cannot check is left to
 whoever knows the parent version: that `replay` has rows to replay (the registry's rows of the parent,
 or `replay_paths` when running locally), and that `ewc` has a Fisher stored with the parent (or rows to
@@ -74,6 +78,14 @@ class ContinualConfig(BaseModel):
         ge=1,
         le=10**6,
         description="ewc: parent rows used to estimate its diagonal Fisher (once, stored with the parent).",
+    )
+    rehearsal_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="any strategy, with or without a parent: fraction of each optimizer step's rows that "
+        "are the base model's own answers to general prompts shipped with the package (general "
+        "rehearsal, against drift from the base's general ability); 0 turns it off.",
     )
     orthogonal_lambda: float = Field(
         0.5, gt=0.0, le=1e6, description="orthogonal: weight λ of the overlap penalty λ Σ ‖A_p A_newᵀ‖²_F."

@@ -49,9 +49,9 @@ def general_prompts() -> tuple[str, ...]:
     return tuple(json.loads(PROMPTS_FILE.read_text())["prompts"])
 
 
-def probe_cache_file(fingerprint: str) -> Path:
-    """Where the base answers of the base with `fingerprint` are kept."""
-    return lorafleet_home() / "probe" / f"{fingerprint}.json"
+def probe_cache_file(fingerprint: str, prompt_set: str = "general") -> Path:
+    """Where the answers to `prompt_set` of the base with `fingerprint` are kept."""
+    return lorafleet_home() / "probe" / f"{fingerprint}-{prompt_set}.json"
 
 
 def base_answers(
@@ -62,10 +62,12 @@ def base_answers(
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
+    prompt_set: str = "general",
 ) -> list[str]:
     """The greedy answers of `model` (a base without an adapter, or with it disabled) to `prompts`.
 
-    Read from the cache when it holds answers of this base to these prompts at this length; else
+    Read from the cache of `prompt_set` when it holds answers of this base to these prompts at this
+    length; else
     generated and cached (written to a temporary file, then renamed, so a reader never sees half a file).
     A model whose adapter is active or merged is refused (`ValueError`): its answers would be cached as
     the base's.
@@ -75,7 +77,7 @@ def base_answers(
             "base_answers needs the base model: call it inside `model.disable_adapter()`, unmerged"
         )
     identity = base_identity(model)
-    path = probe_cache_file(identity.fingerprint)
+    path = probe_cache_file(identity.fingerprint, prompt_set)
     key = {"prompts": list(prompts), "max_new_tokens": max_new_tokens}
     cached = _read_cache(path)
     if cached is not None and all(cached.get(name) == value for name, value in key.items()):

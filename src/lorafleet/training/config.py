@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorafleet.adapters.settings import LoraSettings
 from lorafleet.continual.config import ContinualConfig
+from lorafleet.continual.replay import Pool, mixed_pools, rows_per_step
 from lorafleet.data.config import DataConfig
 from lorafleet.errors import ConfigError, describe_validation_error, first_field
 from lorafleet.home import lorafleet_home, validate_name
@@ -225,12 +226,15 @@ def check_continual(config: FinetuneConfig) -> None:
             "continual.replay_paths: strategy replay needs the parent's training rows; name their files",
             field="continual.replay_paths",
         )
-    if strategy == "replay" and config.data.packing:
+    pools: list[Pool[Any]] = mixed_pools(config.continual, parent=config.model.parent is not None)
+    if pools and config.data.packing:
         raise ConfigError(
-            "data.packing: replay mixes rows into each step and does not pack them yet; "
-            "set data.packing: false",
+            f"data.packing: the rows {' and '.join(p.field for p in pools)} mix into each step are not "
+            "packed yet; set data.packing: false",
             field="data.packing",
         )
+    if pools:
+        rows_per_step(pools, config.training.batch_size * config.training.gradient_accumulation_steps)
 
 
 def apply_override(values: dict[str, Any], override: str) -> None:

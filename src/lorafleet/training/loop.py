@@ -30,11 +30,13 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from torch import nn
 
 from lorafleet.adapters import attach, count_parameters, merge, save_adapter, unmerge
 from lorafleet.adapters.attach import Quantization
 from lorafleet.adapters.settings import LoraSettings
 from lorafleet.adapters.storage import Lineage
+from lorafleet.continual.replay import Pool, mixed_pools
 from lorafleet.data import (
     IGNORE_INDEX,
     Example,
@@ -69,6 +71,7 @@ from lorafleet.training.orthogonal import (
 )
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.progress import TrainingProgress
+from lorafleet.training.rehearsal import rehearsal_rows
 from lorafleet.training.replay import read_replay_rows, replay_batches
 from lorafleet.training.report import (
     CURVE_FILE,
@@ -124,9 +127,7 @@ def train(
     data = prepare_data(config.data, tokenizer)
     say = log if main else _silent
     say(_describe_data(data))
-    replay_rows = read_replay_rows(config.data, config.continual, tokenizer) if _replays(config) else None
-    if replay_rows is not None:
-        say(f"replay: {len(replay_rows)} parent rows, share {config.continual.replay_share:g} of each step")
+    pools = _mixed_pools(config, model, tokenizer, say)
     eval_examples = _task_examples(config, data)
 
     evaluations: dict[str, EvalResult] = {}
@@ -160,7 +161,7 @@ def train(
     say(f"LoRA r={lora.r}: {params.trainable:,} trainable of {params.total:,} parameters")
 
     accum = config.training.gradient_accumulation_steps
-    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator, replay_rows)[0])
+    micro_per_epoch = len(_epoch_batches(config, data, tokenizer, 0, accelerator, pools)[0])
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
     total_steps = config.training.max_steps or config.training.epochs * steps_per_epoch
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -202,8 +203,8 @@ def train(
     try:
         with bar:
             while progress.step < total_steps:
-                epoch_batches, replayed = _epoch_batches(
-                    config, data, tokenizer, progress.epoch, accelerator, replay_rows
+                epoch_batches, mixed = _epoch_batches(
+                    config, data, tokenizer, progress.epoch, accelerator, pools
                 )
                 while progress.batch < len(epoch_batches) and progress.step < total_steps:
                     window = epoch_batches[progress.batch : progress.batch + accum]
@@ -232,8 +233,9 @@ def train(
                         "tokens": progress.tokens,
                         "tokens_per_second": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
                     }
-                    if replay_rows is not None:
-                        record["replay_rows"] = sum(replayed[progress.batch - len(window) : progress.batch])
+                    for index, pool in enumerate(pools):  # e.g. replay_rows: the parent's rows in this step
+                        step_counts = mixed[progress.batch - len(window) : progress.batch]
+                        record[f"{pool.name}_rows"] = sum(counts[index] for counts in step_counts)
                     if config.eval.steps and progress.step % config.eval.steps == 0 and data.validation:
                         record |= _periodic_eval(config, peft_model, data, pad_id, progress)
                     if main:
@@ -425,8 +427,19 @@ def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
 
 
-def _replays(config: FinetuneConfig) -> bool:
-    return config.model.parent is not None and config.continual.strategy == "replay"
+def _mixed_pools(
+    config: FinetuneConfig, model: nn.Module, tokenizer: Any, say: Callable[[str], None]
+) -> list[Pool[TokenizedExample]]:
+    """The rows mixed into every step (`continual.replay`): the parent's under strategy replay, and the
+    base's answers to the rehearsal prompts when `continual.rehearsal_share` > 0. `model` is the bare base."""
+    continual, parent = config.continual, config.model.parent is not None
+    replays = parent and continual.strategy == "replay"
+    replay = read_replay_rows(config.data, continual, tokenizer) if replays else []
+    rehearsal = rehearsal_rows(model, tokenizer, config.data) if continual.rehearsal_share > 0 else []
+    pools = mixed_pools(continual, parent=parent, replay=replay, rehearsal=rehearsal)
+    for pool in pools:
+        say(f"{pool.field} {pool.share:g}: {len(pool.rows)} rows to mix into each step")
+    return pools
 
 
 def _epoch_batches(
@@ -435,23 +448,22 @@ def _epoch_batches(
     tokenizer: Any,
     epoch: int,
     accelerator: Any,
-    replay_rows: list[TokenizedExample] | None = None,
-) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
-    """This process's micro-batches of `epoch` (every n-th batch under multi-process training), and the
-    parent rows each holds (all 0 unless replaying)."""
+    pools: list[Pool[TokenizedExample]],
+) -> tuple[list[dict[str, torch.Tensor]], list[list[int]]]:
+    """This process's micro-batches of `epoch` (every n-th batch under multi-process training), and how
+    many rows of each pool each holds (none when no pool is mixed in)."""
     every, first = accelerator.num_processes, accelerator.process_index
-    if replay_rows is not None:
-        micro, replayed = replay_batches(
+    if pools:
+        micro, mixed = replay_batches(
             data.train,
-            replay_rows,
-            config.continual,
+            pools,
             batch_size=config.training.batch_size,
             accumulation=config.training.gradient_accumulation_steps,
             pad_token_id=tokenizer.pad_token_id,
             seed=config.data.seed + config.training.seed,
             epoch=epoch,
         )
-        return micro[first::every], replayed[first::every]
+        return micro[first::every], mixed[first::every]
     all_batches = batches(
         data.train,
         batch_size=config.training.batch_size,
@@ -463,7 +475,7 @@ def _epoch_batches(
         epoch=epoch,
     )
     mine = all_batches[first::every]
-    return mine, [0] * len(mine)
+    return mine, [[] for _ in mine]
 
 
 def _evaluate(

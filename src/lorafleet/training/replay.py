@@ -1,9 +1,11 @@
-"""Replay in training: the parent's own rows (`continual.replay_paths`) mixed into every optimizer step.
+"""Replay in training: earlier rows mixed into every optimizer step.
 
-The rows are read and tokenized exactly as the training rows are (`data:` settings, none held out), and
-`continual.mix_replay` decides each step's rows: with b = batch_size × gradient_accumulation_steps rows
-per step, round(replay_share · b) are the parent's, drawn from a seeded pool of at most `replay_max_rows`.
-Each step's rows are cut into its micro-batches of `batch_size` (the last step may have fewer).
+The pools are the parent's own rows (`continual.replay_paths`, read and tokenized exactly as the training
+rows are: `data:` settings, none held out) and the base's answers to general prompts
+(`training.rehearsal`). `continual.mix_replay` decides each step's rows: with b = batch_size ×
+gradient_accumulation_steps rows per step, round(share · b) come from each pool (the parent's drawn from
+a seeded sample of at most `replay_max_rows`). Each step's rows are cut into its micro-batches of
+`batch_size` (the last step may have fewer).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from lorafleet.continual.config import ContinualConfig
-from lorafleet.continual.replay import mix_replay
+from lorafleet.continual.replay import Pool, mix_replay
 from lorafleet.data import DataConfig, TokenizedExample, collate, prepare_data
 
 Batch = dict[str, torch.Tensor]  # input_ids, labels, attention_mask: (B, T)
@@ -37,31 +39,27 @@ def read_parent_rows(
 
 def replay_batches(
     new_rows: list[TokenizedExample],
-    old_rows: list[TokenizedExample],
-    continual: ContinualConfig,
+    pools: list[Pool[TokenizedExample]],
     *,
     batch_size: int,
     accumulation: int,
     pad_token_id: int,
     seed: int,
     epoch: int,
-) -> tuple[list[Batch], list[int]]:
-    """One epoch's micro-batches, `accumulation` per optimizer step, and how many replayed rows each holds."""
-    steps = mix_replay(
-        new_rows,
-        old_rows,
-        share=continual.replay_share,
-        max_rows=continual.replay_max_rows,
-        batch_size=batch_size * accumulation,
-        seed=seed,
-        epoch=epoch,
-    )
-    old = {id(row) for row in old_rows}
+) -> tuple[list[Batch], list[list[int]]]:
+    """One epoch's micro-batches, `accumulation` per optimizer step, and how many rows of each pool each
+    micro-batch holds."""
+    steps = mix_replay(new_rows, pools, batch_size=batch_size * accumulation, seed=seed, epoch=epoch)
+    owner = {id(row): index for index, pool in enumerate(pools) for row in pool.rows}
     micro: list[Batch] = []
-    replayed: list[int] = []
+    mixed: list[list[int]] = []
     for step in steps:
         for start in range(0, len(step), batch_size):
             rows = step[start : start + batch_size]
             micro.append(collate(rows, pad_token_id=pad_token_id))
-            replayed.append(sum(id(row) in old for row in rows))
-    return micro, replayed
+            counts = [0] * len(pools)
+            for row in rows:
+                if id(row) in owner:
+                    counts[owner[id(row)]] += 1
+            mixed.append(counts)
+    return micro, mixed
