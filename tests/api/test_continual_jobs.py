@@ -79,6 +79,43 @@ def test_a_job_continues_its_parent_and_every_version_is_scored_on_its_lineage(
     assert report["passed"] is (score[1] >= score[0]), report
 
 
+def test_the_parents_fisher_is_estimated_by_its_first_ewc_child_and_kept_with_it(
+    make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
+) -> None:
+    platform = make_platform(workers=1)
+    acme = platform.tenant("acme")
+    client = acme.client
+    first_rows = upload(client, write_jsonl(tmp_path / "first.jsonl", QA_ROWS)).json()["id"]
+    job(client, str(tiny_dir), first_rows)
+    registry = platform.registry.adapters
+    v1 = registry.version(acme.id, "tickets", 1)
+    artifact = registry.local_path(v1)
+    files_before = sorted(p.name for p in artifact.iterdir())
+    assert registry.stored_fisher(v1) is None
+
+    second_rows = upload(client, write_jsonl(tmp_path / "second.jsonl", OTHER_ROWS)).json()["id"]
+    recipe = {**QUICK_RECIPE, "continual": {"strategy": "ewc"}}
+    children = [job(client, str(tiny_dir), second_rows, parent="tickets@1", recipe=recipe) for _ in range(2)]
+
+    def ewc_events(finished: dict[str, Any]) -> list[str]:
+        page = client.get(f"/v1/fine_tuning/jobs/{finished['id']}/events?limit=200").json()["data"]
+        return [e["message"] for e in page if e["message"].startswith("EWC:")]
+
+    first, second = (ewc_events(child) for child in children)
+    assert any("estimating the parent's Fisher" in m for m in first), first
+    assert any("the parent's Fisher from" in m for m in second), second
+    assert not any("estimating" in m for m in second), second
+    stored = registry.stored_fisher(v1)
+    assert stored is not None and stored.stat().st_size > 0
+    assert sorted(p.name for p in artifact.iterdir()) == files_before  # the version's artifact is untouched
+    assert client.get("/v1/adapters/tickets/versions/1").json()["sha256"] == v1.sha256
+
+    # deleting the version removes the Fisher stored with it
+    for number in (3, 2, 1):
+        assert client.delete(f"/v1/adapters/tickets/versions/{number}").status_code == 200
+    assert not stored.exists()
+
+
 def test_a_tenant_cannot_name_server_files_for_the_parents_rows(
     make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
 ) -> None:

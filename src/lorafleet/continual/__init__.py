@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from lorafleet.continual.config import ContinualConfig, Strategy
 
+FISHER_FILE = "fisher.safetensors"  # EWC's diagonal Fisher of a version, kept beside its adapter files
+
 if TYPE_CHECKING:
     from lorafleet.continual.ewc import (
-        FISHER_FILE,
         estimate_fisher,
         ewc_penalty,
         load_fisher,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from lorafleet.continual.replay import Pool, mix_replay, mixed_pools, rows_per_step, steps_per_epoch
 
 _LAZY = {
-    "FISHER_FILE": "ewc",
     "estimate_fisher": "ewc",
     "ewc_penalty": "ewc",
     "load_fisher": "ewc",

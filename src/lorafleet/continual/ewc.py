@@ -30,10 +30,10 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from lorafleet.adapters.storage import read_adapter
+from lorafleet.continual import FISHER_FILE
 from lorafleet.continual.parameters import lora_parameters
 from lorafleet.errors import AdapterError, ConfigError, CorruptFileError
 
-FISHER_FILE = "fisher.safetensors"
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 where unlabelled), all (B, T)
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 

@@ -36,6 +36,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lorafleet.continual import FISHER_FILE
 from lorafleet.errors import ConflictError, LorafleetError
 from lorafleet.home import lorafleet_home
 from lorafleet.jobs.executors import RUNNER_LOG, Executor, RunningJob, make_executor
@@ -43,6 +44,8 @@ from lorafleet.jobs.runner import EXIT_CANCELLED, read_events
 from lorafleet.jobs.tenant_text import TenantText
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import Job
+
+PARENT_DIR = "parent"  # the job's private copy of its parent version's adapter, inside the job's folder
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +223,7 @@ class Worker:
                 error = f"could not register the adapter: {tail.text(str(err))}"
                 jobs.finish(job.id, self.worker_id, "failed", error=error)
                 return "failed"
+            self._keep_parent_fisher(job, folder)
             return "succeeded"
         if code == EXIT_CANCELLED:
             jobs.finish(job.id, self.worker_id, "cancelled")
@@ -229,6 +233,19 @@ class Worker:
         error = tail.error or f"the training process exited with code {code}"
         jobs.finish(job.id, self.worker_id, "failed", error=error)
         return "failed"
+
+    def _keep_parent_fisher(self, job: Job, folder: Path) -> None:
+        """Store the Fisher an EWC run estimated on its parent's rows with the parent version, so the parent's
+        next EWC child reads it instead of estimating it again. Losing it costs only that estimate."""
+        estimated = folder / PARENT_DIR / FISHER_FILE
+        if job.parent_version_id is None or not estimated.is_file():
+            return
+        try:
+            parent = self.registry.adapters.by_id(job.tenant_id, job.parent_version_id)
+            if self.registry.adapters.stored_fisher(parent) is None:
+                self.registry.adapters.store_fisher(parent, estimated)
+        except (LorafleetError, OSError) as err:
+            logger.warning("job %s: could not keep the parent's Fisher: %s", job.id, err)
 
     def _write_spec(self, job: Job, folder: Path) -> tuple[Path, dict[str, str]]:
         """The run's spec file, and its data files' paths → their names as the tenant uploaded them."""
@@ -268,10 +285,13 @@ class Worker:
         rows' path → the name the tenant uploaded them under."""
         assert job.parent_version_id is not None
         parent = self.registry.adapters.by_id(job.tenant_id, job.parent_version_id)
-        copy_dir = folder / "parent"
+        copy_dir = folder / PARENT_DIR
         shutil.copytree(self.registry.adapters.local_path(parent), copy_dir)
         recipe["model"]["parent"] = str(copy_dir)
         continual = recipe.setdefault("continual", {})
+        fisher = self.registry.adapters.stored_fisher(parent) if continual.get("strategy") == "ewc" else None
+        if fisher is not None:  # estimated by an earlier child: EWC reads it instead of estimating again
+            shutil.copyfile(fisher, copy_dir / FISHER_FILE)
         if continual.get("strategy") not in ("replay", "ewc") or parent.dataset_id is None:
             return {}
         rows = self.registry.datasets.get(job.tenant_id, parent.dataset_id)

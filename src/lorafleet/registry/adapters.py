@@ -185,6 +185,18 @@ class Adapters:
     def local_path(self, version: AdapterVersion) -> Path:
         return self.artifacts.local_path(version.artifact)
 
+    # --- the Fisher EWC estimates on a version's rows: computed by the first EWC child, kept for the rest --
+
+    def stored_fisher(self, version: AdapterVersion) -> Path | None:
+        """A local copy of the Fisher stored with `version`, or None when none is."""
+        url = self.artifacts.url_for(_fisher_key(version))
+        return self.artifacts.local_path(url) if self.artifacts.exists(url) else None
+
+    def store_fisher(self, version: AdapterVersion, path: Path) -> None:
+        """Keep `path` (a `fisher.safetensors` estimated on the version's rows) with `version`. The version's
+        own artifact is not touched: its digest and downloads stay as they were."""
+        self.artifacts.put_file(path, _fisher_key(version))
+
     def delete_version(self, tenant_id: str, name: str, number: int | str) -> AdapterVersion:
         """Delete one version; `ConflictError` while an alias points at it."""
         with self.db.session() as session:
@@ -198,7 +210,7 @@ class Adapters:
                 )
             session.delete(version)
             record_usage(session, tenant_id, "storage", storage_bytes=-version.bytes, model=name)
-        self.artifacts.delete(version.artifact)
+        self._delete_artifacts(version)
         return version
 
     def delete(self, tenant_id: str, name: str) -> Adapter:
@@ -218,8 +230,12 @@ class Adapters:
             session.flush()
             session.delete(adapter)
         for version in versions:
-            self.artifacts.delete(version.artifact)
+            self._delete_artifacts(version)
         return adapter
+
+    def _delete_artifacts(self, version: AdapterVersion) -> None:
+        self.artifacts.delete(version.artifact)
+        self.artifacts.delete(self.artifacts.url_for(_fisher_key(version)))
 
     # --- aliases ----------------------------------------------------------------------------------------
 
@@ -383,3 +399,7 @@ class Adapters:
         else:
             row.version_id = version_id
             row.updated_at = now()
+
+
+def _fisher_key(version: AdapterVersion) -> str:
+    return f"tenants/{version.tenant_id}/fisher/{version.id}.safetensors"

@@ -75,6 +75,13 @@ class ArtifactStore:
         """Store a directory as `key`; return its URL."""
         return self._put(source, key, directory=True)
 
+    def url_for(self, key: str) -> str:
+        """The URL `put_file` / `put_directory` return for `key`."""
+        return str(self.root / key) if self.local else f"{self.url}/{key}"
+
+    def exists(self, url: str) -> bool:
+        return Path(url.removeprefix("file://")).exists() if self.local else bool(self._fs.exists(url))
+
     def local_path(self, url: str) -> Path:
         """A local path with the artifact's contents: the file itself on a local store, else a cached copy."""
         if self.local:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorafleet.continual.ewc import FISHER_FILE, estimate_fisher, ewc_penalty, load_fisher, save_fisher
+from lorafleet.continual import FISHER_FILE
+from lorafleet.continual.ewc import estimate_fisher, ewc_penalty, load_fisher, save_fisher
 from lorafleet.continual.parameters import lora_parameters
 from lorafleet.data import DataConfig, batches
 from lorafleet.errors import ConfigError
