@@ -14,13 +14,16 @@ from lorafleet.monitoring.drift import (
     mmd2,
     mmd_test,
 )
+from lorafleet.monitoring.quality import RollingScore, json_schema_validator
 
 __all__ = [
     "ClassifierResult",
     "DriftReport",
     "MMDResult",
+    "RollingScore",
     "classifier_auc_test",
     "detect_drift",
+    "json_schema_validator",
     "mmd2",
     "mmd_test",
 ]
