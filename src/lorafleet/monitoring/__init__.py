@@ -1,0 +1,29 @@
+"""Monitors per served alias: input drift of recent prompts (MMD and classifier two-sample tests on the base
+model's embeddings) and answer quality (rolling feedback score, task validators). Pure math on numpy arrays
+and plain values: no torch, no registry.
+"""
+
+from __future__ import annotations
+
+from lorafleet.monitoring.drift import (
+    ClassifierResult,
+    DriftReport,
+    MMDResult,
+    classifier_auc_test,
+    detect_drift,
+    mmd2,
+    mmd_test,
+)
+from lorafleet.monitoring.quality import RollingScore, json_schema_validator
+
+__all__ = [
+    "ClassifierResult",
+    "DriftReport",
+    "MMDResult",
+    "RollingScore",
+    "classifier_auc_test",
+    "detect_drift",
+    "json_schema_validator",
+    "mmd2",
+    "mmd_test",
+]
