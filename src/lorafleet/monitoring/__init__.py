@@ -14,12 +14,15 @@ from lorafleet.monitoring.drift import (
     mmd2,
     mmd_test,
 )
+from lorafleet.monitoring.monitor import AliasMonitor, MonitorStatus
 from lorafleet.monitoring.quality import RollingScore, json_schema_validator
 
 __all__ = [
+    "AliasMonitor",
     "ClassifierResult",
     "DriftReport",
     "MMDResult",
+    "MonitorStatus",
     "RollingScore",
     "classifier_auc_test",
     "detect_drift",
