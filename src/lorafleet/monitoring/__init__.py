@@ -1,0 +1,1 @@
+"""Watching what is served: the request log and feedback (`requests`), and monitors over them."""
