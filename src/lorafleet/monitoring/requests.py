@@ -73,15 +73,17 @@ class RequestLogWriter:
         try:
             self._queue.put_nowait(completion)
         except queue.Full:
+            with self._changed:
+                self._dropped += 1
+                dropped = self._dropped
             self._done(1)
-            self._dropped += 1
-            if self._dropped % 1000 == 1:  # the first drop, then every thousandth
+            if dropped % 1000 == 1:  # the first drop, then every thousandth
                 logger.warning(
                     "request log queue is full (%d completions waiting): completion %s and %d before it "
                     "are not logged; is the database slow or down?",
                     self._queue.maxsize,
                     completion.id,
-                    self._dropped - 1,
+                    dropped - 1,
                 )
 
     def flush(self, timeout: float = 5.0) -> bool:
