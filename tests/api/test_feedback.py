@@ -168,6 +168,7 @@ def test_feedback_on_own_completions_and_not_found_on_anyone_elses(
         ('{"completion_id": "ID", "label": ""}', "label", "at least 1 character"),
         ('{"completion_id": "ID", "correction": "  "}', "correction", "blank"),
         ('{"completion_id": "ID", "scor": 0.5}', "scor", "Extra inputs"),
+        ('{"completion_id": "ID", "correction": "a\\u0000b"}', "correction", "NUL character"),
     ],
 )
 def test_bad_feedback_is_a_400_naming_the_field(

@@ -76,6 +76,33 @@ def test_a_tenant_that_turned_text_off_gets_no_text_logged(
     assert registry.tenants.create("initech", settings=TenantSettings(log_text=False)).log_text is False
 
 
+def test_nul_characters_a_model_generated_are_stored_as_replacement_characters(
+    registry: Registry, tenant: Tenant
+) -> None:
+    messages = [{"role": "user", "content": "a\x00b"}]
+    registry.requests.add(
+        [
+            logged(tenant.id, "chatcmpl-1", messages=messages, text="\x00ok\x00"),
+            logged(tenant.id, "cmpl-2", messages=None, prompt="p\x00"),
+        ]
+    )
+
+    chat, text = registry.requests.get(tenant.id, "chatcmpl-1"), registry.requests.get(tenant.id, "cmpl-2")
+
+    assert (chat.messages, chat.text) == ([{"role": "user", "content": "a\ufffdb"}], "\ufffdok\ufffd")
+    assert text.prompt == "p\ufffd"
+    with pytest.raises(ConfigError, match="NUL") as refused:
+        registry.requests.add_feedback(tenant.id, "chatcmpl-1", correction="fix\x00")
+    assert refused.value.field == "correction"
+    with pytest.raises(NotFoundError, match="no completion"):
+        registry.requests.add_feedback(tenant.id, "chatcmpl-1\x00", score=1.0)
+    with pytest.raises(NotFoundError, match="no feedback"):
+        registry.requests.feedback(tenant.id, after="fb-\x00")
+    assert registry.requests.feedback(tenant.id, completion_id="\x00") == ([], False)
+    with pytest.raises(NotFoundError, match="no adapter"):
+        registry.requests.corrections(tenant.id, adapter="\x00")
+
+
 def test_another_tenants_completion_is_not_found_like_an_unknown_one(
     registry: Registry, tenant: Tenant, other_tenant: Tenant
 ) -> None:

@@ -5,6 +5,9 @@ that served it, token counts, latency, why it ended and, unless the tenant turne
 prompt (or chat messages) and the answer. Feedback (a score in [0, 1], a label, a correction) refers to
 one of the tenant's own completions; another tenant's id is "not found", like an unknown one.
 `prune(before)` deletes older completions with their feedback (the server's retention).
+
+PostgreSQL stores no NUL character in text, and a model may generate one: a logged completion keeps
+each as U+FFFD; feedback holding one is refused, and an id holding one is not found.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from sqlalchemy import and_, delete, func, or_, select
 from lorafleet.errors import ConfigError, NotFoundError
 from lorafleet.registry.database import Database
 from lorafleet.registry.tables import Adapter, AdapterVersion, Feedback, LoggedCompletion, Tenant, owned
+
+NUL = "\x00"
 
 
 class RequestLog:
@@ -33,12 +38,15 @@ class RequestLog:
                 tenant_id = completion.tenant_id
                 if tenant_id not in keeps_text:
                     keeps_text[tenant_id] = session.get_one(Tenant, tenant_id).log_text
-                if not keeps_text[tenant_id]:
+                if keeps_text[tenant_id]:
+                    _make_storable(completion)
+                else:
                     completion.prompt = completion.messages = completion.text = None
                 session.add(completion)
 
     def get(self, tenant_id: str, completion_id: str) -> LoggedCompletion:
         """The tenant's logged completion with that id; `NotFoundError` for an unknown or foreign one."""
+        _known_id(completion_id, "completion")
         with self.db.session() as session:
             return owned(session, LoggedCompletion, completion_id, tenant_id, what="completion")
 
@@ -57,6 +65,10 @@ class RequestLog:
             raise ConfigError("feedback needs at least one of score, label or correction (got none)")
         if score is not None and not (math.isfinite(score) and 0.0 <= score <= 1.0):
             raise ConfigError(f"score must be a number from 0 to 1 (got {score!r})", field="score")
+        for field, value in (("label", label), ("correction", correction)):
+            if value is not None and NUL in value:
+                raise ConfigError(f"{field} contains a NUL character (\\u0000); remove it", field=field)
+        _known_id(completion_id, "completion")
         with self.db.session() as session:
             owned(session, LoggedCompletion, completion_id, tenant_id, what="completion")
             feedback = Feedback(
@@ -76,6 +88,10 @@ class RequestLog:
         """The tenant's feedback, oldest first, after the feedback `after` (a page of `limit`), and whether
         more follows; only that on `completion_id` when given."""
         query = select(Feedback).where(Feedback.tenant_id == tenant_id)
+        if completion_id is not None and NUL in completion_id:
+            return [], False
+        if after is not None:
+            _known_id(after, "feedback")
         with self.db.session() as session:
             if completion_id is not None:
                 query = query.where(Feedback.completion_id == completion_id)
@@ -121,6 +137,7 @@ class RequestLog:
         )
         with self.db.session() as session:
             if adapter is not None:
+                _known_id(adapter, "adapter")
                 found = session.scalar(
                     select(Adapter.id).where(Adapter.tenant_id == tenant_id, Adapter.name == adapter)
                 )
@@ -140,3 +157,23 @@ class RequestLog:
             session.execute(delete(Feedback).where(Feedback.completion_id.in_(old)))
             deleted = session.execute(delete(LoggedCompletion).where(LoggedCompletion.created_at < before))
         return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def _known_id(value: str, what: str) -> None:
+    """`NotFoundError` for an id that no row can have (one with a NUL character, which PostgreSQL refuses)."""
+    if NUL in value:
+        raise NotFoundError(f"no {what} {value!r}")
+
+
+def _make_storable(completion: LoggedCompletion) -> None:
+    """Replace each NUL character of the completion's text by U+FFFD, so every database stores it."""
+
+    def storable(text: str | None) -> str | None:
+        return None if text is None else text.replace(NUL, "\ufffd")
+
+    completion.prompt = storable(completion.prompt)
+    completion.text = storable(completion.text)
+    if completion.messages is not None:
+        completion.messages = [
+            {key: storable(value) or "" for key, value in message.items()} for message in completion.messages
+        ]
