@@ -62,6 +62,9 @@ FOREIGN_CALLS: list[Call] = [
         ("POST", "/v1/chat/completions", {"model": m, "messages": [{"role": "user", "content": "q1"}]})
         for m in MODELS
     ],
+    ("POST", "/v1/feedback", {"completion_id": "{completion_id}", "score": 1.0}),
+    ("GET", "/v1/feedback?after={feedback_id}", None),
+    ("POST", "/v1/feedback/corrections/export", {"adapter": "{name}"}),
 ]
 # List routes: what B's answer must not contain of A's (each gets the ids of A's resources and B's answer).
 LISTS: dict[str, Callable[[dict[str, str], dict[str, Any]], list[str]]] = {
@@ -69,6 +72,7 @@ LISTS: dict[str, Callable[[dict[str, str], dict[str, Any]], list[str]]] = {
     "/v1/fine_tuning/jobs": lambda a, answer: [j["id"] for j in answer["data"] if j["id"] == a["job_id"]],
     "/v1/adapters": lambda a, answer: [x["name"] for x in answer["data"] if x["name"] == a["name"]],
     "/v1/models": lambda a, answer: [m["id"] for m in answer["data"] if m["id"].startswith(a["name"])],
+    "/v1/feedback": lambda a, answer: [f["id"] for f in answer["data"] if f["id"] == a["feedback_id"]],
     "/v1/usage": lambda a, answer: [
         f"{day['date']}: {day['prompt_tokens']} prompt tokens"
         for day in answer["data"]
@@ -82,6 +86,7 @@ ADMIN_CALLS: list[Call] = [
     ("POST", "/v1/tenants", {"name": "intruder"}),
     ("GET", "/v1/tenants", None),
     ("GET", "/v1/tenants/{tenant}", None),
+    ("PATCH", "/v1/tenants/{tenant}", {"log_text": False}),
     ("PATCH", "/v1/tenants/{tenant}/quotas", {"max_adapters": 100}),
     ("POST", "/v1/tenants/{tenant}/keys", {"name": "stolen"}),
     ("GET", "/v1/tenants/{tenant}/keys", None),
@@ -157,8 +162,9 @@ def test_every_tenant_route_has_an_isolation_case(tmp_path: Path, tiny_dir: Path
 def owned_resources(
     platform: Platform, tenant: Tenant, tiny_dir: Path, tmp_path: Path
 ) -> tuple[dict[str, str], list[str]]:
-    """A's file, queued job (no workers run it), and adapter `support` with v1, v2, production → v2 and an
-    eval suite: the values of the calls' placeholders, and strings only A's own answers may contain."""
+    """A's file, queued job (no workers run it), adapter `support` with v1, v2, production → v2 and an
+    eval suite, and a completion with a correction: the values of the calls' placeholders, and strings only
+    A's own answers may contain."""
     from lorafleet.models import load_base
 
     client = tenant.client
@@ -187,6 +193,12 @@ def owned_resources(
         "/v1/adapters/support/suites", json={"file": held_out.json()["id"], "metric": "exact_match"}
     )
     assert suite.status_code == 201, suite.text
+    messages = [{"role": "user", "content": "q1"}]
+    completion = client.post("/v1/chat/completions", json={"model": "support", "messages": messages})
+    assert completion.status_code == 200, completion.text
+    body = {"completion_id": completion.json()["id"], "correction": "acme-correction"}
+    feedback = client.post("/v1/feedback", json=body)
+    assert feedback.status_code == 201, feedback.text
     values = {
         "tenant_id": tenant.id,
         "file_id": file["id"],
@@ -198,8 +210,11 @@ def owned_resources(
         "alias": "production",
         "model": "support:production",
         "base": str(tiny_dir),
+        "completion_id": completion.json()["id"],
+        "feedback_id": feedback.json()["id"],
     }
     secrets = [
+        "acme-correction",
         tenant.id,
         file["sha256"],
         "acme-secret",
@@ -222,6 +237,7 @@ def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
         "aliases": adapter["aliases"],
         "history": client.get(f"/v1/adapters/{a['name']}/history").json()["data"],
         "suites": client.get(f"/v1/adapters/{a['name']}/suites").json()["data"],
+        "feedback": client.get("/v1/feedback").json()["data"],
     }
 
 
@@ -259,6 +275,7 @@ def test_another_tenants_resources_are_not_found(
 
     assert snapshot(acme.client, a) == before
     assert before["job"] == "queued" and before["aliases"] == {"production": 2}
+    assert [f["correction"] for f in before["feedback"]] == ["acme-correction"]
     assert [v for v, _ in before["versions"]] == [1, 2]
 
 
@@ -301,6 +318,8 @@ def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_pa
             "alias",
             "model",
             "base",
+            "completion_id",
+            "feedback_id",
         ),
         "x",
     )

@@ -1,15 +1,19 @@
 """`create_app(settings)`: the platform server as one FastAPI app.
 
-    start     open the registry (migrating it) → load the base model into the engine → start the
-              local job workers (threads that supervise training processes)
+    start     open the registry (migrating it) → start the request log's writer (it prunes rows past
+              the retention) → load the base model into the engine → start the local job workers
+              (threads that supervise training processes)
     serve     routes per resource under /v1 (OpenAI-compatible inference, files, fine-tuning jobs;
-              adapters, usage, tenants), /healthz, /readyz, /metrics; every route but health is
-              authenticated by a bearer key and scoped to its tenant
-    stop      stop the workers (a running job is re-queued) → stop the engine → close the registry
+              adapters, usage, feedback, tenants), /healthz, /readyz, /metrics; every route but health
+              is authenticated by a bearer key and scoped to its tenant
+    stop      stop the workers (a running job is re-queued) → stop the engine → write the request log's
+              last rows → close the registry
 
 `model` in completions is the base model's name, an adapter (`name`: its production alias, else its
 latest version), `name@version` or `name:alias`. It resolves to an immutable version id, which is the
 engine's adapter key: promoting or rolling back an alias changes what the next request gets at once.
+Each finished completion is metered (`usage`) and logged (`requests`) with that version id, in one place:
+`record`, given to the inference service as its `on_usage`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -32,6 +36,7 @@ from lorafleet.api.routes import (
     adapters,
     completions,
     evaluation,
+    feedback,
     files,
     fine_tuning,
     health,
@@ -41,8 +46,13 @@ from lorafleet.api.routes import (
 )
 from lorafleet.api.settings import ServerSettings
 from lorafleet.jobs.worker import Worker
+from lorafleet.monitoring.requests import RequestLogWriter
 from lorafleet.registry import Registry
+from lorafleet.registry.tables import LoggedCompletion
 from lorafleet.serving.router import parse_reference
+
+if TYPE_CHECKING:
+    from lorafleet.api.inference import UsageEvent
 
 DESCRIPTION = """Fine-tune, version and serve LoRA adapters for many tenants on one base model.
 
@@ -56,12 +66,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The server app for `settings` (default: read from `LORAFLEET_*` environment variables)."""
     settings = settings or ServerSettings()
     registry = Registry(settings.database_url, artifacts_url=settings.artifacts_url)
+    request_log = RequestLogWriter(registry.requests, retention_days=settings.request_log_days)
     workers: list[tuple[Worker, threading.Thread]] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        request_log.start()
         if settings.serve_models:
-            app.state.inference = _inference(settings, registry, app.state.metrics)
+            app.state.inference = _inference(settings, registry, app.state.metrics, request_log)
         for index in range(settings.workers):
             worker = Worker(registry, settings.worker)  # its id: host, pid and a random part
             thread = threading.Thread(target=worker.run, name=f"lorafleet-worker-{index}", daemon=True)
@@ -76,11 +88,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 thread.join(timeout=60)
             if app.state.inference is not None:
                 app.state.inference.close()
+            request_log.close()
             registry.close()
 
     app = FastAPI(title="lorafleet", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.request_log = request_log
     app.state.inference = None
     app.state.started_at = time.time()
     app.state.authenticate = Authenticator(
@@ -92,13 +106,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.middleware("http")(app.state.metrics.middleware)
     install_error_handlers(app)
     install_openapi(app)
-    for module in (health, tenants, files, fine_tuning, adapters, evaluation, models, completions, usage):
+    routes = (health, tenants, files, fine_tuning, adapters, evaluation, models, completions, feedback, usage)
+    for module in routes:
         app.include_router(module.router)
     return app
 
 
-def _inference(settings: ServerSettings, registry: Registry, metrics: ServerMetrics) -> Any:
-    from lorafleet.api.inference import InferenceService, UsageEvent
+def _inference(
+    settings: ServerSettings, registry: Registry, metrics: ServerMetrics, request_log: RequestLogWriter
+) -> Any:
+    from lorafleet.api.inference import InferenceService
 
     def resolve(tenant_id: str, model: str) -> str | None:
         """The engine's adapter key for `model` (None: the base), after the tenant's token quota."""
@@ -109,6 +126,8 @@ def _inference(settings: ServerSettings, registry: Registry, metrics: ServerMetr
         return registry.adapters.resolve(tenant_id, ref.name, version=ref.version, alias=ref.alias).id
 
     def record(event: UsageEvent) -> None:
+        """Meter the finished request and log it (queued: the log is written on its own thread)."""
+        request_log.record(_logged(event))
         metrics.count_tokens(event.prompt_tokens, event.completion_tokens)
         registry.usage.record(
             event.tenant_id,
@@ -130,6 +149,26 @@ def _inference(settings: ServerSettings, registry: Registry, metrics: ServerMetr
         max_slots=settings.max_slots,
         queue_size=settings.queue_size,
         device=settings.device,
+    )
+
+
+def _logged(event: UsageEvent) -> LoggedCompletion:
+    """The request log's row of a finished request (`UsageEvent`); the engine's adapter key is the
+    registry version id that served it (None: the base model)."""
+    return LoggedCompletion(
+        id=event.response_id,
+        tenant_id=event.tenant_id,
+        key_id=event.key_id,
+        model=event.model,
+        adapter_version_id=event.adapter,
+        prompt=event.prompt,
+        messages=event.messages,
+        text=event.text,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        latency_ms=event.seconds * 1000.0,
+        finish_reason=event.finish_reason,
+        created_at=time.time(),
     )
 
 

@@ -59,7 +59,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class UsageEvent:
-    """One finished request, for metering: who asked, for which model, and how many tokens it took."""
+    """One finished request, for metering and the request log: who asked, for which model, what was asked
+    and answered, and how many tokens it took."""
 
     tenant_id: str
     key_id: str | None
@@ -70,6 +71,10 @@ class UsageEvent:
     seconds: float  # from queueing to the last token
     finish_reason: str  # stop, length, error or cancelled (the client went away)
     request_id: str
+    response_id: str = ""  # the response's `id` as the client saw it (`chatcmpl-…`, `cmpl-…`)
+    prompt: str | None = None  # a completion's prompt, as sent
+    messages: list[dict[str, str]] | None = None  # a chat's messages, as the chat template took them
+    text: str = ""  # the generated text (what was generated before an error or cancellation)
 
 
 class Generation:
@@ -326,6 +331,10 @@ class InferenceService:
             seconds=time.perf_counter() - generation.handle.submitted_at,
             finish_reason=completion.finish_reason,
             request_id=completion.request_id,
+            response_id=generation.id,
+            prompt=generation.handle.request.prompt,
+            messages=generation.handle.request.messages,
+            text=completion.text,
         )
         try:
             self.on_usage(event)

@@ -41,3 +41,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, description="Per-key requests per minute when the tenant sets none (None: unlimited)."
     )
     prices: PriceTable = Field(default_factory=PriceTable, description="What usage costs (GET /v1/usage).")
+    request_log_days: float = Field(
+        30.0,
+        gt=0,
+        le=36_500,
+        description="Days a completion served stays in the request log (with its feedback) before pruning.",
+    )

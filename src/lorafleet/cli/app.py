@@ -9,7 +9,19 @@ import typer
 from typer.core import TyperGroup
 
 from lorafleet import __version__
-from lorafleet.cli import adapters, data, estimate, evaluation, generate, jobs, models, serve, tenants, train
+from lorafleet.cli import (
+    adapters,
+    data,
+    estimate,
+    evaluation,
+    feedback,
+    generate,
+    jobs,
+    models,
+    serve,
+    tenants,
+    train,
+)
 from lorafleet.cli.quiet import quiet_third_party_output
 from lorafleet.errors import LorafleetError
 
@@ -46,6 +58,7 @@ app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(feedback.app, name="feedback")
 
 
 def _print_version(value: bool) -> None:

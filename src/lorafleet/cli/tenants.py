@@ -1,4 +1,5 @@
-"""`lorafleet tenants`: create tenants, set their quotas, issue and revoke their API keys (admin routes)."""
+"""`lorafleet tenants`: create tenants, set their quotas and settings, issue and revoke their API keys (admin
+routes)."""
 
 from __future__ import annotations
 
@@ -166,6 +167,29 @@ def quotas(
     _print_tenant(answer, as_json)
 
 
+@app.command("settings")
+def settings(
+    tenant: TenantArg,
+    log_text: Annotated[
+        bool | None,
+        typer.Option(
+            "--log-text/--no-log-text",
+            help="Keep the prompt and answer text of the tenant's completions in the request log.",
+        ),
+    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change the settings given (others stay as they are); with none given, show the current ones."""
+    changes = {} if log_text is None else {"log_text": log_text}
+    with client_from_options(url, api_key, None, database_url) as client:
+        path = f"/v1/tenants/{segment(tenant)}"
+        answer = client.request("PATCH" if changes else "GET", path, scoped=False, json=changes or None)
+    _print_tenant(answer, as_json)
+
+
 @app.command("keys")
 def keys(
     tenant: TenantArg,
@@ -261,9 +285,20 @@ def _print_tenant(tenant: dict[str, Any], as_json: bool) -> None:
         print_json(tenant)
         return
     quotas = {field: value if value is not None else "unlimited" for field, value in tenant["quotas"].items()}
+    settings = {field: _on_off(value) for field, value in tenant["settings"].items()}
     print_record(
-        {"id": tenant["id"], "name": tenant["name"], "created": when(tenant["created_at"]), **quotas}
+        {
+            "id": tenant["id"],
+            "name": tenant["name"],
+            "created": when(tenant["created_at"]),
+            **quotas,
+            **settings,
+        }
     )
+
+
+def _on_off(value: Any) -> Any:
+    return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 def _print_secret(secret: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
 """Monitors per served alias: input drift of recent prompts (MMD and classifier two-sample tests on the base
-model's embeddings) and answer quality (rolling feedback score, task validators). Pure math on numpy arrays
-and plain values: no torch, no registry.
+model's embeddings), answer quality (rolling feedback score, task validators), errors and latency
+(`AliasMonitor`), all pure math on numpy arrays and plain values; the request log's writer and the
+corrections it turns into training rows (`monitoring.requests`); prompt embeddings (`monitoring.embed`,
+torch, imported on its own).
 """
 
 from __future__ import annotations

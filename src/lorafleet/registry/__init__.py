@@ -1,4 +1,5 @@
-"""Persistence for the platform: tenants, keys, datasets, jobs, adapters, versions, aliases, usage.
+"""Persistence for the platform: tenants, keys, datasets, jobs, adapters, versions, aliases, usage, and
+the request log (completions served, their feedback).
 
 SQLAlchemy 2 tables migrated by Alembic (SQLite by default, PostgreSQL by URL) and an artifact
 store (a local directory by default, any fsspec URL). This package never imports torch.
@@ -7,7 +8,7 @@ store (a local directory by default, any fsspec URL). This package never imports
 from lorafleet.registry.artifacts import ArtifactStore
 from lorafleet.registry.database import Database, default_database_url
 from lorafleet.registry.registry import Registry
-from lorafleet.registry.tenants import Quotas
+from lorafleet.registry.tenants import Quotas, TenantSettings
 from lorafleet.registry.usage import DayUsage, PriceTable
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "PriceTable",
     "Quotas",
     "Registry",
+    "TenantSettings",
     "default_database_url",
 ]

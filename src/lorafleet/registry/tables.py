@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -56,7 +57,8 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
-    """A customer of the server; quotas are None when unlimited."""
+    """A customer of the server; quotas are None when unlimited. `log_text` off: the request log keeps no
+    prompt or answer text of the tenant's completions."""
 
     __tablename__ = "tenants"
 
@@ -68,6 +70,7 @@ class Tenant(Base):
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     max_monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     requests_per_minute: Mapped[int | None] = mapped_column(default=None)
+    log_text: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ApiKey(Base):
@@ -248,3 +251,44 @@ class UsageRecord(Base):
     trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     compute_seconds: Mapped[float] = mapped_column(default=0.0)
     storage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LoggedCompletion(Base):
+    """One completion served to a tenant (the request log), kept for the server's retention period.
+
+    `id` is the response id the client saw (`chatcmpl-…`, `cmpl-…`); `adapter_version_id` the version
+    that served it (None: the base model; not a foreign key, so deleting a version keeps its log).
+    `prompt` (completions) or `messages` (chat) and `text` are None when the tenant logs no text.
+    """
+
+    __tablename__ = "completions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    model: Mapped[str] = mapped_column(String(255))  # as the client named it
+    adapter_version_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    latency_ms: Mapped[float] = mapped_column(default=0.0)  # from queueing to the last token
+    finish_reason: Mapped[str] = mapped_column(String(16))  # stop | length | error | cancelled
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+
+
+class Feedback(Base):
+    """A tenant's judgement of one logged completion: a score in [0, 1], a label, and/or a correction
+    (the answer it should have given, which becomes a training row)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("fb"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    completion_id: Mapped[str] = mapped_column(ForeignKey("completions.id"), index=True)
+    score: Mapped[float | None] = mapped_column(default=None)
+    label: Mapped[str | None] = mapped_column(String(64), default=None)
+    correction: Mapped[str | None] = mapped_column(Text, default=None)
+    key_id: Mapped[str | None] = mapped_column(String(40), default=None)  # who sent it; None: the admin
+    created_at: Mapped[float] = mapped_column(default=now, index=True)

@@ -1,4 +1,4 @@
-"""Tenants, their quotas and their API keys (stored as SHA-256; the key itself is shown once)."""
+"""Tenants, their quotas, settings and API keys (stored as SHA-256; the key itself is shown once)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ class Quotas(BaseModel):
     )
 
 
+class TenantSettings(BaseModel):
+    """What a tenant chooses about its data, beside its quotas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    log_text: bool = Field(
+        True,
+        description="Keep the prompt and answer text of the tenant's completions in the request log "
+        "(off: only ids, model, version, token counts and latency; no corrections can be exported).",
+    )
+
+
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -48,10 +60,14 @@ class Tenants:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, name: str, *, quotas: Quotas | None = None) -> Tenant:
+    def create(
+        self, name: str, *, quotas: Quotas | None = None, settings: TenantSettings | None = None
+    ) -> Tenant:
         """A new tenant; `ConflictError` if the name is taken."""
         validate_name(name, what="tenant name")
-        tenant = Tenant(name=name, **(quotas or Quotas()).model_dump())
+        tenant = Tenant(
+            name=name, **(quotas or Quotas()).model_dump(), **(settings or TenantSettings()).model_dump()
+        )
         try:
             with self.db.session() as session:
                 session.add(tenant)
@@ -79,6 +95,15 @@ class Tenants:
             tenant = session.get(Tenant, self.get(tenant_id).id)
             assert tenant is not None
             for field, value in quotas.model_dump(exclude_unset=True).items():
+                setattr(tenant, field, value)
+        return tenant
+
+    def set_settings(self, tenant_id: str, settings: TenantSettings) -> Tenant:
+        """Replace the fields of `settings` that were set explicitly."""
+        with self.db.session() as session:
+            tenant = session.get(Tenant, self.get(tenant_id).id)
+            assert tenant is not None
+            for field, value in settings.model_dump(exclude_unset=True).items():
                 setattr(tenant, field, value)
         return tenant
 

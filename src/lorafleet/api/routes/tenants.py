@@ -1,4 +1,4 @@
-"""Admin routes: tenants, their quotas and API keys (the admin key only)."""
+"""Admin routes: tenants, their quotas, settings and API keys (the admin key only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from lorafleet.api.deps import AdminDep, RegistryDep
 from lorafleet.api.errors import error_responses
-from lorafleet.registry import Quotas
+from lorafleet.registry import Quotas, TenantSettings
 from lorafleet.registry.tables import ApiKey, Tenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 class TenantCreate(BaseModel):
     name: str = Field(description="Unique tenant name: letters, digits, '.', '_', '-'.")
     quotas: Quotas = Field(default_factory=Quotas, description="Limits; unset fields are unlimited.")
+    settings: TenantSettings = Field(default_factory=TenantSettings, description="What is kept of its data.")
 
 
 class TenantPublic(BaseModel):
@@ -24,11 +25,19 @@ class TenantPublic(BaseModel):
     name: str
     created_at: int
     quotas: Quotas
+    settings: TenantSettings
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantPublic:
         quotas = Quotas(**{field: getattr(tenant, field) for field in Quotas.model_fields})
-        return cls(id=tenant.id, name=tenant.name, created_at=int(tenant.created_at), quotas=quotas)
+        settings = TenantSettings(**{field: getattr(tenant, field) for field in TenantSettings.model_fields})
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            created_at=int(tenant.created_at),
+            quotas=quotas,
+            settings=settings,
+        )
 
 
 class TenantList(BaseModel):
@@ -71,8 +80,8 @@ class KeyList(BaseModel):
 
 @router.post("", response_model=TenantPublic, status_code=201, responses=error_responses(409))
 def create_tenant(body: TenantCreate, _admin: AdminDep, registry: RegistryDep) -> TenantPublic:
-    """Create a tenant with optional quotas."""
-    return TenantPublic.of(registry.tenants.create(body.name, quotas=body.quotas))
+    """Create a tenant with optional quotas and settings."""
+    return TenantPublic.of(registry.tenants.create(body.name, quotas=body.quotas, settings=body.settings))
 
 
 @router.get("", response_model=TenantList)
@@ -85,6 +94,13 @@ def list_tenants(_admin: AdminDep, registry: RegistryDep) -> TenantList:
 def get_tenant(tenant: str, _admin: AdminDep, registry: RegistryDep) -> TenantPublic:
     """One tenant, by id or name."""
     return TenantPublic.of(registry.tenants.get(tenant))
+
+
+@router.patch("/{tenant}", response_model=TenantPublic)
+def set_settings(tenant: str, body: TenantSettings, _admin: AdminDep, registry: RegistryDep) -> TenantPublic:
+    """Change a tenant's settings (only the fields sent), e.g. `{"log_text": false}`: from then on its
+    completions are logged without their prompt and answer text."""
+    return TenantPublic.of(registry.tenants.set_settings(tenant, body))
 
 
 @router.patch("/{tenant}/quotas", response_model=TenantPublic)
