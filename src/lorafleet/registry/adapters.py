@@ -189,8 +189,10 @@ class Adapters:
 
     def stored_fisher(self, version: AdapterVersion) -> Path | None:
         """A local copy of the Fisher stored with `version`, or None when none is."""
-        url = self.artifacts.url_for(_fisher_key(version))
-        return self.artifacts.local_path(url) if self.artifacts.exists(url) else None
+        try:
+            return self.artifacts.local_path(self.artifacts.url_for(_fisher_key(version)))
+        except NotFoundError:
+            return None
 
     def store_fisher(self, version: AdapterVersion, path: Path) -> None:
         """Keep `path` (a `fisher.safetensors` estimated on the version's rows) with `version`. The version's

@@ -79,9 +79,6 @@ class ArtifactStore:
         """The URL `put_file` / `put_directory` return for `key`."""
         return str(self.root / key) if self.local else f"{self.url}/{key}"
 
-    def exists(self, url: str) -> bool:
-        return Path(url.removeprefix("file://")).exists() if self.local else bool(self._fs.exists(url))
-
     def local_path(self, url: str) -> Path:
         """A local path with the artifact's contents: the file itself on a local store, else a cached copy."""
         if self.local:
