@@ -38,15 +38,25 @@ from lorafleet.evaluation.suites import answer_loss
 from lorafleet.home import lorafleet_home
 from lorafleet.training.evaluate import generate_answers
 
-PROMPTS_FILE = Path(__file__).with_name("general_prompts.json")
 MAX_NEW_TOKENS = 64  # the probe's answers are short; longer ones would cost time and add little
 MAX_LENGTH = 512  # prompt and answer together stay well under this
 
 
+def prompts_file(prompt_set: str) -> Path:
+    """The file of a prompt list shipped with the package: `general` (the probe's) or `rehearsal` (general
+    rehearsal's, `training.rehearsal`)."""
+    return Path(__file__).with_name(f"{prompt_set}_prompts.json")
+
+
 @cache
+def shipped_prompts(prompt_set: str) -> tuple[str, ...]:
+    """The prompts of `prompts_file(prompt_set)`."""
+    return tuple(json.loads(prompts_file(prompt_set).read_text())["prompts"])
+
+
 def general_prompts() -> tuple[str, ...]:
     """The probe's prompts as shipped with the package."""
-    return tuple(json.loads(PROMPTS_FILE.read_text())["prompts"])
+    return shipped_prompts("general")
 
 
 def probe_cache_file(fingerprint: str, prompt_set: str = "general") -> Path:
@@ -67,8 +77,8 @@ def base_answers(
     """The greedy answers of `model` (a base without an adapter, or with it disabled) to `prompts`.
 
     Read from the cache of `prompt_set` when it holds answers of this base to these prompts at this
-    length; else
-    generated and cached (written to a temporary file, then renamed, so a reader never sees half a file).
+    length; else generated and cached (written to a temporary file, then renamed, so a reader never sees
+    half a file).
     A model whose adapter is active or merged is refused (`ValueError`): its answers would be cached as
     the base's.
     """
@@ -82,7 +92,7 @@ def base_answers(
     cached = _read_cache(path)
     if cached is not None and all(cached.get(name) == value for name, value in key.items()):
         return list(cached["answers"])
-    examples = [_example(i, prompt) for i, prompt in enumerate(prompts)]
+    examples = [prompt_example(i, prompt, prompt_set=prompt_set) for i, prompt in enumerate(prompts)]
     answers = generate_answers(
         model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
     )
@@ -99,7 +109,8 @@ def probe_perplexity(
 ) -> float:
     """Perplexity of `answers` given `prompts` (one user turn each), loss on the answer tokens only."""
     examples = [
-        _example(i, prompt, answer) for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True))
+        prompt_example(i, prompt, answer)
+        for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True))
     ]
     _, perplexity = answer_loss(model, tokenizer, examples, batch_size=batch_size, max_length=MAX_LENGTH)
     return perplexity
@@ -140,9 +151,13 @@ def _adapter_in_use(model: nn.Module) -> bool:
     return any(not layer.disable_adapters or layer.merged for layer in layers)
 
 
-def _example(index: int, prompt: str, answer: str | None = None) -> Example:
+def prompt_example(
+    index: int, prompt: str, answer: str | None = None, *, prompt_set: str = "general"
+) -> Example:
+    """Prompt `index` of `prompt_set` as one user turn (no system message: the chat template's default),
+    followed by `answer` as the assistant's when given."""
     turns = [Message("user", prompt)] + ([Message("assistant", answer)] if answer is not None else [])
-    return Example(source=f"{PROMPTS_FILE.name}:prompt {index + 1}", messages=tuple(turns))
+    return Example(source=f"{prompts_file(prompt_set).name}:prompt {index + 1}", messages=tuple(turns))
 
 
 def _read_cache(path: Path) -> dict[str, Any] | None:
