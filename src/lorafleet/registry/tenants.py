@@ -91,19 +91,18 @@ class Tenants:
 
     def set_quotas(self, tenant_id: str, quotas: Quotas) -> Tenant:
         """Replace the fields of `quotas` that were set explicitly."""
-        with self.db.session() as session:
-            tenant = session.get(Tenant, self.get(tenant_id).id)
-            assert tenant is not None
-            for field, value in quotas.model_dump(exclude_unset=True).items():
-                setattr(tenant, field, value)
-        return tenant
+        return self._update(tenant_id, quotas)
 
     def set_settings(self, tenant_id: str, settings: TenantSettings) -> Tenant:
         """Replace the fields of `settings` that were set explicitly."""
+        return self._update(tenant_id, settings)
+
+    def _update(self, tenant_id: str, changes: Quotas | TenantSettings) -> Tenant:
+        """Set the tenant's columns named by the fields of `changes` that were set explicitly."""
         with self.db.session() as session:
             tenant = session.get(Tenant, self.get(tenant_id).id)
             assert tenant is not None
-            for field, value in settings.model_dump(exclude_unset=True).items():
+            for field, value in changes.model_dump(exclude_unset=True).items():
                 setattr(tenant, field, value)
         return tenant
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
@@ -29,14 +31,12 @@ class TenantPublic(BaseModel):
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantPublic:
-        quotas = Quotas(**{field: getattr(tenant, field) for field in Quotas.model_fields})
-        settings = TenantSettings(**{field: getattr(tenant, field) for field in TenantSettings.model_fields})
         return cls(
             id=tenant.id,
             name=tenant.name,
             created_at=int(tenant.created_at),
-            quotas=quotas,
-            settings=settings,
+            quotas=_columns(Quotas, tenant),
+            settings=_columns(TenantSettings, tenant),
         )
 
 
@@ -128,3 +128,11 @@ def list_keys(tenant: str, _admin: AdminDep, registry: RegistryDep) -> KeyList:
 def revoke_key(tenant: str, key_id: str, _admin: AdminDep, registry: RegistryDep) -> KeyPublic:
     """Revoke a key: it stops working at once."""
     return KeyPublic.of(registry.tenants.revoke_key(registry.tenants.get(tenant).id, key_id))
+
+
+_Columns = TypeVar("_Columns", Quotas, TenantSettings)
+
+
+def _columns(model: type[_Columns], tenant: Tenant) -> _Columns:
+    """`model` (quotas or settings) read from the tenant's columns of the same names."""
+    return model(**{field: getattr(tenant, field) for field in model.model_fields})
