@@ -2,12 +2,13 @@
 
     start     open the registry (migrating it) → start the request log's writer (it prunes rows past
               the retention) → load the base model into the engine → start the local job workers
-              (threads that supervise training processes)
+              (threads that supervise training processes) and, with them, the adaptation controller
+              (a thread: `rollout.controller`)
     serve     routes per resource under /v1 (OpenAI-compatible inference, files, fine-tuning jobs;
               adapters, usage, feedback, tenants), /healthz, /readyz, /metrics; every route but health
               is authenticated by a bearer key and scoped to its tenant
-    stop      stop the workers (a running job is re-queued) → stop the engine → write the request log's
-              last rows → close the registry
+    stop      stop the controller and the workers (a running job is re-queued) → stop the engine → write
+              the request log's last rows → close the registry
 
 `model` in completions is the base model's name, an adapter (`name`: its production alias, else its
 latest version), `name@version` or `name:alias`. It resolves to an immutable version id, which is the
@@ -33,6 +34,7 @@ from lorafleet.api.errors import install_error_handlers
 from lorafleet.api.metrics import ServerMetrics
 from lorafleet.api.openapi import install_openapi
 from lorafleet.api.routes import (
+    adaptation,
     adapters,
     completions,
     evaluation,
@@ -49,6 +51,7 @@ from lorafleet.jobs.worker import Worker
 from lorafleet.monitoring.requests import RequestLogWriter
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import LoggedCompletion
+from lorafleet.rollout.controller import Controller
 from lorafleet.serving.router import parse_reference
 
 if TYPE_CHECKING:
@@ -67,7 +70,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     registry = Registry(settings.database_url, artifacts_url=settings.artifacts_url)
     request_log = RequestLogWriter(registry.requests, retention_days=settings.request_log_days)
-    workers: list[tuple[Worker, threading.Thread]] = []
+    workers: list[tuple[Worker | Controller, threading.Thread]] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,11 +82,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             thread = threading.Thread(target=worker.run, name=f"lorafleet-worker-{index}", daemon=True)
             thread.start()
             workers.append((worker, thread))
+        if settings.workers and settings.adaptation:
+            controller = Controller(
+                registry,
+                base_model=settings.base_model,
+                settings=settings.controller,
+                tokenizer=app.state.tokenizer() if app.state.inference is not None else None,
+            )
+            thread = threading.Thread(target=controller.run, name="lorafleet-controller", daemon=True)
+            thread.start()
+            workers.append((controller, thread))
         try:
             yield
         finally:
-            for worker, _ in workers:
-                worker.stop()
+            for loop, _ in workers:
+                loop.stop()
             for _, thread in workers:
                 thread.join(timeout=60)
             if app.state.inference is not None:
@@ -106,7 +119,19 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.middleware("http")(app.state.metrics.middleware)
     install_error_handlers(app)
     install_openapi(app)
-    routes = (health, tenants, files, fine_tuning, adapters, evaluation, models, completions, feedback, usage)
+    routes = (
+        health,
+        tenants,
+        files,
+        fine_tuning,
+        adapters,
+        evaluation,
+        adaptation,
+        models,
+        completions,
+        feedback,
+        usage,
+    )
     for module in routes:
         app.include_router(module.router)
     return app

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from lorafleet.cli import plain_console
+from lorafleet.cli.adaptation import policy, rollouts
 from lorafleet.cli.evaluation import gate_policy, suites_app
 from lorafleet.cli.platform import (
     ApiKeyOption,
@@ -34,6 +35,8 @@ app = typer.Typer(
 
 app.add_typer(suites_app, name="suites")
 app.command("gate-policy")(gate_policy)
+app.command("policy")(policy)
+app.command("rollouts")(rollouts)
 
 AdapterArg = Annotated[
     str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")

@@ -32,11 +32,13 @@ from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directo
 from lorafleet.registry.database import Database
 from lorafleet.registry.lineage import chain, gate_report, label
 from lorafleet.registry.tables import (
+    AdaptationPolicyRow,
     Adapter,
     AdapterVersion,
     Alias,
     AliasMove,
     EvalSuite,
+    Rollout,
     Tenant,
     new_id,
     now,
@@ -222,7 +224,7 @@ class Adapters:
             versions = session.scalars(
                 select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
             ).all()
-            for table in (Alias, AliasMove, EvalSuite):
+            for table in (Alias, AliasMove, EvalSuite, AdaptationPolicyRow, Rollout):
                 for row in session.scalars(select(table).where(table.adapter_id == adapter.id)):
                     session.delete(row)
             session.flush()

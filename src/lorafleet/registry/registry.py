@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from lorafleet.errors import NotFoundError, UnknownAdapterError
+from lorafleet.registry.adaptation import Adaptation
 from lorafleet.registry.adapters import Adapters
 from lorafleet.registry.artifacts import ArtifactStore
 from lorafleet.registry.database import Database
@@ -23,7 +24,7 @@ from lorafleet.registry.usage import Usage, record_usage
 class Registry:
     """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases),
     `evaluation` (eval suites, gate policies, gate reports), `usage`, `requests` (the request log:
-    completions served and their feedback).
+    completions served and their feedback), `adaptation` (adaptation policies and their rollouts).
 
     `database_url` defaults to `$LORAFLEET_DATABASE_URL` or SQLite under `$LORAFLEET_HOME`;
     `artifacts_url` to `$LORAFLEET_ARTIFACTS_URL` or `$LORAFLEET_HOME/artifacts`. The schema is migrated
@@ -40,6 +41,7 @@ class Registry:
         self.evaluation = Evaluations(self.db)
         self.usage = Usage(self.db)
         self.requests = RequestLog(self.db)
+        self.adaptation = Adaptation(self.db, self.adapters)
 
     def complete_job(
         self,

@@ -292,3 +292,48 @@ class Feedback(Base):
     correction: Mapped[str | None] = mapped_column(Text, default=None)
     key_id: Mapped[str | None] = mapped_column(String(40), default=None)  # who sent it; None: the admin
     created_at: Mapped[float] = mapped_column(default=now, index=True)
+
+
+class AdaptationPolicyRow(Base):
+    """An adaptation policy (`rollout.policy.AdaptationPolicy`) on one alias of an adapter, and what the
+    controller last saw of the alias (`status`: its monitor's figures and the rollout under way)."""
+
+    __tablename__ = "adaptation_policies"
+    __table_args__ = (UniqueConstraint("adapter_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(default=now)
+    status: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    status_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+ROLLOUT_STATES = ("waiting", "training", "canary", "promoted", "rolled_back", "failed")
+ROLLOUT_ACTIVE = ("waiting", "training", "canary")
+
+
+class Rollout(Base):
+    """One pass of the adaptation loop on an alias: triggered → (waiting for corrections) → training (its
+    job) → canary (its version on a share of users) → promoted, rolled back or failed. The controller keeps
+    its state here, so a controller that restarts resumes it."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ro"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # one of ROLLOUT_STATES
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON)  # which trigger fired, with its figures
+    from_version_id: Mapped[str] = mapped_column(String(40))  # the alias's version when triggered
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    candidate_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    canary_started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    outcome: Mapped[str | None] = mapped_column(Text, default=None)  # why it ended
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+    updated_at: Mapped[float] = mapped_column(default=now)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
