@@ -95,9 +95,7 @@ def test_a_canary_applies_to_the_next_route_and_is_audited(
 def test_splits_are_checked_when_set(
     registry: Registry, tenant: Tenant, other_tenant: Tenant, versions: list[AdapterVersion]
 ) -> None:
-    with pytest.raises(
-        UnknownAdapterError, match=r"target_ref 'support@9': adapter 'support' has no version"
-    ):
+    with pytest.raises(UnknownAdapterError, match=r"target 'support@9': adapter 'support' has no version"):
         registry.routing.set_canary(
             tenant.id, Canary(model="support", target_ref="support@9", percent=5), actor="a"
         )
@@ -109,13 +107,13 @@ def test_splits_are_checked_when_set(
         registry.routing.set_canary(
             tenant.id, Canary(model="support", target_ref="a b", percent=5), actor="a"
         )
-    assert caught.value.field == "target_ref"
+    assert caught.value.field == "target"
     with pytest.raises(UnknownAdapterError):  # another tenant's adapter is unknown
         registry.routing.set_canary(
             other_tenant.id, Canary(model="support", target_ref="support@2", percent=5), actor="a"
         )
     arms = [Arm(target_ref="support@1", percent=50), Arm(target_ref="support:staging", percent=50)]
-    with pytest.raises(UnknownAdapterError, match=r"arms.1.target_ref 'support:staging'.*no alias"):
+    with pytest.raises(UnknownAdapterError, match=r"arms.1.target 'support:staging'.*no alias"):
         registry.routing.set_experiment(
             tenant.id, Experiment(name="e", model="support", arms=arms), actor="a"
         )

@@ -104,7 +104,7 @@ class Routing:
         """Create or replace the canary of `canary.model`; `UnknownAdapterError` if its target is unknown."""
         with self.db.session() as session:
             adapter = self._owner(session, tenant_id, canary.model)
-            self._check_target(session, tenant_id, canary.target_ref, field="target_ref")
+            self._check_target(session, tenant_id, canary.target_ref, field="target")
             row = self._row(session, tenant_id, CANARY, model=canary.model)
             spec = canary.model_dump(mode="json")
             self._save(session, row, tenant_id, CANARY, canary.model, canary.model, spec, actor)
@@ -140,7 +140,7 @@ class Routing:
         with self.db.session() as session:
             adapter = self._owner(session, tenant_id, experiment.model)
             for index, arm in enumerate(experiment.arms):
-                self._check_target(session, tenant_id, arm.target_ref, field=f"arms.{index}.target_ref")
+                self._check_target(session, tenant_id, arm.target_ref, field=f"arms.{index}.target")
             other = self._row(session, tenant_id, EXPERIMENT, model=experiment.model)
             if other is not None and other.name != experiment.name:
                 raise ConflictError(

@@ -53,6 +53,7 @@ __all__ = [
     "RouterSettings",
     "StaticCatalog",
     "assignment_bucket",
+    "check_percents",
     "parse_reference",
 ]
 
@@ -113,6 +114,13 @@ def parse_reference(text: str) -> AdapterRef:
     what = "version" if sep == "@" else "alias"
     validate_name(label, what=f"adapter reference {text!r}: {what}")
     return AdapterRef(name, version=label) if sep == "@" else AdapterRef(name, alias=label)
+
+
+def check_percents(percents: list[float]) -> None:
+    """`ValueError` unless an experiment's arm percents sum to 100."""
+    total = sum(percents)
+    if abs(total - 100.0) > 1e-6:
+        raise ValueError(f"arm percents sum to {total:g}; they must sum to 100")
 
 
 def assignment_bucket(salt: str, user: str) -> float:
@@ -286,9 +294,7 @@ class Experiment(BaseModel):
     @field_validator("arms")
     @classmethod
     def _percents_sum_to_100(cls, arms: list[Arm]) -> list[Arm]:
-        total = sum(arm.percent for arm in arms)
-        if abs(total - 100.0) > 1e-6:
-            raise ValueError(f"arm percents sum to {total:g}; they must sum to 100")
+        check_percents([arm.percent for arm in arms])
         return arms
 
 
