@@ -63,7 +63,7 @@ class World:
     ) -> list[str]:
         """Log one completion per prompt served by `version_id` (the first `errors` failed), each with
         `score` and a correction when asked; their ids."""
-        now = time.time() - 0.5
+        now = time.time()
         rows = [
             LoggedCompletion(
                 id=new_id("chatcmpl"),
@@ -291,3 +291,27 @@ def test_a_canary_cleared_by_hand_ends_the_rollout_as_rolled_back(world: World) 
     controller.tick()
     rollout = world.rollout()
     assert rollout.state == "rolled_back" and "cleared" in (rollout.outcome or "")
+
+
+def test_a_canary_set_by_hand_on_a_watched_alias_is_judged_and_rolled_back(world: World) -> None:
+    from lorafleet.serving.router import Canary
+
+    controller = world.controller()
+    controller.tick()
+    folder = world.tmp / "bad"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 4}')
+    (folder / "adapter_model.safetensors").write_bytes(b"bad")
+    bad = world.registry.adapters.register(world.tenant, "support", folder, base_model="tiny")
+    canary = Canary(model="support", target_ref=f"support@{bad.number}", percent=20)
+    world.registry.routing.set_canary(world.tenant, canary, actor="admin")
+    controller.tick()
+    rollout = world.rollout()
+    assert rollout.state == "canary" and rollout.trigger["kind"] == "canary"
+    assert rollout.candidate_version_id == bad.id and rollout.job_id is None
+    world.serve(bad.id, TRAINING_PROMPTS[:6], score=0.0)
+    world.serve(world.v1.id, TRAINING_PROMPTS[:6], score=1.0)
+    controller.tick()
+    assert world.rollout().state == "rolled_back"
+    assert world.registry.routing.canary(world.tenant, "support") is None
+    assert world.registry.adapters.resolve(world.tenant, "support").id == world.v1.id

@@ -22,7 +22,7 @@ class Caller:
 
     @property
     def actor(self) -> str:
-        """Who did it, as audit trails name the caller: `admin` or `key:<id>`."""
+        """Who acted, as audit trails record it: `admin`, or `key:<key id>`."""
         return "admin" if self.is_admin else f"key:{self.key_id}"
 
 

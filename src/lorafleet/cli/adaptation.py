@@ -56,7 +56,9 @@ def policy(
         if file is not None:
             from lorafleet.rollout.policy import AdaptationPolicy
 
-            spec = AdaptationPolicy.from_file(file).model_dump(mode="json", exclude={"alias"})
+            spec = AdaptationPolicy.from_file(file).model_dump(
+                mode="json", exclude_unset=True, exclude={"alias"}
+            )
             answer = client.request("PUT", path, json=spec)
         elif clear:
             answer = client.request("DELETE", path)

@@ -56,7 +56,7 @@ class Adaptation:
     def set_policy(self, tenant_id: str, name: str, policy: AdaptationPolicy, *, actor: str) -> None:
         """Set (or replace) the policy on alias `policy.alias` of adapter `name`; audited."""
         validate_name(policy.alias, what="policy.alias")
-        spec = policy.model_dump(mode="json")
+        spec = policy.model_dump(mode="json", exclude_unset=True)  # what was set: it validates again
         with self.db.session() as session:
             adapter = Adapters._adapter(session, tenant_id, name)
             row = self._policy(session, adapter, policy.alias)
@@ -148,8 +148,17 @@ class Adaptation:
         with self.db.session() as session:
             return self._active(session, watched.adapter_id, watched.alias)
 
-    def start(self, watched: WatchedAlias, *, trigger: dict[str, Any], from_version_id: str) -> Rollout:
-        """A new rollout on the alias, waiting for corrections; `ConflictError` if one is under way."""
+    def start(
+        self,
+        watched: WatchedAlias,
+        *,
+        trigger: dict[str, Any],
+        from_version_id: str,
+        state: str = "waiting",
+        **fields: Any,
+    ) -> Rollout:
+        """A new rollout on the alias in `state` (waiting for corrections; or canary, for a canary set by
+        hand, with `fields` naming it); `ConflictError` if one is under way."""
         with self.db.session() as session:
             if self._active(session, watched.adapter_id, watched.alias) is not None:
                 raise ConflictError(f"a rollout on {watched.adapter}:{watched.alias} is under way")
@@ -157,9 +166,10 @@ class Adaptation:
                 tenant_id=watched.tenant_id,
                 adapter_id=watched.adapter_id,
                 alias=watched.alias,
-                state="waiting",
+                state=state,
                 trigger=trigger,
                 from_version_id=from_version_id,
+                **fields,
             )
             session.add(rollout)
             session.flush()

@@ -7,7 +7,8 @@ Every `tick_seconds`, for each adaptation policy (`rollout.policy`, kept by `reg
               states, `monitoring.embed`), latency, error, the validator's verdict; and the feedback scores
               given on it. The drift reference is the version's own training prompts, embedded alike.
     trigger   a full window whose MMD p-value is below `triggers.drift.p_value`, or a rolling quality below
-              `triggers.quality.below` → a rollout starts (event `triggered`)
+              `triggers.quality.below` → a rollout starts (event `triggered`); a canary someone set on the
+              alias's users starts one too, straight at the canary step
     waiting   until the version has `train.min_corrections` corrections; they become a fine-tune file and
               a continual job from the version is queued (`job_queued`)
     training  until the job ends; failed or cancelled → the rollout failed (`job_failed`)
@@ -51,7 +52,7 @@ from lorafleet.registry import Registry
 from lorafleet.registry.adaptation import CONTROLLER, WatchedAlias
 from lorafleet.registry.tables import AdapterVersion, LoggedCompletion, Rollout
 from lorafleet.rollout.canary import Window, decide
-from lorafleet.serving.router import Canary
+from lorafleet.serving.router import Canary, parse_reference
 
 logger = logging.getLogger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]  # prompts → (n, d) embeddings
@@ -69,7 +70,10 @@ class ControllerSettings(BaseModel):
         2.0, ge=0, le=60, description="Requests logged more recently wait a tick (the log is written behind)."
     )
     reference_rows: int = Field(
-        256, ge=10, le=100_000, description="Training prompts of the version embedded as the drift reference."
+        256,
+        ge=10,
+        le=100_000,
+        description="Training prompts of the version (and its ancestors) embedded as the drift reference.",
     )
     permutations: int = Field(500, ge=50, le=100_000, description="Permutations of each MMD test.")
 
@@ -147,7 +151,7 @@ class Controller:
             return {"state": "idle", "note": f"alias {alias.alias!r} points at no version yet"}
         watch = self._watch(alias, version)
         self._feed(alias, watch)
-        rollout = self.registry.adaptation.active(alias)
+        rollout = self.registry.adaptation.active(alias) or self._canary_set_by_hand(alias, version)
         if rollout is None:
             trigger = self._trigger(alias, watch)
             if trigger is not None:
@@ -181,19 +185,30 @@ class Controller:
         return watch
 
     def _reference(self, alias: WatchedAlias, version: AdapterVersion) -> np.ndarray:
-        """Embeddings of up to `reference_rows` training prompts of `version` (spread over its file)."""
+        """Embeddings of `reference_rows` training prompts of `version`: those of its own file and of each
+        ancestor's (a continual version learned both: its rows, and its parent's through replay), an equal
+        share from each file, spread over it."""
         from lorafleet.data import read_examples
 
-        if version.dataset_id is None:
-            raise NotFoundError(
-                f"{alias.adapter}@{version.number} keeps no training file: its input drift has no reference"
+        files = list(
+            dict.fromkeys(
+                v.dataset_id for v in self.registry.adapters.lineage_chain(alias.tenant_id, version.id)
             )
-        dataset = self.registry.datasets.get(alias.tenant_id, version.dataset_id)
-        examples = read_examples(self.registry.datasets.local_path(dataset)).examples
-        step = max(1, len(examples) // self.settings.reference_rows)
-        asked = (_asked([(m.role, m.content) for m in e.prompt_messages]) or e.text for e in examples[::step])
-        prompts = [text for text in asked if text]
-        return self.embed(prompts[: self.settings.reference_rows])
+        )
+        if None in files:
+            raise NotFoundError(
+                f"{alias.adapter}@{version.number} or an ancestor keeps no training file: "
+                "its input drift has no reference"
+            )
+        prompts: list[str] = []
+        for file_id in files:
+            dataset = self.registry.datasets.get(alias.tenant_id, str(file_id))
+            examples = read_examples(self.registry.datasets.local_path(dataset)).examples
+            asked = [
+                _asked([(m.role, m.content) for m in e.prompt_messages]) or e.text or "" for e in examples
+            ]
+            prompts += reference_prompts(asked, self.settings.reference_rows // len(files))
+        return self.embed(prompts)
 
     def _feed(self, alias: WatchedAlias, watch: _Watch) -> None:
         """Give the monitor what the version served, and the scores given on it, since the last tick."""
@@ -256,6 +271,29 @@ class Controller:
         return None
 
     # --- the rollout --------------------------------------------------------------------------------------
+
+    def _canary_set_by_hand(self, alias: WatchedAlias, version: AdapterVersion) -> Rollout | None:
+        """A rollout judging the canary someone set on the alias's users, if there is one: it is watched and
+        decided like the controller's own."""
+        canary = self.registry.routing.canary(alias.tenant_id, _split_model(alias))
+        if canary is None:
+            return None
+        ref = parse_reference(canary.target_ref)
+        target = self.registry.adapters.resolve(
+            alias.tenant_id, ref.name, version=ref.version, alias=ref.alias
+        )
+        if target.id == version.id or target.adapter_id != alias.adapter_id:
+            return None  # nothing new to judge, or another adapter's version: not this alias's candidate
+        why = f"canary of {canary.target_ref} on {canary.percent:g}% of {canary.model}'s users, set by hand"
+        self.say(f"{alias.adapter}:{alias.alias}: watching the {why}")
+        return self.registry.adaptation.start(
+            alias,
+            trigger={"kind": "canary", "why": why},
+            from_version_id=version.id,
+            state="canary",
+            candidate_version_id=target.id,
+            canary_started_at=self.clock(),
+        )
 
     def _advance(self, alias: WatchedAlias, rollout: Rollout) -> Rollout:
         """Move `rollout` on as far as what is true now allows (module docstring)."""
@@ -437,6 +475,12 @@ class Controller:
 
             self._tokenizer = load_tokenizer(self.base_model)
         return self._tokenizer
+
+
+def reference_prompts(prompts: Sequence[str], limit: int = 256) -> list[str]:
+    """The drift reference's sample: up to `limit` of the (non-empty) training `prompts`, spread evenly."""
+    kept = [prompt for prompt in prompts if prompt]
+    return kept[:: max(1, len(kept) // limit)][:limit]
 
 
 def _split_model(alias: WatchedAlias) -> str:
