@@ -279,9 +279,8 @@ class InferenceService:
         try:
             route = self.route_for(caller, body)
             if route.target is not None and self.engine.merged is None:
-                self.engine.cache.get(
-                    route.target
-                )  # read it now: a broken adapter fails here, with its reason
+                # read it now: a broken adapter fails here, with its reason
+                self.engine.cache.get(route.target)
         except (ConfigError, AdapterError) as err:  # not a model name, an unknown or a broken adapter
             raise ApiError.of(err, param="model") from err
         request = validated(
