@@ -87,6 +87,7 @@ class _Watch:
     validator: Callable[[str], bool] | None
     until: float  # requests and feedback logged up to here are in the monitor
     reports: list[DriftReport] = field(default_factory=list)  # windows tested since the last look
+    note: str | None = None  # what the monitor cannot do for this version
 
 
 class Controller:
@@ -181,13 +182,18 @@ class Controller:
         )
         validator = json_schema_validator(policy.validator) if policy.validator is not None else None
         watch = _Watch(version.id, monitor, validator, until=self.clock() - self.settings.settle_seconds)
+        if drift is not None and monitor.reference is None:
+            watch.note = (
+                f"{alias.adapter}@{version.number} keeps no training file: its input drift is not tested"
+            )
         self._watches[alias.policy_id] = watch
         return watch
 
-    def _reference(self, alias: WatchedAlias, version: AdapterVersion) -> np.ndarray:
+    def _reference(self, alias: WatchedAlias, version: AdapterVersion) -> np.ndarray | None:
         """Embeddings of `reference_rows` training prompts of `version`: those of its own file and of each
         ancestor's (a continual version learned both: its rows, and its parent's through replay), an equal
-        share from each file, spread over it."""
+        share from each file, spread over it. None when one of them keeps no file (a version registered
+        by hand): its input drift cannot be tested."""
         from lorafleet.data import read_examples
 
         files = list(
@@ -196,10 +202,7 @@ class Controller:
             )
         )
         if None in files:
-            raise NotFoundError(
-                f"{alias.adapter}@{version.number} or an ancestor keeps no training file: "
-                "its input drift has no reference"
-            )
+            return None
         prompts: list[str] = []
         for file_id in files:
             dataset = self.registry.datasets.get(alias.tenant_id, str(file_id))
@@ -218,7 +221,7 @@ class Controller:
         )
         if len(served) == 10_000:  # the rest next tick
             until = served[-1].created_at
-        texts = [_logged_text(c) if alias.policy.triggers.drift is not None else None for c in served]
+        texts = [_logged_text(c) if watch.monitor.reference is not None else None for c in served]
         embedded = [i for i, text in enumerate(texts) if text]
         vectors = (
             dict(zip(embedded, self.embed([texts[i] or "" for i in embedded]), strict=True))
@@ -530,4 +533,5 @@ def _status(watch: _Watch, rollout: Rollout | None) -> dict[str, Any]:
         "error_rate": status.error_rate,
         "latency_p50_ms": status.latency_p50_ms,
         "latency_p95_ms": status.latency_p95_ms,
+        "note": watch.note,
     }
