@@ -185,6 +185,7 @@ class Outcome:
     status: int | None = None  # None: no answer (a transport error)
     version: str | None = None  # the served version, from `system_fingerprint`
     score: float | None = None  # the answer's field accuracy
+    rated: bool = False  # the user sent that score as feedback
     finished: float = 0.0  # time.time() when the answer arrived
     error: str | None = None
 
@@ -255,11 +256,12 @@ class Traffic:
                     outcome.error = text
                     continue
                 outcome.score = field_accuracy(text, row["completion"])
-                self.feedback(client, completion_id, user, outcome.score, row["completion"])
+                outcome.rated = self.feedback(client, completion_id, user, outcome.score, row["completion"])
 
     def feedback(
         self, client: httpx.Client, completion_id: str, user: str, score: float, reference: str
-    ) -> None:
+    ) -> bool:
+        """Send the user's feedback on one answer, if any; whether it carried the score."""
         body: dict[str, Any] = {"completion_id": completion_id}
         if assignment_bucket(f"rates:{completion_id}", user) < self.args.feedback_share * 100:
             body["score"] = score
@@ -270,6 +272,7 @@ class Traffic:
             if answer.status_code >= 500:
                 with self.lock:
                     self.outcomes.append(Outcome(-1, self.phase, False, user, status=answer.status_code))
+        return "score" in body
 
     def run(self, until: Callable[[], bool]) -> None:
         """Send requests from `--concurrency` threads until `until()` (or `stop`)."""
@@ -446,15 +449,15 @@ def bad_canary_scenario(
         for o in served_bad
         if rollout is not None and o.finished > rollout["finished_at"] + args.tick_seconds
     ]
-    scored = len([o for o in served_bad if o.score is not None])
+    rated = len([o for o in served_bad if o.rated])
     return {
         "version": bad,
         "rollout": rollout,
         "rolled_back": rollout is not None and rollout["state"] == "rolled_back",
         "seconds_to_rollback": (rollout["finished_at"] - started) if rollout else None,
         "requests_served_by_it": len(served_bad),
-        "its_answers_scored": scored,
-        "within_one_canary_window": rollout is not None and scored < args.canary_requests,
+        "its_answers_rated": rated,
+        "within_one_canary_window": rollout is not None and rated < args.canary_requests,
         "users_outside_canary_served": len(set(outside)),
         "served_after_rollback": len(late),  # answered a tick or more after it (queued before, at most)
         "traffic": traffic_summary(traffic),
@@ -556,6 +559,10 @@ def report(results: dict[str, Any]) -> None:
         "accuracy_original_before",
         "accuracy_original_after",
         "forgetting",
+        "accuracy_drifted_fields_before",
+        "accuracy_drifted_fields_after",
+        "exact_match_drifted_before",
+        "exact_match_drifted_after",
         "status_5xx",
     ):
         value = results[key]
@@ -570,23 +577,23 @@ def report(results: dict[str, Any]) -> None:
 OPTIONS: list[tuple[str, type, object, str]] = [
     ("--train-rows", int, 300, "tickets v1 is trained on"),
     ("--train-steps", int, 24, "steps of v1's job (the default recipe's)"),
-    ("--suite-rows", int, 40, "held-out tickets of the eval suite the gate reads"),
+    ("--suite-rows", int, 30, "held-out tickets of the eval suite the gate reads"),
     ("--eval-rows", int, 60, "held-out tickets of each kind scored before and after"),
     ("--max-forgetting", float, 0.05, "the gate: most forgetting on the suite"),
     ("--users", int, 200, "simulated users"),
     ("--concurrency", int, 8, "client threads"),
     ("--max-tokens", int, 96, "tokens an answer may take"),
-    ("--phase1", int, 300, "training-like requests before the drift"),
+    ("--phase1", int, 200, "training-like requests before the drift"),
     ("--drift-share", float, 0.5, "share of phase-2 tickets that are drifted"),
     ("--feedback-share", float, 0.5, "share of answers users score"),
     ("--corrector-share", float, 0.3, "share of users who correct a wrong answer"),
     ("--window", int, 100, "prompts per drift window"),
     ("--p-value", float, 0.01, "drift trigger: MMD p-value below this"),
-    ("--min-corrections", int, 40, "corrections the controller waits for"),
-    ("--replay-share", float, 0.25, "share of each step replaying v1's rows"),
+    ("--min-corrections", int, 80, "corrections the controller waits for"),
+    ("--replay-share", float, 0.5, "share of each step replaying v1's rows"),
     ("--adapt-steps", int, 24, "steps of the controller's continual job"),
     ("--canary-percent", float, 50.0, "share of users on a canary"),
-    ("--canary-requests", int, 24, "scored canary requests before it may be promoted"),
+    ("--canary-requests", int, 20, "scored canary requests before it may be promoted"),
     ("--canary-minutes", float, 10.0, "an undecided canary is rolled back after this"),
     ("--offline-windows", int, 20, "no-drift windows tested in this process for the false-positive rate"),
     ("--tick-seconds", float, 2.0, "the controller's tick"),
@@ -635,6 +642,10 @@ def main() -> int:
     def accuracy(which: dict[str, Any], kind: str) -> float | None:
         return which[kind]["field_accuracy"] if kind in which else None
 
+    def drifted_fields(which: dict[str, Any]) -> float | None:
+        per_field = which["drifted"]["per_field"] if "drifted" in which else None
+        return (per_field["type"] + per_field["date"]) / 2 if per_field else None
+
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
@@ -651,6 +662,11 @@ def main() -> int:
         "forgetting": (accuracy(before, "original") or 0) - (accuracy(after, "original") or 0)
         if after
         else None,
+        # beside the issue's figures: the fields the drift touches (type, date) and whole records
+        "accuracy_drifted_fields_before": drifted_fields(before),
+        "accuracy_drifted_fields_after": drifted_fields(after),
+        "exact_match_drifted_before": before["drifted"]["exact_match"] if before else None,
+        "exact_match_drifted_after": after["drifted"]["exact_match"] if after else None,
         "status_5xx": drift.get("traffic", {}).get("status_5xx", 0)
         + bad.get("traffic", {}).get("status_5xx", 0),
         "setup": prepared,

@@ -315,3 +315,23 @@ def test_a_canary_set_by_hand_on_a_watched_alias_is_judged_and_rolled_back(world
     assert world.rollout().state == "rolled_back"
     assert world.registry.routing.canary(world.tenant, "support") is None
     assert world.registry.adapters.resolve(world.tenant, "support").id == world.v1.id
+
+
+def test_a_canary_set_by_hand_goes_before_a_rollout_waiting_for_corrections(world: World) -> None:
+    from lorafleet.serving.router import Canary
+
+    controller = world.controller()
+    controller.tick()
+    world.serve(world.v1.id, DRIFTED_PROMPTS[:20])  # drifted, not corrected: the rollout waits
+    controller.tick()
+    waiting = world.rollout()
+    assert waiting.state == "waiting"
+    folder = world.tmp / "v2"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 4}')
+    v2 = world.registry.adapters.register(world.tenant, "support", folder, base_model="tiny")
+    canary = Canary(model="support", target_ref="support@2", percent=20)
+    world.registry.routing.set_canary(world.tenant, canary, actor="admin")
+    controller.tick()
+    assert world.registry.adaptation.rollout(world.tenant, waiting.id).state == "failed"
+    assert world.rollout().state == "canary" and world.rollout().candidate_version_id == v2.id

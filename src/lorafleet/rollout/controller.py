@@ -152,7 +152,9 @@ class Controller:
             return {"state": "idle", "note": f"alias {alias.alias!r} points at no version yet"}
         watch = self._watch(alias, version)
         self._feed(alias, watch)
-        rollout = self.registry.adaptation.active(alias) or self._canary_set_by_hand(alias, version)
+        rollout = self.registry.adaptation.active(alias)
+        if rollout is None or rollout.state == "waiting":  # a canary set by hand goes before a wait
+            rollout = self._canary_set_by_hand(alias, version, waiting=rollout) or rollout
         if rollout is None:
             trigger = self._trigger(alias, watch)
             if trigger is not None:
@@ -275,9 +277,11 @@ class Controller:
 
     # --- the rollout --------------------------------------------------------------------------------------
 
-    def _canary_set_by_hand(self, alias: WatchedAlias, version: AdapterVersion) -> Rollout | None:
+    def _canary_set_by_hand(
+        self, alias: WatchedAlias, version: AdapterVersion, *, waiting: Rollout | None
+    ) -> Rollout | None:
         """A rollout judging the canary someone set on the alias's users, if there is one: it is watched and
-        decided like the controller's own."""
+        decided like the controller's own. A rollout still `waiting` for corrections gives way to it."""
         canary = self.registry.routing.canary(alias.tenant_id, _split_model(alias))
         if canary is None:
             return None
@@ -289,6 +293,8 @@ class Controller:
             return None  # nothing new to judge, or another adapter's version: not this alias's candidate
         why = f"canary of {canary.target_ref} on {canary.percent:g}% of {canary.model}'s users, set by hand"
         self.say(f"{alias.adapter}:{alias.alias}: watching the {why}")
+        if waiting is not None:
+            self._finish(alias, waiting, "failed", "superseded", f"gave way to the {why}")
         return self.registry.adaptation.start(
             alias,
             trigger={"kind": "canary", "why": why},
