@@ -47,9 +47,8 @@ class WatchedAlias:
 class Adaptation:
     """A tenant's adaptation policies and rollouts (module docstring)."""
 
-    def __init__(self, db: Database, adapters: Adapters) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.adapters = adapters
 
     # --- policies ---------------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ class Registry:
         self.evaluation = Evaluations(self.db)
         self.usage = Usage(self.db)
         self.requests = RequestLog(self.db)
-        self.adaptation = Adaptation(self.db, self.adapters)
+        self.adaptation = Adaptation(self.db)
 
     def complete_job(
         self,

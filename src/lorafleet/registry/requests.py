@@ -16,7 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from lorafleet.errors import ConfigError, NotFoundError
 from lorafleet.registry.database import Database
@@ -184,20 +185,9 @@ class RequestLog:
 
     def scores(self, tenant_id: str, version_id: str, *, after: float, until: float) -> list[float]:
         """The feedback scores given in (`after`, `until`] on completions version `version_id` served."""
-        query = (
-            select(Feedback.score)
-            .join(LoggedCompletion, LoggedCompletion.id == Feedback.completion_id)
-            .where(
-                Feedback.tenant_id == tenant_id,
-                Feedback.score.is_not(None),
-                Feedback.created_at > after,
-                Feedback.created_at <= until,
-                LoggedCompletion.adapter_version_id == version_id,
-            )
-            .order_by(Feedback.created_at, Feedback.id)
-        )
+        given = (Feedback.created_at > after, Feedback.created_at <= until)
         with self.db.session() as session:
-            return [float(score) for score in session.scalars(query) if score is not None]
+            return _scores(session, tenant_id, version_id, *given)
 
     def window(self, tenant_id: str, version_id: str, *, since: float) -> ServedWindow:
         """Version `version_id`'s traffic since `since`: the scores given on completions it served then,
@@ -211,19 +201,9 @@ class RequestLog:
                 LoggedCompletion.created_at >= since,
             )
         )
-        scores = (
-            select(Feedback.score)
-            .join(LoggedCompletion, LoggedCompletion.id == Feedback.completion_id)
-            .where(
-                Feedback.tenant_id == tenant_id,
-                Feedback.score.is_not(None),
-                LoggedCompletion.adapter_version_id == version_id,
-                LoggedCompletion.created_at >= since,
-            )
-        )
         with self.db.session() as session:
             requests, errors = session.execute(counts).one()
-            values = [float(score) for score in session.scalars(scores) if score is not None]
+            values = _scores(session, tenant_id, version_id, LoggedCompletion.created_at >= since)
         return ServedWindow(scores=values, requests=int(requests), errors=int(errors))
 
     def prune(self, before: float) -> int:
@@ -233,6 +213,22 @@ class RequestLog:
             session.execute(delete(Feedback).where(Feedback.completion_id.in_(old)))
             deleted = session.execute(delete(LoggedCompletion).where(LoggedCompletion.created_at < before))
         return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def _scores(session: Session, tenant_id: str, version_id: str, *where: ColumnElement[bool]) -> list[float]:
+    """The feedback scores on the completions `version_id` served, under the conditions `where`, in order."""
+    query = (
+        select(Feedback.score)
+        .join(LoggedCompletion, LoggedCompletion.id == Feedback.completion_id)
+        .where(
+            Feedback.tenant_id == tenant_id,
+            Feedback.score.is_not(None),
+            LoggedCompletion.adapter_version_id == version_id,
+            *where,
+        )
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    return [float(score) for score in session.scalars(query) if score is not None]
 
 
 def _known_id(value: str, what: str) -> None:

@@ -5,7 +5,8 @@ Every `tick_seconds`, for each adaptation policy (`rollout.policy`, kept by `reg
     watch     the alias's monitor (`monitoring.AliasMonitor`) takes what its version served since the last
               tick, from the request log: each prompt's embedding (the base model's mean-pooled hidden
               states, `monitoring.embed`), latency, error, the validator's verdict; and the feedback scores
-              given on it. The drift reference is the version's own training prompts, embedded alike.
+              given on it. The drift reference is the training prompts of the version and of its
+              ancestors (a continual version learned both), embedded alike.
     trigger   a full window whose MMD p-value is below `triggers.drift.p_value`, or a rolling quality below
               `triggers.quality.below` → a rollout starts (event `triggered`); a canary someone set on the
               alias's users starts one too, straight at the canary step
@@ -50,7 +51,7 @@ from lorafleet.monitoring.quality import json_schema_validator
 from lorafleet.monitoring.requests import store_corrections
 from lorafleet.registry import Registry
 from lorafleet.registry.adaptation import CONTROLLER, WatchedAlias
-from lorafleet.registry.tables import AdapterVersion, LoggedCompletion, Rollout
+from lorafleet.registry.tables import ROLLOUT_ACTIVE, AdapterVersion, LoggedCompletion, Rollout
 from lorafleet.rollout.canary import Window, decide
 from lorafleet.serving.router import Canary, parse_reference
 
@@ -86,7 +87,7 @@ class _Watch:
     monitor: AliasMonitor
     validator: Callable[[str], bool] | None
     until: float  # requests and feedback logged up to here are in the monitor
-    reports: list[DriftReport] = field(default_factory=list)  # windows tested since the last look
+    reports: list[DriftReport] = field(default_factory=list)  # windows tested in the last look
     note: str | None = None  # what the monitor cannot do for this version
 
 
@@ -162,7 +163,7 @@ class Controller:
                 rollout = self.registry.adaptation.start(alias, trigger=trigger, from_version_id=version.id)
         if rollout is not None:
             rollout = self._advance(alias, rollout)
-            if rollout.state not in ("waiting", "training", "canary"):
+            if rollout.state not in ROLLOUT_ACTIVE:
                 self._watches.pop(alias.policy_id, None)  # a new trigger needs new evidence
         return _status(watch, rollout)
 
@@ -216,7 +217,9 @@ class Controller:
         return self.embed(prompts)
 
     def _feed(self, alias: WatchedAlias, watch: _Watch) -> None:
-        """Give the monitor what the version served, and the scores given on it, since the last tick."""
+        """Give the monitor what the version served, and the scores given on it, since the last tick; the
+        windows this completed are in `watch.reports` until the next."""
+        watch.reports = []
         until = self.clock() - self.settings.settle_seconds
         served = self.registry.requests.served(
             alias.tenant_id, watch.version_id, after=watch.until, until=until
@@ -250,8 +253,7 @@ class Controller:
 
     def _trigger(self, alias: WatchedAlias, watch: _Watch) -> dict[str, Any] | None:
         """What fired, with its figures, or None."""
-        reports, watch.reports = watch.reports, []
-        drifted = [r for r in reports if r.drifted]
+        drifted = [r for r in watch.reports if r.drifted]
         if alias.policy.triggers.drift is not None and drifted:
             report = drifted[0]
             return {
