@@ -1,7 +1,7 @@
 """Tenant isolation through a real server: another tenant's ids and names are "not found" on every route.
 
-Tenant A owns a file, a queued job, and an adapter with two versions, a `production` alias, a canary and
-an experiment. Tenant B
+Tenant A owns a file, a queued job, and an adapter with two versions, a `production` alias, a canary,
+an experiment and an adaptation policy. Tenant B
 calls every tenant route with A's ids and names and gets 404 (never 200, 403, 409 or 500, and never A's
 data); B's lists hold none of A's items; A's resources are unchanged afterwards. `FOREIGN_CALLS` has one
 line per route call and `LISTS` one per list route: a test checks that together they cover every /v1 route
@@ -31,6 +31,7 @@ Call = tuple[str, str, dict[str, Any] | None]  # method, the app's path template
 MODELS = ("{name}", "{name}@1", "{name}:production")  # every way `model` can name an adapter
 JOB = {"model": "{base}", "recipe": QUICK_RECIPE}
 EXPERIMENT = {"model": "{name}", "arms": [{"target": "{name}@1", "percent": 100}]}
+POLICY = {"triggers": {"drift": {"p_value": 0.01, "window": 50}}, "canary": {"percent": 10}}
 FOREIGN_CALLS: list[Call] = [
     ("GET", "/v1/files?after={file_id}", None),
     ("GET", "/v1/files/{file_id}", None),
@@ -61,6 +62,11 @@ FOREIGN_CALLS: list[Call] = [
     ("PUT", "/v1/adapters/{name}/canary", {"target": "{name}@1", "percent": 10}),
     ("DELETE", "/v1/adapters/{name}/canary", None),
     ("GET", "/v1/adapters/{name}/events", None),
+    ("PUT", "/v1/adapters/{name}/policies/{alias}", POLICY),
+    ("GET", "/v1/adapters/{name}/policies/{alias}", None),
+    ("DELETE", "/v1/adapters/{name}/policies/{alias}", None),
+    ("GET", "/v1/adapters/{name}/policies", None),
+    ("GET", "/v1/adapters/{name}/rollouts", None),
     ("PUT", "/v1/experiments/{experiment}", EXPERIMENT),
     ("DELETE", "/v1/experiments/{experiment}", None),
     ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "parent": "{name}@1"}),
@@ -172,8 +178,8 @@ def owned_resources(
     platform: Platform, tenant: Tenant, tiny_dir: Path, tmp_path: Path
 ) -> tuple[dict[str, str], list[str]]:
     """A's file, queued job (no workers run it), adapter `support` with v1, v2, production → v2, an eval
-    suite, a canary and an experiment, and a completion with a correction: the values of the calls'
-    placeholders, and strings only A's own answers may contain."""
+    suite, a canary, an experiment, an adaptation policy, and a completion with a correction: the values
+    of the calls' placeholders, and strings only A's own answers may contain."""
     from lorafleet.models import load_base
 
     client = tenant.client
@@ -207,6 +213,8 @@ def owned_resources(
     arms = [{"target": "support@1", "percent": 50}, {"target": "support@2", "percent": 50}]
     experiment = client.put("/v1/experiments/acme-trial", json={"model": "support:production", "arms": arms})
     assert experiment.status_code == 200, experiment.text
+    policy = client.put("/v1/adapters/support/policies/production", json=POLICY)
+    assert policy.status_code == 200, policy.text
     messages = [{"role": "user", "content": "q1"}]
     completion = client.post("/v1/chat/completions", json={"model": "support", "messages": messages})
     assert completion.status_code == 200, completion.text
@@ -256,6 +264,7 @@ def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
         "canary": client.get(f"/v1/adapters/{a['name']}/canary").json(),
         "experiments": client.get("/v1/experiments").json()["data"],
         "events": client.get(f"/v1/adapters/{a['name']}/events").json()["data"],
+        "policies": client.get(f"/v1/adapters/{a['name']}/policies").json()["data"],
     }
 
 
@@ -296,6 +305,7 @@ def test_another_tenants_resources_are_not_found(
     assert [f["correction"] for f in before["feedback"]] == ["acme-correction"]
     assert [v for v, _ in before["versions"]] == [1, 2]
     assert before["canary"]["target"] == "support@1" and before["experiments"][0]["name"] == "acme-trial"
+    assert [p["alias"] for p in before["policies"]] == ["production"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # key checks are not database logic

@@ -40,8 +40,8 @@ def test_policy_set_show_remove_and_rollouts(adapter: Registry, tmp_path: Path) 
     assert "bot:production: policy set by admin" in ok("adapters", "policy", "bot", "--file", str(policy))
     shown = ok("adapters", "policy", "bot")
     assert "the controller has not looked at it yet" in shown
-    answer = json.loads(ok("adapters", "policy", "bot", "--json"))
-    assert answer["policy"]["triggers"]["drift"]["window"] == 50 and answer["policy"]["canary"]["percent"] == 20
+    stored = json.loads(ok("adapters", "policy", "bot", "--json"))["policy"]
+    assert stored["triggers"]["drift"]["window"] == 50 and stored["canary"]["percent"] == 20
     assert "no rollout of bot yet" in ok("adapters", "rollouts", "bot")
     assert "is no longer adapted" in ok("adapters", "policy", "bot", "--clear")
     assert_friendly_error(invoke("adapters", "policy", "bot", "--tenant", "acme"), "no adaptation policy")

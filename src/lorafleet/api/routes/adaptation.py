@@ -106,10 +106,9 @@ def set_policy(
         raise ConfigError(f"policy.alias: {body['alias']!r} is not the path's alias {alias!r}", field="alias")
     policy = AdaptationPolicy.parse({**body, "alias": alias})
     settings = request.app.state.settings
+    skeleton = request.app.state.base_skeleton()
     try:
-        check_recipe(
-            policy.train.job_recipe(), settings.base_model, request.app.state.base_skeleton(), with_parent=True
-        )
+        check_recipe(policy.train.job_recipe(), settings.base_model, skeleton, with_parent=True)
     except ConfigError as err:  # the jobs API's names, inside the policy
         raise ConfigError(f"policy.train.{err}", field=f"policy.train.{err.field or 'recipe'}") from None
     registry.adaptation.set_policy(tenant, name, policy, actor=caller.actor)
