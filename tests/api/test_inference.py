@@ -29,6 +29,7 @@ from lorafleet.serving.engine import Engine
 from lorafleet.serving.generate import SamplingSettings, encode_prompt
 from lorafleet.serving.requests import Completion
 from lorafleet.serving.requests import Request as EngineRequest
+from lorafleet.serving.router import AdapterHandle, AdapterRef, Route
 from tests.helpers import save_random_adapter
 from tests.support.server import run_server
 
@@ -72,14 +73,15 @@ class Served:
         raise AssertionError(f"no usage event for {response_id}")
 
 
-def resolve(tenant: str, model: str) -> str | None:
+def route(tenant: str, model: str, user: str | None) -> Route:
     if tenant == "over-quota":
         raise QuotaExceededError(f"tenant {tenant!r} has used its tokens for this month")
     if model == BASE:
-        return None
+        return Route(adapter=None, handle=None, reason="base")
     if (tenant, model) not in ADAPTERS:
         raise UnknownAdapterError(f"tenant {tenant!r} has no adapter {model!r}")
-    return ADAPTERS[(tenant, model)]
+    handle = AdapterHandle(version_id=ADAPTERS[(tenant, model)], reference=f"{model}@1")
+    return Route(adapter=AdapterRef(model), handle=handle, reason="explicit")
 
 
 def authenticate(request: Request) -> Caller:
@@ -114,7 +116,7 @@ def served(tiny_dir: Path, adapter_source: DirectorySource) -> Iterator[Served]:
         str(tiny_dir),
         adapter_source,
         base_name=BASE,
-        resolve=resolve,
+        route=route,
         on_usage=usage.append,
         max_batch=4,
         queue_size=16,
@@ -211,6 +213,7 @@ def test_an_adapter_changes_the_text_and_serves_what_the_engine_makes(served: Se
 
     assert tuned.choices[0].text == served.engine_completion("support-bot", prompt="hello").text
     assert tuned.choices[0].text != base.choices[0].text
+    assert (base.system_fingerprint, tuned.system_fingerprint) == (BASE, "support-bot@1")
     event = served.usage_of(tuned.id)
     assert (event.tenant_id, event.key_id, event.model, event.adapter) == (
         "t1",
@@ -218,6 +221,7 @@ def test_an_adapter_changes_the_text_and_serves_what_the_engine_makes(served: Se
         "support-bot",
         "support-bot",
     )
+    assert (event.version, event.route) == ("support-bot@1", "explicit")
 
 
 def test_usage_callback_gets_the_engines_token_counts(served: Served) -> None:
@@ -388,7 +392,7 @@ def test_client_going_away_before_the_answer_cancels_the_request(served: Served)
 def stalled(tiny_dir: Path, adapter_source: DirectorySource) -> Iterator[Served]:
     """A server whose engine is stopped, with room for one waiting request."""
     service = InferenceService.build(
-        str(tiny_dir), adapter_source, base_name=BASE, resolve=resolve, queue_size=1, device="cpu"
+        str(tiny_dir), adapter_source, base_name=BASE, route=route, queue_size=1, device="cpu"
     )
     service.engine.stop()
     try:

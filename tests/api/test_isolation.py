@@ -1,6 +1,7 @@
 """Tenant isolation through a real server: another tenant's ids and names are "not found" on every route.
 
-Tenant A owns a file, a queued job, and an adapter with two versions and a `production` alias. Tenant B
+Tenant A owns a file, a queued job, and an adapter with two versions, a `production` alias, a canary,
+an experiment and an adaptation policy. Tenant B
 calls every tenant route with A's ids and names and gets 404 (never 200, 403, 409 or 500, and never A's
 data); B's lists hold none of A's items; A's resources are unchanged afterwards. `FOREIGN_CALLS` has one
 line per route call and `LISTS` one per list route: a test checks that together they cover every /v1 route
@@ -29,6 +30,8 @@ Call = tuple[str, str, dict[str, Any] | None]  # method, the app's path template
 
 MODELS = ("{name}", "{name}@1", "{name}:production")  # every way `model` can name an adapter
 JOB = {"model": "{base}", "recipe": QUICK_RECIPE}
+EXPERIMENT = {"model": "{name}", "arms": [{"target": "{name}@1", "percent": 100}]}
+POLICY = {"triggers": {"drift": {"p_value": 0.01, "window": 50}}, "canary": {"percent": 10}}
 FOREIGN_CALLS: list[Call] = [
     ("GET", "/v1/files?after={file_id}", None),
     ("GET", "/v1/files/{file_id}", None),
@@ -55,6 +58,17 @@ FOREIGN_CALLS: list[Call] = [
     ("PUT", "/v1/adapters/{name}/gate", {"policy": {"max_forgetting": 0.1}}),
     ("GET", "/v1/adapters/{name}/gate", None),
     ("GET", "/v1/adapters/{name}/versions/{version}/gate", None),
+    ("GET", "/v1/adapters/{name}/canary", None),
+    ("PUT", "/v1/adapters/{name}/canary", {"target": "{name}@1", "percent": 10}),
+    ("DELETE", "/v1/adapters/{name}/canary", None),
+    ("GET", "/v1/adapters/{name}/events", None),
+    ("PUT", "/v1/adapters/{name}/policies/{alias}", POLICY),
+    ("GET", "/v1/adapters/{name}/policies/{alias}", None),
+    ("DELETE", "/v1/adapters/{name}/policies/{alias}", None),
+    ("GET", "/v1/adapters/{name}/policies", None),
+    ("GET", "/v1/adapters/{name}/rollouts", None),
+    ("PUT", "/v1/experiments/{experiment}", EXPERIMENT),
+    ("DELETE", "/v1/experiments/{experiment}", None),
     ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "parent": "{name}@1"}),
     ("GET", "/v1/models/{model}", None),  # the other forms of `model`: tests/api/test_openai_parity.py
     *[("POST", "/v1/completions", {"model": m, "prompt": "q1", "max_tokens": 2}) for m in MODELS],
@@ -73,6 +87,7 @@ LISTS: dict[str, Callable[[dict[str, str], dict[str, Any]], list[str]]] = {
     "/v1/adapters": lambda a, answer: [x["name"] for x in answer["data"] if x["name"] == a["name"]],
     "/v1/models": lambda a, answer: [m["id"] for m in answer["data"] if m["id"].startswith(a["name"])],
     "/v1/feedback": lambda a, answer: [f["id"] for f in answer["data"] if f["id"] == a["feedback_id"]],
+    "/v1/experiments": lambda a, answer: [e["name"] for e in answer["data"]],  # B has none
     "/v1/usage": lambda a, answer: [
         f"{day['date']}: {day['prompt_tokens']} prompt tokens"
         for day in answer["data"]
@@ -162,9 +177,9 @@ def test_every_tenant_route_has_an_isolation_case(tmp_path: Path, tiny_dir: Path
 def owned_resources(
     platform: Platform, tenant: Tenant, tiny_dir: Path, tmp_path: Path
 ) -> tuple[dict[str, str], list[str]]:
-    """A's file, queued job (no workers run it), adapter `support` with v1, v2, production → v2 and an
-    eval suite, and a completion with a correction: the values of the calls' placeholders, and strings only
-    A's own answers may contain."""
+    """A's file, queued job (no workers run it), adapter `support` with v1, v2, production → v2, an eval
+    suite, a canary, an experiment, an adaptation policy, and a completion with a correction: the values
+    of the calls' placeholders, and strings only A's own answers may contain."""
     from lorafleet.models import load_base
 
     client = tenant.client
@@ -193,6 +208,13 @@ def owned_resources(
         "/v1/adapters/support/suites", json={"file": held_out.json()["id"], "metric": "exact_match"}
     )
     assert suite.status_code == 201, suite.text
+    canary = client.put("/v1/adapters/support/canary", json={"target": "support@1", "percent": 10})
+    assert canary.status_code == 200, canary.text
+    arms = [{"target": "support@1", "percent": 50}, {"target": "support@2", "percent": 50}]
+    experiment = client.put("/v1/experiments/acme-trial", json={"model": "support:production", "arms": arms})
+    assert experiment.status_code == 200, experiment.text
+    policy = client.put("/v1/adapters/support/policies/production", json=POLICY)
+    assert policy.status_code == 200, policy.text
     messages = [{"role": "user", "content": "q1"}]
     completion = client.post("/v1/chat/completions", json={"model": "support", "messages": messages})
     assert completion.status_code == 200, completion.text
@@ -212,6 +234,7 @@ def owned_resources(
         "base": str(tiny_dir),
         "completion_id": completion.json()["id"],
         "feedback_id": feedback.json()["id"],
+        "experiment": "acme-trial",
     }
     secrets = [
         "acme-correction",
@@ -238,6 +261,10 @@ def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
         "history": client.get(f"/v1/adapters/{a['name']}/history").json()["data"],
         "suites": client.get(f"/v1/adapters/{a['name']}/suites").json()["data"],
         "feedback": client.get("/v1/feedback").json()["data"],
+        "canary": client.get(f"/v1/adapters/{a['name']}/canary").json(),
+        "experiments": client.get("/v1/experiments").json()["data"],
+        "events": client.get(f"/v1/adapters/{a['name']}/events").json()["data"],
+        "policies": client.get(f"/v1/adapters/{a['name']}/policies").json()["data"],
     }
 
 
@@ -277,6 +304,8 @@ def test_another_tenants_resources_are_not_found(
     assert before["job"] == "queued" and before["aliases"] == {"production": 2}
     assert [f["correction"] for f in before["feedback"]] == ["acme-correction"]
     assert [v for v, _ in before["versions"]] == [1, 2]
+    assert before["canary"]["target"] == "support@1" and before["experiments"][0]["name"] == "acme-trial"
+    assert [p["alias"] for p in before["policies"]] == ["production"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # key checks are not database logic
@@ -320,6 +349,7 @@ def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_pa
             "base",
             "completion_id",
             "feedback_id",
+            "experiment",
         ),
         "x",
     )

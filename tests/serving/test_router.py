@@ -14,6 +14,7 @@ import pytest
 
 from lorafleet.errors import ConfigError, InvalidNameError, UnknownAdapterError
 from lorafleet.serving.router import (
+    AdapterHandle,
     AdapterRef,
     DirectoryCatalog,
     Route,
@@ -104,13 +105,22 @@ def test_references_resolve_through_the_catalog(
     route = Router(catalog).route(model)
     assert (route.target, route.reason) == (target, reason)
     assert route.adapter == parse_reference(model)
+    assert route.handle is not None and route.handle.artifact == target
+
+
+def test_the_handle_names_the_version_as_a_request_would(catalog: StaticCatalog) -> None:
+    router = Router(catalog)
+    staging = AdapterHandle("/a/support/3", "support@3", "/a/support/3")
+    assert router.route("support:staging").handle == staging
+    assert router.route("extract@1").handle == AdapterHandle("/a/extract/v1", "extract@v1", "/a/extract/v1")
 
 
 def test_base_names_and_no_model_mean_no_adapter(catalog: StaticCatalog) -> None:
     router = Router(catalog, {"base_names": ["base", "HuggingFaceTB/SmolLM2-135M-Instruct"]})
     for model in (None, "base", "HuggingFaceTB/SmolLM2-135M-Instruct"):
         route = router.route(model)
-        assert route == Route(adapter=None, target=None, reason="base")
+        assert route == Route(adapter=None, handle=None, reason="base")
+        assert route.target is None
         assert route.is_base
 
 
@@ -130,7 +140,8 @@ def test_unknown_adapters_are_named(catalog: StaticCatalog, model: str, message:
 
 def test_task_picks_the_first_adapter_listing_it(catalog: StaticCatalog) -> None:
     router = Router(catalog)
-    assert router.route(None, task="extraction") == Route(AdapterRef("alpha-extract"), "/a/alpha", "task")
+    alpha = AdapterHandle("/a/alpha", "alpha-extract@1", "/a/alpha")
+    assert router.route(None, task="extraction") == Route(AdapterRef("alpha-extract"), alpha, "task")
     assert router.route("base", task="chat").target == "/a/support/2"
     assert router.route("extract@1", task="chat").reason == "explicit"  # a named adapter wins
     with pytest.raises(UnknownAdapterError, match="no adapter lists task 'poetry'"):
@@ -169,8 +180,9 @@ def test_ab_split_matches_percentages_and_is_sticky(catalog: StaticCatalog) -> N
 def test_task_routed_requests_join_the_experiment_of_their_adapter(catalog: StaticCatalog) -> None:
     arms = [{"target_ref": "extract@1", "percent": 100}]
     router = Router(catalog, {"experiments": [{"name": "x", "model": "alpha-extract", "arms": arms}]})
+    handle = AdapterHandle("/a/extract/v1", "extract@v1", "/a/extract/v1")
     assert router.route(None, task="extraction", user="u") == Route(
-        AdapterRef("extract", version="1"), "/a/extract/v1", "ab:x"
+        AdapterRef("extract", version="1"), handle, "ab:x"
     )
     assert router.route("extract", task="extraction").reason == "explicit"
 
@@ -307,7 +319,7 @@ def test_directory_catalog_reads_adapters_and_tasks(lorafleet_home: Path) -> Non
     (root / "not-an-adapter").mkdir()
     catalog = DirectoryCatalog()
     assert catalog.root == root
-    assert catalog.resolve("support") == str(support)
+    assert catalog.resolve("support") == AdapterHandle(str(support), "support", str(support))
     assert catalog.adapters_for_task("chat") == ["extract", "support"]
     assert catalog.adapters_for_task("extraction") == ["extract"]
     assert Router(catalog).route(None, task="chat").target == str(root / "extract")

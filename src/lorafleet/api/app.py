@@ -2,18 +2,22 @@
 
     start     open the registry (migrating it) → start the request log's writer (it prunes rows past
               the retention) → load the base model into the engine → start the local job workers
-              (threads that supervise training processes)
+              (threads that supervise training processes) and, with them, the adaptation controller
+              (a thread: `rollout.controller`)
     serve     routes per resource under /v1 (OpenAI-compatible inference, files, fine-tuning jobs;
               adapters, usage, feedback, tenants), /healthz, /readyz, /metrics; every route but health
               is authenticated by a bearer key and scoped to its tenant
-    stop      stop the workers (a running job is re-queued) → stop the engine → write the request log's
-              last rows → close the registry
+    stop      stop the controller and the workers (a running job is re-queued) → stop the engine → write
+              the request log's last rows → close the registry
 
 `model` in completions is the base model's name, an adapter (`name`: its production alias, else its
-latest version), `name@version` or `name:alias`. It resolves to an immutable version id, which is the
-engine's adapter key: promoting or rolling back an alias changes what the next request gets at once.
-Each finished completion is metered (`usage`) and logged (`requests`) with that version id, in one place:
-`record`, given to the inference service as its `on_usage`.
+latest version), `name@version` or `name:alias`. With the request's `user` (else its API key) it goes
+through the router once (`registry.routing.route`: the tenant's canaries and experiments, read for
+every request) to an immutable version, whose id is the engine's adapter key: promoting or rolling back
+an alias, or changing a split, changes what the next request gets at once, and a request in flight
+keeps its version. The response names that version (`system_fingerprint`, `X-Lorafleet-Version`).
+Each finished completion is metered (`usage`) and logged (`requests`) with that version and the route's
+reason, in one place: `record`, given to the inference service as its `on_usage`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from lorafleet.api.errors import install_error_handlers
 from lorafleet.api.metrics import ServerMetrics
 from lorafleet.api.openapi import install_openapi
 from lorafleet.api.routes import (
+    adaptation,
     adapters,
     completions,
     evaluation,
@@ -41,6 +46,7 @@ from lorafleet.api.routes import (
     fine_tuning,
     health,
     models,
+    splits,
     tenants,
     usage,
 )
@@ -49,16 +55,22 @@ from lorafleet.jobs.worker import Worker
 from lorafleet.monitoring.requests import RequestLogWriter
 from lorafleet.registry import Registry
 from lorafleet.registry.tables import LoggedCompletion
-from lorafleet.serving.router import parse_reference
+from lorafleet.rollout.controller import Controller
 
 if TYPE_CHECKING:
     from lorafleet.api.inference import UsageEvent
+    from lorafleet.serving.router import Route
 
 DESCRIPTION = """Fine-tune, version and serve LoRA adapters for many tenants on one base model.
 
 Authenticate with `Authorization: Bearer <key>`: a tenant's API key, or the admin key for `/v1/tenants`
 (the admin acts for a tenant by naming it in `X-Lorafleet-Tenant`). Errors use OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`; 429 answers carry `Retry-After`.
+
+A completion's `model` and `user` (else the API key) go through the tenant's canaries and A/B
+experiments (`/v1/adapters/{name}/canary`, `/v1/experiments`), sticky per user. The version that served
+it is named in the response's `system_fingerprint` (every chunk of a stream too) and in the
+`X-Lorafleet-Version` header: `support@3`, or the base model's name.
 """
 
 
@@ -67,7 +79,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     registry = Registry(settings.database_url, artifacts_url=settings.artifacts_url)
     request_log = RequestLogWriter(registry.requests, retention_days=settings.request_log_days)
-    workers: list[tuple[Worker, threading.Thread]] = []
+    workers: list[tuple[Worker | Controller, threading.Thread]] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,11 +91,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             thread = threading.Thread(target=worker.run, name=f"lorafleet-worker-{index}", daemon=True)
             thread.start()
             workers.append((worker, thread))
+        if settings.workers and settings.adaptation:
+            controller = Controller(
+                registry,
+                base_model=settings.base_model,
+                settings=settings.controller,
+                tokenizer=app.state.tokenizer() if app.state.inference is not None else None,
+            )
+            thread = threading.Thread(target=controller.run, name="lorafleet-controller", daemon=True)
+            thread.start()
+            workers.append((controller, thread))
         try:
             yield
         finally:
-            for worker, _ in workers:
-                worker.stop()
+            for loop, _ in workers:
+                loop.stop()
             for _, thread in workers:
                 thread.join(timeout=60)
             if app.state.inference is not None:
@@ -106,7 +128,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.middleware("http")(app.state.metrics.middleware)
     install_error_handlers(app)
     install_openapi(app)
-    routes = (health, tenants, files, fine_tuning, adapters, evaluation, models, completions, feedback, usage)
+    routes = (
+        health,
+        tenants,
+        files,
+        fine_tuning,
+        adapters,
+        evaluation,
+        adaptation,
+        splits,
+        models,
+        completions,
+        feedback,
+        usage,
+    )
     for module in routes:
         app.include_router(module.router)
     return app
@@ -117,13 +152,10 @@ def _inference(
 ) -> Any:
     from lorafleet.api.inference import InferenceService
 
-    def resolve(tenant_id: str, model: str) -> str | None:
-        """The engine's adapter key for `model` (None: the base), after the tenant's token quota."""
+    def route(tenant_id: str, model: str, user: str | None) -> Route:
+        """Where the tenant's request for `model` goes for `user`, after the tenant's token quota."""
         registry.usage.check_tokens(tenant_id)
-        if model == settings.base_model:
-            return None
-        ref = parse_reference(model)
-        return registry.adapters.resolve(tenant_id, ref.name, version=ref.version, alias=ref.alias).id
+        return registry.routing.route(tenant_id, model, user=user, base_names=[settings.base_model])
 
     def record(event: UsageEvent) -> None:
         """Meter the finished request and log it (queued: the log is written on its own thread)."""
@@ -143,7 +175,7 @@ def _inference(
         settings.base_model,
         registry,
         base_name=settings.base_model,
-        resolve=resolve,
+        route=route,
         on_usage=record,
         max_batch=settings.max_batch,
         max_slots=settings.max_slots,
@@ -154,13 +186,15 @@ def _inference(
 
 def _logged(event: UsageEvent) -> LoggedCompletion:
     """The request log's row of a finished request (`UsageEvent`); the engine's adapter key is the
-    registry version id that served it (None: the base model)."""
+    registry version id that served it (None: the base model), `version` its `name@number`."""
     return LoggedCompletion(
         id=event.response_id,
         tenant_id=event.tenant_id,
         key_id=event.key_id,
         model=event.model,
         adapter_version_id=event.adapter,
+        version=event.version,
+        route=event.route,
         prompt=event.prompt,
         messages=event.messages,
         text=event.text,

@@ -20,6 +20,11 @@ class Caller:
     key_id: str | None
     is_admin: bool = False
 
+    @property
+    def actor(self) -> str:
+        """Who acted, as audit trails record it: `admin`, or `key:<key id>`."""
+        return "admin" if self.is_admin else f"key:{self.key_id}"
+
 
 # Declares the bearer scheme in the OpenAPI document; the authenticator reads the header itself, so a
 # missing or malformed one gets our 401 (OpenAI's shape), not FastAPI's 403.

@@ -1,7 +1,10 @@
 """`InferenceService`: OpenAI-shaped requests (`openai_shapes`) as engine requests for the caller's adapter.
 
 A completion's prompt is sent as is; chat messages go through the tokenizer's chat template. The model
-name resolves to an adapter of the caller's tenant (`resolve`, which also checks the tenant's quota).
+name and the user (OpenAI's `user` field, else the API key) go through the router once (`route`, which
+also checks the tenant's quota): its `Route` carries the version to serve as an `AdapterHandle`, whose
+version id is the engine's adapter key. Every response (and stream chunk) names that version in
+`system_fingerprint` (`support@3`; the base model's name for the base), and so does its usage event.
 Errors are `LorafleetError`s answered by `api.errors`: 400 for a bad field or prompt, 403 for the admin
 key (inference is queued and metered per tenant), 404 for a model the tenant does not have, 422 for an
 adapter that cannot be served, 429 when the engine's queue is full, 503 when the engine fails or stops.
@@ -49,6 +52,7 @@ if TYPE_CHECKING:  # torch comes with these; they are imported where used, so im
     from lorafleet.serving.cache import AdapterSource
     from lorafleet.serving.engine import Engine
     from lorafleet.serving.requests import Completion, RequestHandle
+    from lorafleet.serving.router import Route
 
 logger = logging.getLogger(__name__)
 KEEP_ALIVE_SECONDS = 15.0  # an idle stream gets an SSE comment this often (proxies close idle ones at 60 s)
@@ -65,7 +69,7 @@ class UsageEvent:
     tenant_id: str
     key_id: str | None
     model: str  # the model string the client sent
-    adapter: str | None  # the engine reference it resolved to; None for the base model
+    adapter: str | None  # the version id that served it (the engine's adapter key); None for the base model
     prompt_tokens: int
     completion_tokens: int
     seconds: float  # from queueing to the last token
@@ -75,6 +79,8 @@ class UsageEvent:
     prompt: str | None = None  # a completion's prompt, as sent
     messages: list[dict[str, str]] | None = None  # a chat's messages, as the chat template took them
     text: str = ""  # the generated text (what was generated before an error or cancellation)
+    version: str = ""  # the served version as `name@number` (the base model's name for the base)
+    route: str = ""  # why the router chose it: alias, explicit, canary, ab:<experiment> or base
 
 
 class Generation:
@@ -85,13 +91,15 @@ class Generation:
         service: InferenceService,
         caller: Caller,
         body: CompletionRequest | ChatCompletionRequest,
-        adapter: str | None,
+        route: Route,
         handle: RequestHandle,
     ) -> None:
         self.service = service
         self.caller = caller
         self.body = body
-        self.adapter = adapter
+        self.route = route
+        # the served version as responses name it (system_fingerprint, X-Lorafleet-Version)
+        self.version = route.handle.reference if route.handle is not None else service.base_name
         self.handle = handle
         self.chat = isinstance(body, ChatCompletionRequest)
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + handle.request.request_id
@@ -116,13 +124,9 @@ class Generation:
         if self.chat:
             message = ChatMessageOut(content=completion.text)
             choice = ChatChoice(message=message, finish_reason=reason)
-            return ChatCompletion(
-                id=self.id, created=self.created, model=self.body.model, choices=[choice], usage=usage
-            )
+            return ChatCompletion(choices=[choice], usage=usage, **self._header())
         choices = [CompletionChoice(text=completion.text, finish_reason=reason)]
-        return TextCompletion(
-            id=self.id, created=self.created, model=self.body.model, choices=choices, usage=usage
-        )
+        return TextCompletion(choices=choices, usage=usage, **self._header())
 
     def __iter__(self) -> Iterator[str]:
         """Server-sent events (`data: {json}\\n\\n`) of the text as generated, then `data: [DONE]`."""
@@ -172,7 +176,7 @@ class Generation:
         usage: Usage | None = None,
     ) -> str:
         """One chunk event: a delta (chat) or text piece (completions); None for the usage-only chunk."""
-        base = {"id": self.id, "created": self.created, "model": self.body.model, "usage": usage}
+        base = {**self._header(), "usage": usage}
         chunk: BaseModel
         if self.chat:
             choices = [] if delta is None else [ChatChunkChoice(delta=delta, finish_reason=finish_reason)]
@@ -182,15 +186,25 @@ class Generation:
             chunk = TextCompletion(choices=text, **base)
         return _event(chunk.model_dump_json())
 
+    def _header(self) -> dict[str, Any]:
+        """The fields every response and chunk starts with."""
+        return {
+            "id": self.id,
+            "created": self.created,
+            "model": self.body.model,
+            "system_fingerprint": self.version,
+        }
+
 
 class InferenceService:
-    """The OpenAI-compatible front of one started `Engine`: resolves each model name to an adapter of the
-    caller's tenant, queues the request fairly by tenant, and reports each finished request's usage.
+    """The OpenAI-compatible front of one started `Engine`: routes each request to a version of the
+    caller's tenant, queues it fairly by tenant, and reports each finished request's usage.
 
-    `resolve(tenant_id, model)` gives the engine's adapter reference (None for the base) or raises
-    `UnknownAdapterError`; it sees every request, the base model's too, so it may check the tenant's quota.
-    `base_name` always means the base model alone. `on_usage` gets a `UsageEvent` once per finished
-    request, in a worker thread (an exception there is logged, not raised).
+    `route(tenant_id, model, user)` gives the request's `Route` (its handle None for the base model) or
+    raises `UnknownAdapterError`; it sees every request, the base model's too, so it may check the
+    tenant's quota. `base_name` is the base model's name, which responses give as the version that served
+    a base route. `on_usage` gets a `UsageEvent` once per finished request, in a worker thread (an
+    exception there is logged, not raised).
     """
 
     def __init__(
@@ -198,12 +212,12 @@ class InferenceService:
         engine: Engine,
         *,
         base_name: str,
-        resolve: Callable[[str, str], str | None],
+        route: Callable[[str, str, str | None], Route],
         on_usage: Callable[[UsageEvent], None] | None = None,
     ) -> None:
         self.engine = engine
         self.base_name = base_name
-        self.resolve = resolve
+        self.route = route
         self.on_usage = on_usage
         # every request the engine holds may have one thread waiting on it, and a few more arrive
         workers = engine.max_batch + engine.queue.max_size + 8
@@ -219,7 +233,7 @@ class InferenceService:
         source: AdapterSource,
         *,
         base_name: str,
-        resolve: Callable[[str, str], str | None],
+        route: Callable[[str, str, str | None], Route],
         on_usage: Callable[[UsageEvent], None] | None = None,
         max_batch: int = 32,
         max_slots: int = 64,
@@ -238,12 +252,13 @@ class InferenceService:
             model, tokenizer, cache=cache, max_batch=max_batch, max_slots=max_slots, queue_size=queue_size
         )
         engine.start()
-        return cls(engine, base_name=base_name, resolve=resolve, on_usage=on_usage)
+        return cls(engine, base_name=base_name, route=route, on_usage=on_usage)
 
-    def adapter_for(self, tenant_id: str, model: str) -> str | None:
-        """The engine's adapter reference for `model` as `tenant_id` names it (None: the base model)."""
-        adapter = self.resolve(tenant_id, model)  # for the base too: it may check the tenant's quota
-        return None if model == self.base_name else adapter
+    def route_for(self, caller: Caller, body: CompletionRequest | ChatCompletionRequest) -> Route:
+        """Where the caller's request goes: its `model` for its `user`, or for its API key without one."""
+        assert caller.tenant_id is not None
+        user = body.user or (f"key:{caller.key_id}" if caller.key_id is not None else None)
+        return self.route(caller.tenant_id, body.model, user)  # the base too: it checks the quota
 
     def submit(self, caller: Caller, body: CompletionRequest | ChatCompletionRequest) -> Generation:
         """Queue `body` for the caller's tenant; a `LorafleetError` saying why when it cannot be."""
@@ -262,13 +277,14 @@ class InferenceService:
             sampling = body.sampling(max_tokens=body.max_tokens or 16, chat=False)
             inputs = {"prompt": body.text}
         try:
-            adapter = self.adapter_for(caller.tenant_id, body.model)
-            if adapter is not None and self.engine.merged is None:
-                self.engine.cache.get(adapter)  # read it now: a broken adapter fails here, with its reason
+            route = self.route_for(caller, body)
+            if route.target is not None and self.engine.merged is None:
+                # read it now: a broken adapter fails here, with its reason
+                self.engine.cache.get(route.target)
         except (ConfigError, AdapterError) as err:  # not a model name, an unknown or a broken adapter
             raise ApiError.of(err, param="model") from err
         request = validated(
-            Request, "request", adapter=adapter, sampling=sampling, tenant=caller.tenant_id, **inputs
+            Request, "request", adapter=route.target, sampling=sampling, tenant=caller.tenant_id, **inputs
         )
         try:
             handle = self.engine.submit(request)
@@ -278,7 +294,7 @@ class InferenceService:
             raise
         except LorafleetError as err:  # the queue is closed: the server is shutting down
             raise ServiceUnavailableError(str(err)) from err
-        generation = Generation(self, caller, body, adapter, handle)
+        generation = Generation(self, caller, body, route, handle)
         with self._lock:
             self._pending.add(generation)
         return generation
@@ -325,7 +341,7 @@ class InferenceService:
             tenant_id=generation.caller.tenant_id or "",
             key_id=generation.caller.key_id,
             model=generation.body.model,
-            adapter=generation.adapter,
+            adapter=generation.route.target,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             seconds=time.perf_counter() - generation.handle.submitted_at,
@@ -335,6 +351,8 @@ class InferenceService:
             prompt=generation.handle.request.prompt,
             messages=generation.handle.request.messages,
             text=completion.text,
+            version=generation.version,
+            route=generation.route.reason,
         )
         try:
             self.on_usage(event)

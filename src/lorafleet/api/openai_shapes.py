@@ -66,7 +66,11 @@ class _SamplingFields(BaseModel):
     n: int | None = Field(None, description="Choices to generate; only 1 is supported.")
     stream: bool | None = Field(False, description="Send the text as server-sent events as it is generated.")
     stream_options: StreamOptions | None = Field(None, description="Options of a streamed response.")
-    user: str | None = Field(None, description="The end user's id (accepted, not used).")
+    user: str | None = Field(
+        None,
+        description="The end user's id: canaries and A/B experiments assign each user to one version, "
+        "sticky (without it, the API key is the user).",
+    )
     presence_penalty: float | None = Field(
         None, ge=-2.0, le=2.0, description="Not supported unless 0; see repetition_penalty."
     )
@@ -245,6 +249,9 @@ class TextCompletion(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    system_fingerprint: str = Field(
+        description="The adapter version that served the request (`support@3`), or the base model's name."
+    )
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -268,6 +275,9 @@ class ChatCompletion(BaseModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+    system_fingerprint: str = Field(
+        description="The adapter version that served the request (`support@3`), or the base model's name."
+    )
     choices: list[ChatChoice]
     usage: Usage
 
@@ -299,5 +309,8 @@ class ChatCompletionChunk(BaseModel):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
+    system_fingerprint: str = Field(
+        description="The adapter version that served the request (`support@3`), or the base model's name."
+    )
     choices: list[ChatChunkChoice]
     usage: Usage | None = None

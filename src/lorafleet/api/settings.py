@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lorafleet.jobs.worker import WorkerSettings
 from lorafleet.registry import PriceTable
+from lorafleet.rollout.controller import ControllerSettings
 
 
 class ServerSettings(BaseSettings):
@@ -33,6 +34,13 @@ class ServerSettings(BaseSettings):
     queue_size: int = Field(256, ge=1, le=100_000, description="Requests waiting before 429s.")
     workers: int = Field(1, ge=0, le=64, description="Local job workers started with the server (0: none).")
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="How workers run jobs.")
+    adaptation: bool = Field(
+        True,
+        description="Run the adaptation controller with the workers (it needs workers ≥ 1 for its jobs).",
+    )
+    controller: ControllerSettings = Field(
+        default_factory=ControllerSettings, description="How the adaptation controller looks at aliases."
+    )
     max_upload_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Largest dataset upload accepted (bytes)."
     )

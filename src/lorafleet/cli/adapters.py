@@ -1,5 +1,6 @@
 """`lorafleet adapters`: create, inspect, merge and combine adapter directories; list, promote and roll back
-the versions in the registry (through the platform API, see `cli.platform`)."""
+the versions in the registry, set their canary, read their events (through the platform API, see
+`cli.platform`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from lorafleet.cli import plain_console
+from lorafleet.cli.adaptation import policy, rollouts
 from lorafleet.cli.evaluation import gate_policy, suites_app
 from lorafleet.cli.platform import (
     ApiKeyOption,
@@ -24,16 +26,22 @@ from lorafleet.cli.platform import (
     segment,
     when,
 )
+from lorafleet.cli.routing import canary, events
 from lorafleet.errors import ConfigError
 from lorafleet.home import lorafleet_home, validate_name
 
 app = typer.Typer(
-    help="Create, inspect, merge and combine adapters (PEFT format); list, promote, roll back registry ones.",
+    help="Create, inspect, merge and combine adapters (PEFT format); list, promote, roll back, canary "
+    "registry ones.",
     no_args_is_help=True,
 )
 
 app.add_typer(suites_app, name="suites")
 app.command("gate-policy")(gate_policy)
+app.command("policy")(policy)
+app.command("rollouts")(rollouts)
+app.command("canary")(canary)
+app.command("events")(events)
 
 AdapterArg = Annotated[
     str, typer.Argument(help="Adapter directory, or the name of one in $LORAFLEET_HOME/adapters.")

@@ -18,6 +18,7 @@ from lorafleet.cli import (
     generate,
     jobs,
     models,
+    routing,
     serve,
     tenants,
     train,
@@ -59,6 +60,7 @@ app.command("worker")(serve.worker)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(feedback.app, name="feedback")
+app.add_typer(routing.experiments_app, name="experiments")
 
 
 def _print_version(value: bool) -> None:

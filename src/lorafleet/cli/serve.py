@@ -142,10 +142,26 @@ def worker(
             "--lease-seconds", help="A running job without a heartbeat this long is re-queued (default 30)."
         ),
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Base model of the server (what the controller's jobs fine-tune)."
+        ),
+    ] = "default",
+    adapt: Annotated[
+        bool,
+        typer.Option(
+            "--adapt/--no-adapt",
+            help="Also run the adaptation controller: aliases under an adaptation policy are watched, "
+            "retrained, canaried and promoted or rolled back (run it in one process only).",
+        ),
+    ] = True,
 ) -> None:
-    """Run queued fine-tuning jobs until Ctrl-C or SIGTERM (a job running then goes back to the queue)."""
+    """Run queued fine-tuning jobs until Ctrl-C or SIGTERM (a job running then goes back to the queue), and
+    the adaptation controller (unless --no-adapt)."""
     from lorafleet.jobs.worker import Worker, WorkerSettings
     from lorafleet.registry import Registry
+    from lorafleet.rollout.controller import Controller
 
     options = _given(
         executor=executor,
@@ -156,7 +172,9 @@ def worker(
     settings = _settings(WorkerSettings, options)
     registry = Registry(database_url, artifacts_url=artifacts_url)
     stop = threading.Event()
-    pool = [Worker(registry, settings, say=typer.echo) for _ in range(workers)]
+    pool: list[Worker | Controller] = [Worker(registry, settings, say=typer.echo) for _ in range(workers)]
+    if adapt:
+        pool.append(Controller(registry, base_model=model, say=typer.echo))
     threads = [
         threading.Thread(target=w.run, name=f"lorafleet-worker-{i}", daemon=True) for i, w in enumerate(pool)
     ]
@@ -165,8 +183,8 @@ def worker(
             for thread in threads:
                 thread.start()
             typer.echo(
-                f"lorafleet worker: {workers} × {settings.executor} on {registry.db.engine.url!r}; "
-                "waiting for jobs (Ctrl-C stops)"
+                f"lorafleet worker: {workers} × {settings.executor} on {registry.db.engine.url!r}"
+                f"{', with the adaptation controller' if adapt else ''}; waiting for jobs (Ctrl-C stops)"
             )
             while not stop.wait(0.5) and any(t.is_alive() for t in threads):
                 pass

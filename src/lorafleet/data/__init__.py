@@ -11,7 +11,13 @@ from lorafleet.data.dataset import (
 )
 from lorafleet.data.formats import Example, Message, ReadResult, read_examples, with_system_prompt
 from lorafleet.data.packing import PackedSequence, collate, pack_examples, packed_attention_mask
-from lorafleet.data.tokenize import IGNORE_INDEX, TokenizedExample, render_chat, tokenize_example
+from lorafleet.data.tokenize import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    inspect_rows,
+    render_chat,
+    tokenize_example,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -26,6 +32,7 @@ __all__ = [
     "batches",
     "collate",
     "dataset_stats",
+    "inspect_rows",
     "pack_examples",
     "packed_attention_mask",
     "prepare_data",

@@ -12,18 +12,34 @@ Wording comes from many interchangeable openings, problem descriptions, detail p
 requests and sign-offs, shuffled in order, so a model must read the ticket rather than memorise
 templates. Everything is generated from a fixed seed: no download, the same files every time
 (`task_generation.ExampleTask.write`; names and dates come from `example_text`).
+
+`DRIFTED_TASK` is the same task after the traffic has drifted away from what `TASK` trains on: every
+ticket is of a type `TASK` never produces (`DRIFTED_TYPES`: warranty claims) and writes its date in a
+style `TASK` never uses (`DRIFTED_DATE_STYLES`: day first, dotted, 05.03.2025). The instruction, the
+fields and everything else are those of `TASK`, so a model trained on `TASK` can be scored on it as is.
 """
 
 from __future__ import annotations
 
+import datetime
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lorafleet.data.example_text import TICKET_DATE_STYLES, full_name, iso, random_date, written_date
+from lorafleet.data.example_text import (
+    DATE_STYLES,
+    TICKET_DATE_STYLES,
+    full_name,
+    iso,
+    random_date,
+    written_date,
+)
 from lorafleet.data.task_generation import ExampleTask
 
 TICKET_TYPES = ("refund", "shipping", "billing", "technical", "account", "cancellation")
+DRIFTED_TYPES = ("warranty",)  # never among TICKET_TYPES
+DRIFTED_DATE_STYLES = (DATE_STYLES[6],)  # 05.03.2025, day first: never among TICKET_DATE_STYLES
 FIELDS = ("type", "customer", "order_id", "amount", "date")
 
 INSTRUCTION = "Extract this support ticket as JSON (type, customer, order_id, amount, date)."
@@ -90,6 +106,13 @@ _PROBLEMS: dict[str, tuple[str, ...]] = {
         "cancel my order for the {item} before it ships",
         "I have decided to terminate my {service}",
     ),
+    "warranty": (
+        "my {item} stopped working after a few months and should still be under warranty",
+        "I would like to make a warranty claim for my {item}, which has a manufacturing defect",
+        "the {item} broke within the warranty period, please repair or replace it",
+        "please honour the warranty on my {item}, the motor gave out",
+        "I sent in a warranty claim for the {item} and have heard nothing back",
+    ),
 }
 _OPENINGS = (
     "Hello,",
@@ -144,13 +167,25 @@ _SIGNOFFS = (
 
 def make_ticket(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """One ticket and its reference record."""
-    kind = rng.choice(TICKET_TYPES)
+    return build_ticket(rng, TICKET_TYPES, TICKET_DATE_STYLES)
+
+
+def make_drifted_ticket(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """One ticket of a type and with a date style that `make_ticket` never produces, and its record."""
+    return build_ticket(rng, DRIFTED_TYPES, DRIFTED_DATE_STYLES)
+
+
+def build_ticket(
+    rng: random.Random, types: Sequence[str], date_styles: Sequence[Callable[[datetime.date], str]]
+) -> tuple[str, dict[str, Any]]:
+    """A ticket of one of `types` (each has problem phrasings), its date written in one of `date_styles`."""
+    kind = rng.choice(types)
     name = full_name(rng)
     problem = rng.choice(_PROBLEMS[kind]).format(item=rng.choice(_PRODUCTS), service=rng.choice(_SERVICES))
     order = None if rng.random() < 0.15 else f"{_letters(rng)}-{rng.randint(10000, 99999)}"
     amount = None if kind == "account" or rng.random() < 0.15 else round(rng.uniform(5, 900), 2)
     date = random_date(rng, 2023, 2025)
-    details = [rng.choice(_DATE).format(date=written_date(rng, date, TICKET_DATE_STYLES))]
+    details = [rng.choice(_DATE).format(date=written_date(rng, date, date_styles))]
     if order is not None:
         details.append(rng.choice(_ORDER).format(order=order))
     if amount is not None:
@@ -175,6 +210,13 @@ TASK = ExampleTask(
     instruction=INSTRUCTION,
     fields=FIELDS,
     generate=make_ticket,
+)
+DRIFTED_TASK = ExampleTask(
+    name="support_tickets_drifted",
+    description="support tickets of an unseen type (warranty), dates as 05.03.2025 → the same record",
+    instruction=INSTRUCTION,
+    fields=FIELDS,
+    generate=make_drifted_ticket,
 )
 
 

@@ -21,9 +21,10 @@ Rows longer than `max_length` keep their first `max_length` tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from lorafleet.data.formats import Example, Message
+from lorafleet.data.formats import Example, Message, read_examples
 from lorafleet.errors import DataError
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy (and so HF's loss) skips
@@ -45,6 +46,13 @@ class TokenizedExample:
     def label_tokens(self) -> int:
         """Tokens that carry loss (HF shifts labels by one, so the first token never does)."""
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+def inspect_rows(path: Path, tokenizer: Any) -> tuple[str, int, int]:
+    """(format, rows, tokens) of a training file; `DataError` naming `file:line` of the first bad row."""
+    read = read_examples(path)
+    tokens = sum(len(tokenize_example(e, tokenizer, max_length=1 << 30)) for e in read.examples)
+    return read.format, len(read.examples), tokens
 
 
 def tokenize_example(

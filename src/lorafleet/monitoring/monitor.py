@@ -33,8 +33,10 @@ class MonitorStatus:
     windows_tested: int
     windows_drifted: int
     drift: DriftReport | None
-    quality_mean: float | None  # of the last `quality_window` scores
+    quality_mean: float | None  # of the last `quality_window` feedback scores
     quality_count: int
+    valid_rate: float | None  # share of the last `quality_window` answers the task validator accepted
+    valid_count: int
     error_rate: float  # over the last `window` requests (0 before any)
     latency_p50_ms: float | None  # over the last `window` successful requests
     latency_p95_ms: float | None
@@ -45,7 +47,7 @@ class AliasMonitor:
 
     def __init__(
         self,
-        reference: ArrayLike,
+        reference: ArrayLike | None,
         *,
         window: int = 100,
         quality_window: int = 100,
@@ -53,16 +55,18 @@ class AliasMonitor:
         permutations: int = 500,
         seed: int = 0,
     ) -> None:
+        """`reference`: the training prompts' embeddings (rows × width); None: no drift test."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ConfigError(f"window must be an integer ≥ 2 (got {window!r})", field="window")
-        self.reference = np.asarray(reference, dtype=np.float64)
-        if self.reference.ndim != 2 or len(self.reference) < 2:
+        self.reference = None if reference is None else np.asarray(reference, dtype=np.float64)
+        if self.reference is not None and (self.reference.ndim != 2 or len(self.reference) < 2):
             raise DataError(
                 f"reference must be at least 2 embeddings (rows × width); got shape {self.reference.shape}",
                 field="reference",
             )
         self.window, self.alpha, self.permutations, self.seed = window, alpha, permutations, seed
         self.quality = RollingScore(quality_window)
+        self.valid = RollingScore(quality_window)
         self._prompts: list[np.ndarray] = []
         self._errors: deque[bool] = deque(maxlen=window)
         self._latencies: deque[float] = deque(maxlen=window)
@@ -76,6 +80,7 @@ class AliasMonitor:
         error: bool = False,
         embedding: ArrayLike | None = None,
         quality: float | None = None,
+        valid: bool | None = None,
     ) -> DriftReport | None:
         """Count one request; returns the drift verdict when its embedding completed a window."""
         if not math.isfinite(latency_ms) or latency_ms < 0:
@@ -88,8 +93,14 @@ class AliasMonitor:
             self._latencies.append(latency_ms)
         if quality is not None:
             self.quality.add(quality)
+        if valid is not None:
+            self.valid.add(valid)
         if embedding is None:
             return None
+        if self.reference is None:
+            raise DataError(
+                "this monitor tests no drift (it has no reference); record no embedding", field="embedding"
+            )
         row = np.asarray(embedding, dtype=np.float64).reshape(-1)
         if row.shape[0] != self.reference.shape[1]:
             raise DataError(
@@ -125,6 +136,8 @@ class AliasMonitor:
             drift=self._last,
             quality_mean=self.quality.mean,
             quality_count=self.quality.count,
+            valid_rate=self.valid.mean,
+            valid_count=self.valid.count,
             error_rate=sum(self._errors) / len(self._errors) if self._errors else 0.0,
             latency_p50_ms=float(np.percentile(latencies, 50)) if latencies.size else None,
             latency_p95_ms=float(np.percentile(latencies, 95)) if latencies.size else None,

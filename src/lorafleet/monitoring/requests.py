@@ -21,14 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafleet.errors import DataError
+from lorafleet.registry import Registry
 from lorafleet.registry.requests import RequestLog
-from lorafleet.registry.tables import LoggedCompletion
+from lorafleet.registry.tables import Dataset, LoggedCompletion
 
 logger = logging.getLogger(__name__)
 DAY_SECONDS = 86_400.0
@@ -192,6 +195,33 @@ def correction_rows(pairs: list[tuple[LoggedCompletion, str]]) -> tuple[list[dic
             continue
         rows.append(row)
     return rows, skipped
+
+
+def store_corrections(
+    registry: Registry,
+    tenant_id: str,
+    pairs: list[tuple[LoggedCompletion, str]],
+    tokenizer: Any,
+    *,
+    name: str,
+) -> tuple[Dataset | None, list[Skipped]]:
+    """The corrections `pairs` stored as the tenant's fine-tune file `name` (None when no row is left), and
+    the completions left out; `DataError` naming the file and line of a row the data layer refuses."""
+    from lorafleet.data import inspect_rows  # the data layer comes with torch
+
+    rows, skipped = correction_rows(pairs)
+    if not rows:
+        return None, skipped
+    with tempfile.TemporaryDirectory(prefix="lorafleet-corrections-") as folder:
+        path = write_jsonl(rows, Path(folder) / name)
+        try:
+            format, count, tokens = inspect_rows(path, tokenizer)
+        except DataError as err:  # name the file, not the temporary folder
+            raise DataError(str(err).replace(f"{folder}/", "")) from None
+        dataset = registry.datasets.add(
+            tenant_id, path, filename=name, format=format, rows=count, tokens=tokens
+        )
+    return dataset, skipped
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:

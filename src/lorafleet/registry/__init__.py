@@ -1,5 +1,6 @@
-"""Persistence for the platform: tenants, keys, datasets, jobs, adapters, versions, aliases, usage, and
-the request log (completions served, their feedback).
+"""Persistence for the platform: tenants, keys, datasets, jobs, adapters, versions, aliases, adapter
+events, canaries and A/B experiments (with the router that applies them), usage, and the request log
+(completions served, their feedback).
 
 SQLAlchemy 2 tables migrated by Alembic (SQLite by default, PostgreSQL by URL) and an artifact
 store (a local directory by default, any fsspec URL). This package never imports torch.

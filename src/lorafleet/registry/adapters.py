@@ -9,6 +9,11 @@ Aliases (`production`, `staging`, any name) move with `promote`; every move is k
 `alias_moves`. `rollback` undoes the newest promote not yet undone, so rolling back twice after
 promoting v1, v2, v3 lands on v1.
 
+Besides its alias moves, an adapter keeps an audited history of events (`record_event`, `events`):
+canaries and experiments set and cleared (`registry.routing`), and whatever a controller records
+(triggers, jobs, gates, promotions). Deleting an adapter deletes its events and every canary or
+experiment that names it; a version a canary or experiment targets by number cannot be deleted.
+
 When the adapter has a gate policy (`registry.evaluation`), `promote` checks the version against it
 first: a failing version is refused (`GateRefusedError`, carrying the report) unless `force` is given;
 the report goes in the move either way, and a forced move is marked `forced`. `rollback` is not gated:
@@ -28,15 +33,20 @@ from sqlalchemy.orm import Session
 from lorafleet.errors import ConflictError, GateRefusedError, NotFoundError, UnknownAdapterError
 from lorafleet.evaluation.gate import summary
 from lorafleet.home import validate_name
+from lorafleet.registry.adapter_events import add_event, events_of
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
 from lorafleet.registry.lineage import chain, gate_report, label
+from lorafleet.registry.splits import drop_splits_naming, splits_targeting
 from lorafleet.registry.tables import (
+    AdaptationPolicyRow,
     Adapter,
+    AdapterEvent,
     AdapterVersion,
     Alias,
     AliasMove,
     EvalSuite,
+    Rollout,
     Tenant,
     new_id,
     now,
@@ -149,24 +159,7 @@ class Adapters:
     ) -> AdapterVersion:
         """The version meant by `name@version`, `name:alias`, or `name` (production, else latest)."""
         with self.db.session() as session:
-            adapter = self._adapter(session, tenant_id, name)
-            if version is not None:
-                return self._version(session, adapter, version)
-            row = self._alias(session, adapter, alias or DEFAULT_ALIAS)
-            if row is not None:
-                return session.get_one(AdapterVersion, row.version_id)
-            if alias is not None:
-                known = ", ".join(self._aliases(session, adapter)) or "none"
-                raise UnknownAdapterError(f"adapter {name!r} has no alias {alias!r} (aliases: {known})")
-            newest = session.scalar(
-                select(AdapterVersion)
-                .where(AdapterVersion.adapter_id == adapter.id)
-                .order_by(AdapterVersion.number.desc())
-                .limit(1)
-            )
-            if newest is None:
-                raise UnknownAdapterError(f"adapter {name!r} has no versions")
-            return newest
+            return self._resolve(session, tenant_id, name, version=version, alias=alias)
 
     def reference(self, tenant_id: str, version_id: str) -> str:
         """`name@number` of the version `version_id`; `NotFoundError` if the tenant has no such version."""
@@ -200,7 +193,7 @@ class Adapters:
         self.artifacts.put_file(path, _fisher_key(version))
 
     def delete_version(self, tenant_id: str, name: str, number: int | str) -> AdapterVersion:
-        """Delete one version; `ConflictError` while an alias points at it."""
+        """Delete one version; `ConflictError` while an alias points at it or a split targets it."""
         with self.db.session() as session:
             adapter = self._adapter(session, tenant_id, name)
             version = self._version(session, adapter, number)
@@ -210,19 +203,26 @@ class Adapters:
                     f"{name}@{version.number} is the target of alias {', '.join(pointing)}; "
                     "promote another version or roll back first"
                 )
+            splits = splits_targeting(session, tenant_id, name, version.number)
+            if splits:
+                raise ConflictError(
+                    f"{name}@{version.number} is the target of {', '.join(splits)}; change or clear it first"
+                )
             session.delete(version)
             record_usage(session, tenant_id, "storage", storage_bytes=-version.bytes, model=name)
         self._delete_artifacts(version)
         return version
 
-    def delete(self, tenant_id: str, name: str) -> Adapter:
-        """Delete an adapter with all its versions, aliases and their history."""
+    def delete(self, tenant_id: str, name: str, *, actor: str = "system") -> Adapter:
+        """Delete an adapter with all its versions, aliases, events and their history, and the canaries
+        and experiments that name it (each recorded as cleared, by `actor`, on the adapter it split)."""
         with self.db.session() as session:
             adapter = self._adapter(session, tenant_id, name)
             versions = session.scalars(
                 select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
             ).all()
-            for table in (Alias, AliasMove, EvalSuite):
+            drop_splits_naming(session, tenant_id, name, actor=actor)
+            for table in (Alias, AliasMove, EvalSuite, AdapterEvent, AdaptationPolicyRow, Rollout):
                 for row in session.scalars(select(table).where(table.adapter_id == adapter.id)):
                     session.delete(row)
             session.flush()
@@ -238,6 +238,28 @@ class Adapters:
     def _delete_artifacts(self, version: AdapterVersion) -> None:
         self.artifacts.delete(version.artifact)
         self.artifacts.delete(self.artifacts.url_for(_fisher_key(version)))
+
+    # --- events ------------------------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        tenant_id: str,
+        name: str,
+        kind: str,
+        *,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> AdapterEvent:
+        """Add an event (`kind`: a short word such as `job_started`) to the adapter's audited history."""
+        with self.db.session() as session:
+            adapter = self._adapter(session, tenant_id, name)
+            return add_event(session, adapter, kind, actor=actor, detail=detail, job_id=job_id)
+
+    def events(self, tenant_id: str, name: str, *, since_id: int | None = None) -> list[AdapterEvent]:
+        """The adapter's events after the event `since_id` (all when None), oldest first."""
+        with self.db.session() as session:
+            return events_of(session, self._adapter(session, tenant_id, name), since_id=since_id)
 
     # --- aliases ----------------------------------------------------------------------------------------
 
@@ -321,6 +343,30 @@ class Adapters:
         if adapter is None:
             raise UnknownAdapterError(f"no adapter {name!r}")
         return adapter
+
+    @classmethod
+    def _resolve(
+        cls, session: Session, tenant_id: str, name: str, *, version: str | None, alias: str | None
+    ) -> AdapterVersion:
+        """`resolve` inside `session`."""
+        adapter = cls._adapter(session, tenant_id, name)
+        if version is not None:
+            return cls._version(session, adapter, version)
+        row = cls._alias(session, adapter, alias or DEFAULT_ALIAS)
+        if row is not None:
+            return session.get_one(AdapterVersion, row.version_id)
+        if alias is not None:
+            known = ", ".join(cls._aliases(session, adapter)) or "none"
+            raise UnknownAdapterError(f"adapter {name!r} has no alias {alias!r} (aliases: {known})")
+        newest = session.scalar(
+            select(AdapterVersion)
+            .where(AdapterVersion.adapter_id == adapter.id)
+            .order_by(AdapterVersion.number.desc())
+            .limit(1)
+        )
+        if newest is None:
+            raise UnknownAdapterError(f"adapter {name!r} has no versions")
+        return newest
 
     @staticmethod
     def _version(session: Session, adapter: Adapter, number: int | str) -> AdapterVersion:

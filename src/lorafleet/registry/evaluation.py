@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from lorafleet.errors import ConfigError, ConflictError, NotFoundError
 from lorafleet.evaluation.forgetting import SUITE_METRICS, lineage_evaluation
@@ -145,14 +146,30 @@ class Evaluations:
         with no policy, a passing report without checks and `policy` None."""
         with self.db.session() as session:
             adapter = Adapters._adapter(session, tenant_id, name)
-            version = Adapters._version(session, adapter, number)
-            report = gate_report(session, adapter, version)
-            if report is None:
-                report = {**check_gate(GatePolicy(), scored_chain(session, version), []), "policy": None}
-            return report
+            return _report(session, adapter, Adapters._version(session, adapter, number), None)
+
+    def check(self, tenant_id: str, version_id: str, policy: GatePolicy | None = None) -> dict[str, Any]:
+        """The gate report of version `version_id` under `policy`; None: as `gate_report` (its adapter's)."""
+        with self.db.session() as session:
+            version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            return _report(session, session.get_one(Adapter, version.adapter_id), version, policy)
 
     def lineage_evaluation(self, tenant_id: str, version_id: str) -> dict[str, Any]:
         """The forgetting matrix along the version's chain, its forgetting per suite, BWT and drift."""
         with self.db.session() as session:
             version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
             return lineage_evaluation(scored_chain(session, version))
+
+
+def _report(
+    session: Session, adapter: Adapter, version: AdapterVersion, policy: GatePolicy | None
+) -> dict[str, Any]:
+    """`version` checked against `policy`, or with None against its adapter's gate (no gate: a passing
+    report without checks, `policy` None)."""
+    if policy is not None:
+        own = [suite.id for suite in suites_of(session, [adapter.id])]
+        return check_gate(policy, scored_chain(session, version), own)
+    report = gate_report(session, adapter, version)
+    if report is None:
+        report = {**check_gate(GatePolicy(), scored_chain(session, version), []), "policy": None}
+    return report

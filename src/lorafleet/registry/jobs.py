@@ -125,6 +125,13 @@ class Jobs:
             order = JobEvent.id.desc() if newest_first else JobEvent.id
             return list(session.scalars(query.order_by(order).limit(limit)))
 
+    def add_event(
+        self, tenant_id: str, job_id: str, message: str, *, data: dict[str, Any] | None = None
+    ) -> None:
+        """Add a line to the job's event stream (what happened to it after it ran, say)."""
+        with self.db.session() as session:
+            _event(session, _owned(session, tenant_id, job_id), message, data=data)
+
     def cancel(self, tenant_id: str, job_id: str) -> Job:
         """Cancel a queued or running job at once (`ConflictError` for a finished one).
 

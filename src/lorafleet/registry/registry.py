@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from lorafleet.errors import NotFoundError, UnknownAdapterError
+from lorafleet.registry.adaptation import Adaptation
 from lorafleet.registry.adapters import Adapters
 from lorafleet.registry.artifacts import ArtifactStore
 from lorafleet.registry.database import Database
@@ -15,15 +16,17 @@ from lorafleet.registry.datasets import Datasets
 from lorafleet.registry.evaluation import Evaluations
 from lorafleet.registry.jobs import Jobs
 from lorafleet.registry.requests import RequestLog
+from lorafleet.registry.routing import Routing
 from lorafleet.registry.tables import AdapterVersion, Job
 from lorafleet.registry.tenants import Tenants
 from lorafleet.registry.usage import Usage, record_usage
 
 
 class Registry:
-    """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases),
-    `evaluation` (eval suites, gate policies, gate reports), `usage`, `requests` (the request log:
-    completions served and their feedback).
+    """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases, events),
+    `routing` (canaries, A/B experiments, and the router that applies them), `evaluation` (eval suites,
+    gate policies, gate reports), `usage`, `requests` (the request log: completions served and their
+    feedback), `adaptation` (adaptation policies and their rollouts).
 
     `database_url` defaults to `$LORAFLEET_DATABASE_URL` or SQLite under `$LORAFLEET_HOME`;
     `artifacts_url` to `$LORAFLEET_ARTIFACTS_URL` or `$LORAFLEET_HOME/artifacts`. The schema is migrated
@@ -37,9 +40,11 @@ class Registry:
         self.datasets = Datasets(self.db, self.artifacts)
         self.jobs = Jobs(self.db)
         self.adapters = Adapters(self.db, self.artifacts)
+        self.routing = Routing(self.db)
         self.evaluation = Evaluations(self.db)
         self.usage = Usage(self.db)
         self.requests = RequestLog(self.db)
+        self.adaptation = Adaptation(self.db)
 
     def complete_job(
         self,

@@ -14,14 +14,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from lorafleet.errors import ConfigError, NotFoundError
 from lorafleet.registry.database import Database
 from lorafleet.registry.tables import Adapter, AdapterVersion, Feedback, LoggedCompletion, Tenant, owned
 
 NUL = "\x00"
+
+
+@dataclass(frozen=True)
+class ServedWindow:
+    """A version's requests over a span of time: the feedback scores on them, how many, how many failed."""
+
+    scores: list[float]
+    requests: int
+    errors: int
 
 
 class RequestLog:
@@ -107,11 +118,11 @@ class RequestLog:
         return rows[:limit], len(rows) > limit
 
     def corrections(
-        self, tenant_id: str, *, adapter: str | None = None
+        self, tenant_id: str, *, adapter: str | None = None, version_id: str | None = None
     ) -> list[tuple[LoggedCompletion, str]]:
         """(completion, its latest correction) for each of the tenant's completions whose text was logged
         and that has a correction, oldest completion first; only those served by a version of `adapter`
-        when given (`NotFoundError` if the tenant has no such adapter)."""
+        when given (`NotFoundError` if the tenant has no such adapter), or by the version `version_id`."""
         latest = (
             select(Feedback.completion_id, func.max(Feedback.created_at).label("at"))
             .where(Feedback.tenant_id == tenant_id, Feedback.correction.is_not(None))
@@ -145,10 +156,55 @@ class RequestLog:
                     raise NotFoundError(f"no adapter {adapter!r}")
                 versions = select(AdapterVersion.id).where(AdapterVersion.adapter_id == found)
                 query = query.where(LoggedCompletion.adapter_version_id.in_(versions))
+            if version_id is not None:
+                query = query.where(LoggedCompletion.adapter_version_id == version_id)
             pairs: dict[str, tuple[LoggedCompletion, str]] = {}
             for completion, feedback in session.execute(query).tuples():
                 pairs[completion.id] = (completion, feedback.correction or "")  # one per completion
         return list(pairs.values())
+
+    # --- what the adaptation controller reads: a version's traffic and its scores over a span of time -------
+
+    def served(
+        self, tenant_id: str, version_id: str, *, after: float, until: float, limit: int = 10_000
+    ) -> list[LoggedCompletion]:
+        """The completions version `version_id` served, logged in (`after`, `until`], oldest first."""
+        query = (
+            select(LoggedCompletion)
+            .where(
+                LoggedCompletion.tenant_id == tenant_id,
+                LoggedCompletion.adapter_version_id == version_id,
+                LoggedCompletion.created_at > after,
+                LoggedCompletion.created_at <= until,
+            )
+            .order_by(LoggedCompletion.created_at, LoggedCompletion.id)
+            .limit(limit)
+        )
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def scores(self, tenant_id: str, version_id: str, *, after: float, until: float) -> list[float]:
+        """The feedback scores given in (`after`, `until`] on completions version `version_id` served."""
+        given = (Feedback.created_at > after, Feedback.created_at <= until)
+        with self.db.session() as session:
+            return _scores(session, tenant_id, version_id, *given)
+
+    def window(self, tenant_id: str, version_id: str, *, since: float) -> ServedWindow:
+        """Version `version_id`'s traffic since `since`: the scores given on completions it served then,
+        how many it served, how many of those failed."""
+        counts = (
+            select(func.count(), func.count().filter(LoggedCompletion.finish_reason == "error"))
+            .select_from(LoggedCompletion)
+            .where(
+                LoggedCompletion.tenant_id == tenant_id,
+                LoggedCompletion.adapter_version_id == version_id,
+                LoggedCompletion.created_at >= since,
+            )
+        )
+        with self.db.session() as session:
+            requests, errors = session.execute(counts).one()
+            values = _scores(session, tenant_id, version_id, LoggedCompletion.created_at >= since)
+        return ServedWindow(scores=values, requests=int(requests), errors=int(errors))
 
     def prune(self, before: float) -> int:
         """Delete the completions logged before `before` (UNIX seconds) and their feedback; how many."""
@@ -157,6 +213,22 @@ class RequestLog:
             session.execute(delete(Feedback).where(Feedback.completion_id.in_(old)))
             deleted = session.execute(delete(LoggedCompletion).where(LoggedCompletion.created_at < before))
         return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def _scores(session: Session, tenant_id: str, version_id: str, *where: ColumnElement[bool]) -> list[float]:
+    """The feedback scores on the completions `version_id` served, under the conditions `where`, in order."""
+    query = (
+        select(Feedback.score)
+        .join(LoggedCompletion, LoggedCompletion.id == Feedback.completion_id)
+        .where(
+            Feedback.tenant_id == tenant_id,
+            Feedback.score.is_not(None),
+            LoggedCompletion.adapter_version_id == version_id,
+            *where,
+        )
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    return [float(score) for score in session.scalars(query) if score is not None]
 
 
 def _known_id(value: str, what: str) -> None:

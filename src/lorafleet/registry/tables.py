@@ -218,6 +218,48 @@ class AliasMove(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the gate report, if gated
 
 
+class AdapterEvent(Base):
+    """The audited history of an adapter beyond its alias moves: canaries and experiments set and cleared,
+    and whatever else acts on it (a controller's triggers, jobs, gates, promotions). `id` is the order;
+    `kind` a short word (`canary_set`, `job_started`, …), `detail` what the event carries."""
+
+    __tablename__ = "adapter_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str | None] = mapped_column(
+        String(40), default=None
+    )  # not a foreign key: jobs come and go
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class RouteSplit(Base):
+    """A canary or an A/B experiment of a tenant: how the requests naming `model` are split.
+
+    `spec` is the `serving.router.Canary` or `Experiment` as JSON; a canary's `name` is its `model`.
+    A tenant has at most one canary and one experiment per model.
+    """
+
+    __tablename__ = "route_splits"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "kind", "model"),
+        UniqueConstraint("tenant_id", "kind", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model: Mapped[str] = mapped_column(String(160))  # the reference split: `support`, `support:production`
+    kind: Mapped[str] = mapped_column(String(16))  # canary | experiment
+    name: Mapped[str] = mapped_column(String(160))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(default=now)
+
+
 class EvalSuite(Base):
     """A held-out set registered for an adapter: an uploaded file (purpose `eval`) and its metric.
 
@@ -257,7 +299,9 @@ class LoggedCompletion(Base):
     """One completion served to a tenant (the request log), kept for the server's retention period.
 
     `id` is the response id the client saw (`chatcmpl-…`, `cmpl-…`); `adapter_version_id` the version
-    that served it (None: the base model; not a foreign key, so deleting a version keeps its log).
+    that served it (None: the base model; not a foreign key, so deleting a version keeps its log),
+    `version` the same as the response's `system_fingerprint` names it (`support@3`, or the base model's
+    name) and `route` why the router chose it (`alias`, `explicit`, `canary`, `ab:<experiment>`, `base`).
     `prompt` (completions) or `messages` (chat) and `text` are None when the tenant logs no text.
     """
 
@@ -268,6 +312,8 @@ class LoggedCompletion(Base):
     key_id: Mapped[str | None] = mapped_column(String(40), default=None)
     model: Mapped[str] = mapped_column(String(255))  # as the client named it
     adapter_version_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    version: Mapped[str | None] = mapped_column(String(255), default=None)
+    route: Mapped[str | None] = mapped_column(String(80), default=None)
     prompt: Mapped[str | None] = mapped_column(Text, default=None)
     messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSON(none_as_null=True), default=None)
     text: Mapped[str | None] = mapped_column(Text, default=None)
@@ -292,3 +338,48 @@ class Feedback(Base):
     correction: Mapped[str | None] = mapped_column(Text, default=None)
     key_id: Mapped[str | None] = mapped_column(String(40), default=None)  # who sent it; None: the admin
     created_at: Mapped[float] = mapped_column(default=now, index=True)
+
+
+class AdaptationPolicyRow(Base):
+    """An adaptation policy (`rollout.policy.AdaptationPolicy`) on one alias of an adapter, and what the
+    controller last saw of the alias (`status`: its monitor's figures and the rollout under way)."""
+
+    __tablename__ = "adaptation_policies"
+    __table_args__ = (UniqueConstraint("adapter_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(default=now)
+    status: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    status_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+ROLLOUT_STATES = ("waiting", "training", "canary", "promoted", "rolled_back", "failed")
+ROLLOUT_ACTIVE = ("waiting", "training", "canary")
+
+
+class Rollout(Base):
+    """One pass of the adaptation loop on an alias: triggered → (waiting for corrections) → training (its
+    job) → canary (its version on a share of users) → promoted, rolled back or failed. The controller keeps
+    its state here, so a controller that restarts resumes it."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ro"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # one of ROLLOUT_STATES
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON)  # which trigger fired, with its figures
+    from_version_id: Mapped[str] = mapped_column(String(40))  # the alias's version when triggered
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    candidate_version_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    canary_started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    outcome: Mapped[str | None] = mapped_column(Text, default=None)  # why it ended
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+    updated_at: Mapped[float] = mapped_column(default=now)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)

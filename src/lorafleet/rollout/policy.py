@@ -2,8 +2,12 @@
 
     triggers.drift     the input-drift monitor (`monitoring.drift`) on the last `window` prompts the alias
                        served finds them unlike its version's training prompts: MMD p-value < `p_value`
-    triggers.quality   the rolling feedback score (`monitoring.quality.RollingScore`) of the last `window`
-                       rated requests is below `below`, once at least `min_feedback` are rated
+    triggers.quality   the rolling quality score (`monitoring.quality.RollingScore`) of the last `window`
+                       scored requests is below `below`, once at least `min_feedback` are scored; the
+                       score is the users' feedback, or (`source: validator`) 1/0 for each answer that
+                       the policy's `validator` accepts/refuses
+    validator          a JSON Schema every answer should satisfy (`monitoring.quality.json_schema_validator`);
+                       the share of valid answers is on the alias's monitor either way
     train              a continual job from the alias's version on the tenant's corrections (at least
                        `min_corrections` of them), guarded by `continual` as in a recipe (replay by
                        default), with `recipe` overrides (hyperparameters) checked by the jobs API
@@ -18,8 +22,9 @@ The schema imports no torch, so the API validates a policy cheaply; `AdaptationP
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lorafleet.continual.config import ContinualConfig
 from lorafleet.errors import ConfigError, validated
 from lorafleet.evaluation.gate import GatePolicy
+from lorafleet.monitoring.quality import json_schema_validator
 
 
 class DriftTrigger(BaseModel):
@@ -46,8 +52,17 @@ class QualityTrigger(BaseModel):
     below: float = Field(
         gt=0.0, le=1.0, description="Retrain when the rolling feedback score falls below this."
     )
-    window: int = Field(100, ge=1, le=100_000, description="The last this many rated requests are averaged.")
-    min_feedback: int = Field(20, ge=1, le=100_000, description="No verdict before this many are rated.")
+    window: int = Field(100, ge=1, le=100_000, description="The last this many scored requests are averaged.")
+    min_feedback: int = Field(20, ge=1, le=100_000, description="No verdict before this many are scored.")
+    source: Literal["feedback", "validator"] = Field(
+        "feedback", description="Score requests by users' feedback, or by the policy's validator."
+    )
+
+    @model_validator(mode="after")
+    def _reachable(self) -> QualityTrigger:
+        if self.min_feedback > self.window:
+            raise ValueError(f"min_feedback ({self.min_feedback}) cannot exceed window ({self.window})")
+        return self
 
 
 class Triggers(BaseModel):
@@ -77,6 +92,11 @@ class TrainPlan(BaseModel):
         default_factory=dict,
         description="Recipe overrides for the job (hyperparameters), as in the jobs API.",
     )
+
+    def job_recipe(self) -> dict[str, Any]:
+        """The recipe fields of the job this plan starts (as the jobs API's `recipe`)."""
+        continual = self.continual.model_dump(mode="json", exclude_defaults=True)
+        return {**copy.deepcopy(self.recipe), "continual": {"strategy": self.continual.strategy, **continual}}
 
 
 class CanaryPlan(BaseModel):
@@ -114,6 +134,20 @@ class AdaptationPolicy(BaseModel):
         None, description="The gate for the new version; null: the adapter's own."
     )
     canary: CanaryPlan = Field(default_factory=CanaryPlan)
+    validator: dict[str, Any] | None = Field(
+        None, description="A JSON Schema each answer should satisfy (the task validator); null: none."
+    )
+
+    @model_validator(mode="after")
+    def _validator_is_a_schema(self) -> AdaptationPolicy:
+        if self.validator is not None:
+            try:
+                json_schema_validator(self.validator)
+            except ConfigError as err:
+                raise ValueError(f"validator: {err}") from None
+        elif self.triggers.quality is not None and self.triggers.quality.source == "validator":
+            raise ValueError("triggers.quality.source is validator, but the policy has no validator")
+        return self
 
     @classmethod
     def parse(cls, data: Any) -> AdaptationPolicy:

@@ -25,6 +25,7 @@ _EXPORTS = {
     "QueueFullError": "queue",
     "Router": "router",
     "Route": "router",
+    "AdapterHandle": "router",
     "RouterSettings": "router",
     "StaticCatalog": "router",
     "DirectoryCatalog": "router",

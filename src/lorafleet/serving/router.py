@@ -9,6 +9,12 @@ A request's `model` is an adapter reference:
 
 Without a `model` (or with a base name), a `task` picks the first adapter whose metadata lists it.
 
+The catalog answers each resolved reference with an `AdapterHandle` (the version's id, which is the
+engine's adapter key, and its `name@version` reference), and the `Route` carries it: everything after
+the router takes that record and nothing parses `model` again. The server builds a `Router` per request
+on the registry's catalog and the tenant's splits (`registry.routing`), with the OpenAI `user` field
+as the user (the API key when absent).
+
 Splits are sticky: a user's bucket is `sha256(f"{experiment}:{user}") → [0, 100)`, and arm i takes
 the buckets `[p₀ + … + pᵢ₋₁, p₀ + … + pᵢ)`. A canary takes the users whose bucket
 (`sha256(f"canary:{model}:{user}")`) is below its percent, so raising 10 → 20 keeps everyone already
@@ -35,6 +41,7 @@ from lorafleet.home import lorafleet_home, validate_name
 
 __all__ = [
     "AdapterCatalog",
+    "AdapterHandle",
     "AdapterRef",
     "Arm",
     "Canary",
@@ -46,6 +53,7 @@ __all__ = [
     "RouterSettings",
     "StaticCatalog",
     "assignment_bucket",
+    "check_percents",
     "parse_reference",
 ]
 
@@ -65,16 +73,31 @@ class AdapterRef:
 
 
 @dataclass(frozen=True)
-class Route:
-    """Where a request goes: `target` is the concrete reference to load (None = the base model alone)."""
+class AdapterHandle:
+    """One adapter version, resolved once: what the engine loads and what responses and logs name."""
 
-    adapter: AdapterRef | None
-    target: str | None
+    version_id: str  # the version's id, the engine's adapter key (a registry id; a catalog's path or ref)
+    reference: str  # the version as a request would name it: `support@3`
+    artifact: str | None = None  # where its files are stored: a registry artifact URL, or a directory
+    base_model: str | None = None  # the base model it was trained on, where the catalog knows it
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: `handle` is the version to load (None = the base model alone)."""
+
+    adapter: AdapterRef | None  # the reference resolved: the request's, or a canary's or an arm's target
+    handle: AdapterHandle | None
     reason: str  # "base", "explicit", "alias", "task", "ab:<experiment>" or "canary"
 
     @property
+    def target(self) -> str | None:
+        """The engine's adapter key (the handle's version id); None for the base model."""
+        return self.handle.version_id if self.handle is not None else None
+
+    @property
     def is_base(self) -> bool:
-        return self.target is None
+        return self.handle is None
 
 
 def parse_reference(text: str) -> AdapterRef:
@@ -93,6 +116,13 @@ def parse_reference(text: str) -> AdapterRef:
     return AdapterRef(name, version=label) if sep == "@" else AdapterRef(name, alias=label)
 
 
+def check_percents(percents: list[float]) -> None:
+    """`ValueError` unless an experiment's arm percents sum to 100."""
+    total = sum(percents)
+    if abs(total - 100.0) > 1e-6:
+        raise ValueError(f"arm percents sum to {total:g}; they must sum to 100")
+
+
 def assignment_bucket(salt: str, user: str) -> float:
     """A user's sticky bucket in [0, 100) for the split named `salt`: the same inputs, the same bucket."""
     digest = hashlib.sha256(f"{salt}:{user}".encode()).digest()
@@ -102,8 +132,8 @@ def assignment_bucket(salt: str, user: str) -> float:
 class AdapterCatalog(Protocol):
     """What the router needs to know about adapters; the registry implements it from its database."""
 
-    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> str:
-        """The concrete reference to load (a path or `name@version`); `UnknownAdapterError` if none.
+    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> AdapterHandle:
+        """The version meant, as the handle the engine loads; `UnknownAdapterError` if none.
 
         With neither version nor alias: the `production` alias if set, else the latest version.
         """
@@ -120,7 +150,8 @@ class CatalogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     versions: dict[str, str] = Field(
-        min_length=1, description="Version label → concrete reference to load; the last one is the latest."
+        min_length=1,
+        description="Version label → reference to load (its handle's version id); the last is the latest.",
     )
     aliases: dict[str, str] = Field(
         default_factory=dict, description="Alias (e.g. production) → version label."
@@ -167,7 +198,7 @@ class StaticCatalog:
             except ValidationError as err:
                 raise ConfigError(describe_validation_error(err, f"catalog.{name}")) from err
 
-    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> str:
+    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> AdapterHandle:
         entry = self._entries.get(name)
         if entry is None:
             raise UnknownAdapterError(f"unknown adapter {name!r}; known adapters: {_known(self._entries)}")
@@ -185,7 +216,8 @@ class StaticCatalog:
             raise UnknownAdapterError(
                 f"adapter {name!r} has no version {version!r}; its versions: {', '.join(entry.versions)}"
             )
-        return entry.versions[label]
+        target = entry.versions[label]
+        return AdapterHandle(version_id=target, reference=f"{name}@{label}", artifact=target)
 
     def adapters_for_task(self, task: str) -> list[str]:
         return sorted(name for name, entry in self._entries.items() if task in entry.tasks)
@@ -205,7 +237,7 @@ class DirectoryCatalog:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "adapter_config.json").is_file())
 
-    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> str:
+    def resolve(self, name: str, version: str | None = None, alias: str | None = None) -> AdapterHandle:
         folder = self.root / validate_name(name, what="adapter name")
         if not (folder / "adapter_config.json").is_file():
             raise UnknownAdapterError(
@@ -218,7 +250,7 @@ class DirectoryCatalog:
                 f"adapter {name!r} in {self.root} has no versions or aliases, so {name}{asked} is unknown; "
                 f"ask for {name!r}, or register it to version it"
             )
-        return str(folder)
+        return AdapterHandle(version_id=str(folder), reference=name, artifact=str(folder))
 
     def adapters_for_task(self, task: str) -> list[str]:
         return [name for name in self._names() if task in self._tasks(self.root / name)]
@@ -262,9 +294,7 @@ class Experiment(BaseModel):
     @field_validator("arms")
     @classmethod
     def _percents_sum_to_100(cls, arms: list[Arm]) -> list[Arm]:
-        total = sum(arm.percent for arm in arms)
-        if abs(total - 100.0) > 1e-6:
-            raise ValueError(f"arm percents sum to {total:g}; they must sum to 100")
+        check_percents([arm.percent for arm in arms])
         return arms
 
 
@@ -364,7 +394,7 @@ class Router:
 
         canary = self._canaries.get(key)
         if canary is not None and self._bucket(f"canary:{canary.model}", user) < canary.percent:
-            return self._resolve(self._key(canary.target_ref), "canary")
+            return self._resolve_split(f"the canary of {canary.model!r}", canary.target_ref, "canary")
         experiment = self._experiments.get(key)
         if experiment is not None:
             bucket, upper = self._bucket(experiment.name, user), 0.0
@@ -374,7 +404,8 @@ class Router:
                 if bucket < upper:
                     arm = candidate
                     break
-            return self._resolve(self._key(arm.target_ref), f"ab:{experiment.name}")
+            owner = f"experiment {experiment.name!r}"
+            return self._resolve_split(owner, arm.target_ref, f"ab:{experiment.name}")
         return self._resolve(key, reason)
 
     def check_targets(self) -> None:
@@ -384,10 +415,7 @@ class Router:
         ]
         targets += [(f"canary of {c.model!r}", c.target_ref) for c in self.settings.canaries]
         for owner, ref in targets:
-            try:
-                self._resolve(self._key(ref), "check")
-            except UnknownAdapterError as err:
-                raise UnknownAdapterError(f"{owner} targets {ref!r}: {err}") from err
+            self._resolve_split(owner, ref, "check")
 
     def _key(self, text: str) -> AdapterRef | None:
         """The parsed reference, or None for a base-model name."""
@@ -398,6 +426,13 @@ class Router:
 
     def _resolve(self, ref: AdapterRef | None, reason: str) -> Route:
         if ref is None:
-            return Route(adapter=None, target=None, reason=reason)
-        target = self.catalog.resolve(ref.name, version=ref.version, alias=ref.alias)
-        return Route(adapter=ref, target=target, reason=reason)
+            return Route(adapter=None, handle=None, reason=reason)
+        handle = self.catalog.resolve(ref.name, version=ref.version, alias=ref.alias)
+        return Route(adapter=ref, handle=handle, reason=reason)
+
+    def _resolve_split(self, owner: str, ref: str, reason: str) -> Route:
+        """A canary's or an arm's target; an unknown one names the split that sent the request there."""
+        try:
+            return self._resolve(self._key(ref), reason)
+        except UnknownAdapterError as err:
+            raise UnknownAdapterError(f"{owner} targets {ref!r}: {err}") from err

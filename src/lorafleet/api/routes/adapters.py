@@ -1,5 +1,6 @@
 """Adapters and their versions (`/v1/adapters`): list, get, download, promote an alias (gated), roll back,
-delete. Suites and the gate's policy: `routes/evaluation.py`."""
+delete, and the adapter's audited events. Suites and the gate's policy: `routes/evaluation.py`; canaries:
+`routes/splits.py`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import io
 import tarfile
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from lorafleet.api.deps import Caller, CallerDep, RegistryDep, TenantDep
+from lorafleet.api.deps import CallerDep, RegistryDep, TenantDep
 from lorafleet.api.errors import error_responses
 from lorafleet.registry import Registry
-from lorafleet.registry.tables import Adapter, AdapterVersion, AliasMove
+from lorafleet.registry.tables import Adapter, AdapterEvent, AdapterVersion, AliasMove
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -104,6 +105,32 @@ class AliasHistory(BaseModel):
     data: list[AliasMovePublic]
 
 
+class AdapterEventPublic(BaseModel):
+    id: int = Field(description="The event's place in the adapter's history (pass it as `since_id`).")
+    object: str = "adapter.event"
+    kind: str = Field(description="canary_set, canary_cleared, experiment_set, experiment_cleared, …")
+    actor: str
+    job_id: str | None
+    detail: dict[str, Any] = Field(description="What the event carries (a canary's or experiment's split).")
+    created_at: int
+
+    @classmethod
+    def of(cls, event: AdapterEvent) -> AdapterEventPublic:
+        return cls(
+            id=event.id,
+            kind=event.kind,
+            actor=event.actor,
+            job_id=event.job_id,
+            detail=event.detail,
+            created_at=int(event.created_at),
+        )
+
+
+class AdapterEventList(BaseModel):
+    object: str = "list"
+    data: list[AdapterEventPublic]
+
+
 def _adapter(registry: Registry, tenant: str, adapter: Adapter, *, with_versions: bool) -> AdapterPublic:
     aliases = registry.adapters.aliases(tenant, adapter.name)
     versions = (
@@ -139,10 +166,10 @@ def get_adapter(name: str, tenant: TenantDep, registry: RegistryDep) -> AdapterP
 
 
 @router.delete("/{name}", response_model=AdapterPublic)
-def delete_adapter(name: str, tenant: TenantDep, registry: RegistryDep) -> AdapterPublic:
-    """Delete an adapter, all its versions and aliases."""
+def delete_adapter(name: str, tenant: TenantDep, caller: CallerDep, registry: RegistryDep) -> AdapterPublic:
+    """Delete an adapter, all its versions, aliases and events, and the canaries and experiments naming it."""
     answer = _adapter(registry, tenant, registry.adapters.get(tenant, name), with_versions=True)
-    registry.adapters.delete(tenant, name)
+    registry.adapters.delete(tenant, name, actor=caller.actor)
     return answer
 
 
@@ -183,7 +210,7 @@ def download_version(name: str, version: str, tenant: TenantDep, registry: Regis
 
 @router.delete("/{name}/versions/{version}", response_model=VersionPublic, responses=error_responses(409))
 def delete_version(name: str, version: str, tenant: TenantDep, registry: RegistryDep) -> VersionPublic:
-    """Delete a version no alias points at."""
+    """Delete a version no alias points at and no canary or experiment targets."""
     answer = _version(registry, tenant, name, registry.adapters.version(tenant, name, version))
     registry.adapters.delete_version(tenant, name, version)
     return answer
@@ -198,7 +225,7 @@ def promote(
     Under the adapter's gate a failing version is a 409 with the report in `error.report`, unless `force`.
     """
     version = registry.adapters.promote(
-        tenant, name, alias, body.version, actor=_actor(caller), force=body.force
+        tenant, name, alias, body.version, actor=caller.actor, force=body.force
     )
     return _version(registry, tenant, name, version)
 
@@ -208,7 +235,7 @@ def rollback(
     name: str, alias: str, tenant: TenantDep, caller: CallerDep, registry: RegistryDep
 ) -> VersionPublic:
     """Move an alias back to the version it pointed at before its last promotion (not gated)."""
-    version = registry.adapters.rollback(tenant, name, alias, actor=_actor(caller))
+    version = registry.adapters.rollback(tenant, name, alias, actor=caller.actor)
     return _version(registry, tenant, name, version)
 
 
@@ -234,5 +261,14 @@ def alias_history(name: str, tenant: TenantDep, registry: RegistryDep) -> AliasH
     )
 
 
-def _actor(caller: Caller) -> str:
-    return "admin" if caller.is_admin else f"key:{caller.key_id}"
+@router.get("/{name}/events", response_model=AdapterEventList)
+def adapter_events(
+    name: str,
+    tenant: TenantDep,
+    registry: RegistryDep,
+    since_id: int | None = Query(None, ge=0, le=2**63 - 1, description="Only the events after this one."),
+) -> AdapterEventList:
+    """The adapter's audited events beyond alias moves, oldest first: canaries and experiments set and
+    cleared, by whom, with what split."""
+    events = registry.adapters.events(tenant, name, since_id=since_id)
+    return AdapterEventList(data=[AdapterEventPublic.of(event) for event in events])

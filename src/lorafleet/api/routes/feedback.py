@@ -10,19 +10,17 @@ be a job's `training_file`.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorafleet.api.deps import CallerDep, RegistryDep, TenantDep
 from lorafleet.api.errors import error_responses
-from lorafleet.api.routes.files import FilePublic, inspect_rows
-from lorafleet.errors import ConflictError, DataError, NotFoundError
-from lorafleet.monitoring.requests import RequestLogWriter, correction_rows, write_jsonl
+from lorafleet.api.routes.files import FilePublic
+from lorafleet.errors import ConflictError, NotFoundError
+from lorafleet.monitoring.requests import RequestLogWriter, store_corrections
 from lorafleet.registry.tables import Feedback
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -153,22 +151,15 @@ def export_corrections(
     adapter = body.adapter if body is not None else None
     _request_log(request).flush()  # completions served a moment ago are in it too
     pairs = registry.requests.corrections(tenant, adapter=adapter)
-    rows, skipped = correction_rows(pairs)
-    if not rows:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    name = f"corrections-{adapter}-{stamp}.jsonl" if adapter else f"corrections-{stamp}.jsonl"
+    dataset, skipped = store_corrections(registry, tenant, pairs, request.app.state.tokenizer(), name=name)
+    if dataset is None:
         which = f" of completions served by adapter {adapter!r}" if adapter else ""
         raise ConflictError(
             f"no corrections{which} to export: send one with POST /v1/feedback "
             "(completions logged without their text cannot be exported)"
         )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    name = f"corrections-{adapter}-{stamp}.jsonl" if adapter else f"corrections-{stamp}.jsonl"
-    with tempfile.TemporaryDirectory(prefix="lorafleet-corrections-") as folder:
-        path = write_jsonl(rows, Path(folder) / name)
-        try:
-            format, count, tokens = inspect_rows(path, request.app.state.tokenizer())
-        except DataError as err:  # name the file, not the temporary folder
-            raise DataError(str(err).replace(f"{folder}/", "")) from None
-        dataset = registry.datasets.add(tenant, path, filename=name, format=format, rows=count, tokens=tokens)
     left_out = [SkippedCorrection(completion_id=s.completion_id, reason=s.reason) for s in skipped]
     return CorrectionsFile(**FilePublic.of(dataset).model_dump(), skipped=left_out)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -72,15 +72,6 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
-def inspect_rows(path: Path, tokenizer: Any) -> tuple[str, int, int]:
-    """(format, rows, tokens) of a training file; `DataError` naming `file:line` of the first bad row."""
-    from lorafleet.data import read_examples, tokenize_example
-
-    read = read_examples(path)
-    tokens = sum(len(tokenize_example(e, tokenizer, max_length=1 << 30)) for e in read.examples)
-    return read.format, len(read.examples), tokens
-
-
 @router.post("", response_model=FilePublic, status_code=201, responses=error_responses(413))
 def upload_file(
     request: Request,
@@ -92,6 +83,8 @@ def upload_file(
     ] = "fine-tune",
 ) -> FilePublic:
     """Upload training or eval rows; every row is checked and a bad one is named by line, storing nothing."""
+    from lorafleet.data import inspect_rows  # the data layer comes with torch
+
     limit: int = request.app.state.settings.max_upload_bytes
     if purpose not in PURPOSES:
         raise DataError(f"purpose {purpose!r}: choose 'fine-tune' or 'eval'", field="purpose")

@@ -212,28 +212,35 @@ def hyperparameter_fields(hyper: Hyperparameters, training: dict[str, Any]) -> d
 
 
 def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str, Any]:
-    """The recipe fields the job sets, checked by building the whole recipe and matching its target modules
-    against `base_skeleton` (the base model's module tree); `ConfigError` names a bad key as `recipe.…`.
-
-    With a `parent`, the worker names the parent's adapter and its training rows (`model.parent`,
-    `continual.replay_paths`); they stand in as placeholders here, so the rest is checked as it will run.
-    """
-    from lorafleet.adapters.attach import check_targets
-    from lorafleet.training import parse_config
-
+    """The recipe fields the job sets: `body.recipe` with its hyperparameters and seed, checked by
+    `check_recipe`; `ConfigError` names a bad key as `recipe.…` or `hyperparameters.…`."""
     recipe = copy.deepcopy(body.recipe)
-    for section in RESERVED:
-        if section in recipe:
-            raise ConfigError(f"recipe.{section}: set by the job itself; leave it out")
-    data = recipe.get("data", {})
-    if not isinstance(data, dict) or {"path", "validation_path"} & set(data):
-        raise ConfigError("recipe.data: the training and validation files are training_file/validation_file")
     training = recipe.setdefault("training", {})
     if not isinstance(training, dict):
         raise ConfigError("recipe.training: must be a mapping of training fields")
     training.update(hyperparameter_fields(body.hyperparameters, training))
     if body.seed is not None:
         training["seed"] = body.seed
+    check_recipe(recipe, base_model, base_skeleton, with_parent=body.parent is not None)
+    return recipe
+
+
+def check_recipe(recipe: dict[str, Any], base_model: str, base_skeleton: Any, *, with_parent: bool) -> None:
+    """Check a job's recipe fields by building the whole recipe and matching its target modules against
+    `base_skeleton` (the base model's module tree); `ConfigError` names a bad key as `recipe.…`.
+
+    With a parent, the worker names the parent's adapter and its training rows (`model.parent`,
+    `continual.replay_paths`); they stand in as placeholders here, so the rest is checked as it will run.
+    """
+    from lorafleet.adapters.attach import check_targets
+    from lorafleet.training import parse_config
+
+    for section in RESERVED:
+        if section in recipe:
+            raise ConfigError(f"recipe.{section}: set by the job itself; leave it out")
+    data = recipe.get("data", {})
+    if not isinstance(data, dict) or {"path", "validation_path"} & set(data):
+        raise ConfigError("recipe.data: the training and validation files are training_file/validation_file")
     continual = recipe.get("continual", {})
     if not isinstance(continual, dict) or "replay_paths" in continual:
         raise ConfigError(
@@ -241,7 +248,7 @@ def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str
             field="recipe.continual.replay_paths",
         )
     model: dict[str, Any] = {"name": base_model}
-    if body.parent:
+    if with_parent:
         model["parent"] = "parent"
         if continual.get("strategy") in PARENT_ROWS_STRATEGIES:
             continual = {**continual, "replay_paths": ["parent.jsonl"]}
@@ -253,7 +260,6 @@ def job_recipe(body: JobCreate, base_model: str, base_skeleton: Any) -> dict[str
         field = f"recipe.{err.field}" if err.field else "recipe"
         message = str(err) if str(err).startswith("recipe") else f"{field}: {err}"
         raise ConfigError(message, field=field) from None
-    return recipe
 
 
 @router.post("", response_model=JobPublic, status_code=200)
