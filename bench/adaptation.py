@@ -101,6 +101,10 @@ class Api:
     def __init__(self, url: str, key: str) -> None:
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
 
+    def session(self) -> httpx.Client:
+        """Another client with the same key (one per thread: each keeps its own connection)."""
+        return httpx.Client(base_url=self.client.base_url, headers=self.client.headers, timeout=600)
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         answer = self.client.request(method, path, **kwargs)
         if answer.status_code >= 400:
@@ -241,9 +245,7 @@ class Traffic:
             return index, self.phase, drifted, user, row
 
     def client_loop(self, until: Callable[[], bool]) -> None:
-        with httpx.Client(
-            base_url=self.api.client.base_url, headers=self.api.client.headers, timeout=600
-        ) as client:
+        with self.api.session() as client:
             while not self.stop.is_set() and not until():
                 index, _, _, user, row = self.next_request()
                 outcome = self.outcomes[index]
@@ -296,7 +298,7 @@ class Traffic:
 
 def evaluate(api: Api, rows: list[dict[str, str]], args: argparse.Namespace, tag: str) -> dict[str, Any]:
     """Field accuracy of `support` on held-out `rows`, asked through the server (as users `eval-…`)."""
-    with httpx.Client(base_url=api.client.base_url, headers=api.client.headers, timeout=600) as client:
+    with api.session() as client:
 
         def one(i: int) -> tuple[str, str | None]:
             status, text, version, _ = ask(client, rows[i]["prompt"], f"{tag}-{i}", args.max_tokens)

@@ -51,12 +51,19 @@ from lorafleet.monitoring.quality import json_schema_validator
 from lorafleet.monitoring.requests import store_corrections
 from lorafleet.registry import Registry
 from lorafleet.registry.adaptation import CONTROLLER, WatchedAlias
-from lorafleet.registry.tables import ROLLOUT_ACTIVE, AdapterVersion, LoggedCompletion, Rollout
+from lorafleet.registry.tables import (
+    FINISHED_STATES,
+    ROLLOUT_ACTIVE,
+    AdapterVersion,
+    LoggedCompletion,
+    Rollout,
+)
 from lorafleet.rollout.canary import Window, decide
 from lorafleet.serving.router import Canary, parse_reference
 
 logger = logging.getLogger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]  # prompts → (n, d) embeddings
+SERVED_PER_TICK = 10_000  # requests an alias's monitor takes from the log in one tick (the rest: next tick)
 
 
 class ControllerSettings(BaseModel):
@@ -222,17 +229,14 @@ class Controller:
         watch.reports = []
         until = self.clock() - self.settings.settle_seconds
         served = self.registry.requests.served(
-            alias.tenant_id, watch.version_id, after=watch.until, until=until
+            alias.tenant_id, watch.version_id, after=watch.until, until=until, limit=SERVED_PER_TICK
         )
-        if len(served) == 10_000:  # the rest next tick
+        if len(served) == SERVED_PER_TICK:  # the rest next tick
             until = served[-1].created_at
-        texts = [_logged_text(c) if watch.monitor.reference is not None else None for c in served]
-        embedded = [i for i, text in enumerate(texts) if text]
-        vectors = (
-            dict(zip(embedded, self.embed([texts[i] or "" for i in embedded]), strict=True))
-            if embedded
-            else {}
-        )
+        asked: dict[int, str] = {}  # request's place in `served` → its prompt, when the drift is tested
+        if watch.monitor.reference is not None:
+            asked = {i: text for i, completion in enumerate(served) if (text := _logged_text(completion))}
+        vectors = dict(zip(asked, self.embed(list(asked.values())), strict=True)) if asked else {}
         for i, completion in enumerate(served):
             failed = completion.finish_reason == "error"
             valid = (
@@ -361,7 +365,7 @@ class Controller:
     def _after_job(self, alias: WatchedAlias, rollout: Rollout) -> Rollout:
         assert rollout.job_id is not None
         job = self.registry.jobs.get(alias.tenant_id, rollout.job_id)
-        if job.status in ("queued", "running"):
+        if job.status not in FINISHED_STATES:
             return rollout
         if job.status != "succeeded" or job.version_id is None:
             return self._finish(
