@@ -53,6 +53,10 @@ class BaseModelMismatchError(AdapterError):
     """An adapter was trained on another base model; the message names the first mismatching module."""
 
 
+class ExportError(LorafleetError):
+    """An adapter cannot be exported as asked (format, quantization, target); the message says what would."""
+
+
 def validated(model: type[_Model], prefix: str, **values: object) -> _Model:
     """`model(**values)` for a pydantic model, or `ConfigError` naming each bad field as `prefix.field`."""
     from pydantic import ValidationError
