@@ -14,6 +14,7 @@ from lorafleet.cli import (
     data,
     estimate,
     evaluation,
+    export,
     feedback,
     generate,
     jobs,
@@ -55,6 +56,7 @@ app.command("eval")(train.evaluate)
 app.command("gate")(evaluation.gate)
 app.command("chat")(train.chat)
 app.command("estimate")(estimate.estimate)
+app.command("export")(export.export)
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 app.add_typer(tenants.app, name="tenants")

@@ -134,6 +134,20 @@ class PlatformClient(AbstractContextManager["PlatformClient"]):
 
         `scoped` routes act for a tenant: without --url that must be named by --tenant.
         """
+        answer = self._send(method, path, scoped=scoped, **options)
+        try:
+            return answer.json()
+        except ValueError:
+            raise ApiError(
+                f"{method} {self.url or ''}{path} did not answer JSON: is that a lorafleet server?"
+            ) from None
+
+    def download(self, path: str) -> bytes:
+        """The body of `GET path` (a file the API serves, such as a version's .tar.gz)."""
+        return bytes(self._send("GET", path, scoped=True).content)
+
+    def _send(self, method: str, path: str, *, scoped: bool, **options: Any) -> Any:
+        """The answer to `method path`; an error answer or no answer at all as `ApiError`."""
         import httpx
 
         if scoped and self.direct and not self.tenant:
@@ -159,12 +173,7 @@ class PlatformClient(AbstractContextManager["PlatformClient"]):
             retry = answer.headers.get("retry-after")
             hint = f"; retry after {retry} s" if answer.status_code == 429 and retry else ""
             raise ApiError(_error_message(answer) + hint, status=answer.status_code)
-        try:
-            return answer.json()
-        except ValueError:
-            raise ApiError(
-                f"{method} {self.url or ''}{path} did not answer JSON: is that a lorafleet server?"
-            ) from None
+        return answer
 
     def base_model(self) -> str:
         """The base model the server fine-tunes and serves (the first entry of `GET /v1/models`)."""

@@ -56,6 +56,15 @@ def load_base(
     return model.to(target).eval(), tokenizer  # type: ignore[arg-type]
 
 
+def source_gguf(spec: str | os.PathLike[str] = "default") -> Path | None:
+    """The GGUF file base model `spec` was converted from (its marker says so), if it is still there."""
+    marker = Path(_resolve(str(spec))) / MARKER_FILE
+    if not marker.is_file():
+        return None
+    source = Path(json.loads(marker.read_text())["source"])
+    return source if source.is_file() else None
+
+
 def load_tokenizer(spec: str | os.PathLike[str] = "default") -> PreTrainedTokenizerBase:
     """The tokenizer of base model `spec` alone (same specs as `load_base`; no weights are loaded)."""
     return _tokenizer(_resolve(str(spec)), spec=str(spec))

@@ -1,0 +1,182 @@
+"""`lorafleet export`: an adapter merged into its base as GGUF or ONNX, quantized, checked, fit to a device."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from lorafleet.cli import plain_console
+from lorafleet.cli.platform import (
+    ApiKeyOption,
+    DatabaseOption,
+    JsonOption,
+    TenantOption,
+    UrlOption,
+    client_from_options,
+    print_json,
+    segment,
+)
+from lorafleet.errors import ConfigError
+from lorafleet.home import lorafleet_home
+
+if TYPE_CHECKING:
+    from lorafleet.export.exporter import ExportReport
+
+
+def export(
+    adapter: Annotated[
+        str,
+        typer.Argument(
+            help="What to export: an adapter directory, a name in $LORAFLEET_HOME/adapters, or a registry "
+            "version as NAME@V (tickets@3) or NAME:ALIAS (tickets:production)."
+        ),
+    ],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="gguf (llama.cpp, ollama) or onnx (ONNX Runtime).")
+    ],
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            "--quant",
+            "-q",
+            help="Variants to write, comma-separated, or all. gguf: f16, q8_0, q4_0 (the merged model) "
+            "and lora (the adapter alone, for llama.cpp --lora); onnx: fp32, int8. Default: q8_0 / int8, "
+            "or with --target every merged variant, of which the one that fits is kept.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="A device profile (mobile_cpu, embedded_npu, raspberry_pi, or one of yours): keep the "
+            "most faithful variant within its size and speed budgets; fail, saying what it would take, if "
+            "none fits.",
+        ),
+    ] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            "--profiles", help="A YAML file of more device profiles (name: {size_mb, ms_per_token})."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder to write; default $LORAFLEET_HOME/exports/NAME-FORMAT."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Base model the adapter was trained on (default: 'default', or the version's).",
+        ),
+    ] = None,
+    check_tokens: Annotated[
+        int,
+        typer.Option(
+            "--check-tokens",
+            min=0,
+            max=4096,
+            help="PyTorch's greedy answer tokens each variant must agree with before it is kept "
+            "(0: no check).",
+        ),
+    ] = 64,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads of the runtimes.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
+    ] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export an adapter merged into its base for edge devices: GGUF (llama.cpp) or ONNX, each variant run in
+    its real runtime and checked against the PyTorch model before it is written, with its size and speed."""
+    from lorafleet.adapters.storage import adapter_path
+    from lorafleet.export.exporter import ExportPlan, export_adapter
+
+    plan = ExportPlan.parse(
+        format, quant, target, profiles_file=profiles, check_tokens=check_tokens, threads=threads
+    )
+    say = (lambda _: None) if as_json else typer.echo
+    with tempfile.TemporaryDirectory(prefix="lorafleet-export-") as scratch:
+        if "@" in adapter or ":" in adapter:
+            folder, base = _from_registry(adapter, Path(scratch), url, api_key, tenant, database_url)
+            name = adapter.replace("@", "-v").replace(":", "-")
+        else:
+            folder, base, name = adapter_path(adapter), "default", Path(adapter).name
+        destination = output or lorafleet_home() / "exports" / f"{name}-{format}"
+        report = export_adapter(folder, destination, plan, base=model or base, overwrite=overwrite, say=say)
+    if as_json:
+        print_json({"output": str(destination), **asdict(report)})
+        return
+    table = Table(title=f"{report.adapter} → {destination}")
+    for column in ("variant", "file", "MB", "tokens/s", "max |Δlogit|", "top-1"):
+        table.add_column(column, justify="left" if column in ("variant", "file") else "right")
+    for v in report.variants:
+        checked = v.checked_tokens > 0
+        table.add_row(
+            v.name,
+            v.file,
+            f"{v.size_bytes / 1e6:.1f}",
+            f"{v.tokens_per_s:.1f}",
+            f"{v.max_abs_logit_diff:.2e}" if checked else "-",
+            f"{v.top1_agreement:.1%}" if checked else "-",
+        )
+    plain_console().print(table)
+    for line in verdict_lines(report):
+        typer.echo(line)
+
+
+def verdict_lines(report: ExportReport) -> list[str]:
+    """One line per profile: how each variant fares against its budgets, and the one kept for the target."""
+    lines = []
+    by_profile: dict[str, list[str]] = {}
+    for v in report.verdicts:
+        mark = "fits" if v["fits"] else "too big" if not v["fits_size"] else "too slow"
+        by_profile.setdefault(str(v["profile"]), []).append(f"{v['export']} {mark}")
+    for profile, marks in by_profile.items():
+        lines.append(f"{profile}: " + ", ".join(marks))
+    if report.chosen:
+        lines.append(
+            f"target {report.target}: kept {report.chosen} (timed on this machine; the device may be slower)"
+        )
+    return lines
+
+
+def _from_registry(
+    spec: str,
+    scratch: Path,
+    url: str | None,
+    api_key: str | None,
+    tenant: str | None,
+    database_url: str | None,
+) -> tuple[Path, str]:
+    """Download registry version `spec` (NAME@V or NAME:ALIAS) into `scratch`; its folder and base model."""
+    name, _, version = spec.partition("@") if "@" in spec else spec.partition(":")
+    if not name or not version:
+        raise ConfigError(
+            f"{spec!r}: a registry version is NAME@V (tickets@3) or NAME:ALIAS (tickets:production)"
+        )
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        if "@" not in spec:  # an alias: the version it points at
+            aliases = client.request("GET", f"/v1/adapters/{segment(name)}")["aliases"]
+            if version not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise ConfigError(f"adapter {name!r} has no alias {version!r} (aliases: {known})")
+            version = str(aliases[version])
+        row = client.request("GET", f"/v1/adapters/{segment(name)}/versions/{segment(version)}")
+        body = client.download(f"/v1/adapters/{segment(name)}/versions/{row['version']}/download")
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+        archive.extractall(scratch, filter="data")
+    folder = next(p for p in scratch.iterdir() if p.is_dir())
+    return folder, str(row["base_model"])

@@ -1,0 +1,137 @@
+"""The numbers an export must show before it ships: agreement with the merged PyTorch model, and speed.
+
+Each variant is run in its real runtime on the adapter's own prompts followed by PyTorch's greedy
+answers to them (teacher forcing: both models see the same prefix at every position), and compared:
+
+    max |Δlogit|      max over positions t and vocabulary v of |z_export[t, v] − z_torch[t, v]|
+    top-1 agreement   share of answer positions where the export's arg-max next token is PyTorch's
+
+`BOUNDS` says which figure each variant must meet: lossless formats a logit bound, quantized ones an
+agreement share (their logits move by design; what matters is whether they pick the same tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lorafleet.errors import ExportError
+from lorafleet.export.runtime import EdgeRuntime, torch_logits
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a variant must show against the merged PyTorch model before it is kept."""
+
+    max_abs_logit_diff: float | None = None  # on every checked position
+    min_top1_agreement: float | None = None  # on the answer positions
+
+
+BOUNDS = {
+    "f16": Bound(max_abs_logit_diff=1e-2),
+    "lora": Bound(max_abs_logit_diff=1e-2),  # llama.cpp applies it to the f16 base
+    "q8_0": Bound(min_top1_agreement=0.99),
+    "q4_0": Bound(min_top1_agreement=0.95),
+    "fp32": Bound(max_abs_logit_diff=1e-3),
+    "int8": Bound(min_top1_agreement=0.95),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A prompt and PyTorch's greedy answer to it, with PyTorch's logits after every position."""
+
+    ids: list[int]  # prompt + answer
+    start: int  # where the answer begins
+    logits: np.ndarray  # (len(ids), vocab) float32
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an export's logits compare with PyTorch's over a set of references."""
+
+    max_abs_logit_diff: float
+    top1_agreement: float
+    answer_tokens: int
+
+
+def check_prompts(
+    training: dict[str, Any] | None, tokenizer: PreTrainedTokenizerBase, rows: int = 8
+) -> list[list[int]]:
+    """Token ids of prompts to check an export on: the adapter's own training rows where its card names a
+    readable file (with the recipe's system prompt, through the chat template), else the general probe's."""
+    from lorafleet.data.formats import Message, read_examples, with_system_prompt
+    from lorafleet.data.tokenize import render_chat
+    from lorafleet.errors import DataError
+    from lorafleet.evaluation.probe import general_prompts
+
+    data = (training or {}).get("data") or {}
+    texts: list[str] = []
+    if data.get("path") and Path(data["path"]).is_file():
+        try:
+            examples = read_examples(data["path"], max_rows=rows).examples
+        except DataError:  # changed since training: fall back to the probe
+            examples = []
+        for example in examples:
+            if example.is_chat:
+                prompt = with_system_prompt(example, data.get("system_prompt")).prompt_messages
+                texts.append(render_chat(prompt, tokenizer, generation=True))
+    if not texts:
+        texts = [
+            render_chat([Message("user", p)], tokenizer, generation=True) for p in general_prompts()[:rows]
+        ]
+    return [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+
+
+@torch.inference_mode()
+def reference_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], tokens: int
+) -> list[Reference]:
+    """PyTorch's greedy answers to `prompts`, taken in turn until they hold `tokens` answer tokens."""
+    references: list[Reference] = []
+    left = tokens
+    for prompt in prompts:
+        if left <= 0:
+            break
+        output = model.generate(  # type: ignore[operator]
+            torch.tensor([prompt]), max_new_tokens=left, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        ids = output[0].tolist()
+        references.append(Reference(ids, len(prompt), torch_logits(model, ids)))
+        left -= len(ids) - len(prompt)
+    return references
+
+
+def agreement(runtime: EdgeRuntime, references: Sequence[Reference]) -> Agreement:
+    """The export's figures over `references` (see the module docstring)."""
+    worst, agreeing, answered = 0.0, 0, 0
+    for reference in references:
+        ours = runtime.logits(reference.ids)
+        worst = max(worst, float(np.abs(ours - reference.logits).max()))
+        # the logits at position t predict token t + 1: the answer's tokens are predicted from start − 1
+        predicted = slice(reference.start - 1, len(reference.ids) - 1)
+        agreeing += int((ours[predicted].argmax(-1) == reference.logits[predicted].argmax(-1)).sum())
+        answered += len(reference.ids) - reference.start
+    return Agreement(worst, agreeing / answered if answered else 1.0, answered)
+
+
+def enforce(variant: str, figures: Agreement) -> None:
+    """`ExportError` naming the figure when `figures` miss the variant's bound."""
+    bound = BOUNDS[variant]
+    if bound.max_abs_logit_diff is not None and figures.max_abs_logit_diff > bound.max_abs_logit_diff:
+        raise ExportError(
+            f"{variant}: max |Δlogit| {figures.max_abs_logit_diff:.2e} against the merged PyTorch model "
+            f"exceeds {bound.max_abs_logit_diff:g}; the export is wrong, not shipped"
+        )
+    if bound.min_top1_agreement is not None and figures.top1_agreement < bound.min_top1_agreement:
+        raise ExportError(
+            f"{variant}: top-1 agreement {figures.top1_agreement:.1%} with the merged PyTorch model over "
+            f"{figures.answer_tokens} tokens is under {bound.min_top1_agreement:.0%}; use a less quantized "
+            "variant"
+        )

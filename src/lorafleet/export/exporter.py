@@ -1,0 +1,264 @@
+"""One export, start to end, written into its folder at once.
+
+read      the adapter and its card (the training rows the checks are drawn from) → base + adapter
+write     each asked variant into a staging folder: GGUF f16, q8_0, q4_0 of the merged model, or lora
+          (the adapter alone, for llama.cpp's --lora); ONNX fp32 or int8
+check     each variant in its real runtime against the merged PyTorch model (`checks`): one outside
+          its bound fails the export, naming the figure; its speed on this machine
+target    with a device profile: every variant's verdict; the most faithful one that fits is kept and
+          the others are dropped; none fitting fails, naming what it would take
+manifest  `export.json` (figures, verdicts, each file's size and SHA-256), then the staging folder is
+          renamed into place, so an export that fails or is interrupted leaves nothing behind
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lorafleet.errors import ConfigError
+from lorafleet.export.checks import Reference, agreement, check_prompts, enforce, reference_answers
+from lorafleet.export.profiles import Measured, choose, load_profiles, profile, verdict
+from lorafleet.export.runtime import EdgeRuntime, tokens_per_second
+from lorafleet.files import atomic_directory
+
+MANIFEST = "export.json"
+VARIANTS: dict[str, tuple[str, ...]] = {"gguf": ("f16", "q8_0", "q4_0", "lora"), "onnx": ("fp32", "int8")}
+DEFAULT_VARIANT = {"gguf": "q8_0", "onnx": "int8"}
+SUFFIX = {"gguf": ".gguf", "onnx": ".onnx"}
+SPEED_TOKENS = 32  # decoded to time each variant (prompt processing included)
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What to export: the format, its variants, the device profile to fit (if any), how hard to check."""
+
+    format: str
+    variants: tuple[str, ...]
+    target: str | None = None
+    profiles_file: Path | None = None  # more device profiles, beside the shipped ones
+    check_tokens: int = 64  # answer tokens of PyTorch's each variant must agree on (0: not checked)
+    threads: int | None = None  # the runtimes' threads (None: theirs)
+
+    @classmethod
+    def parse(
+        cls, format: str, quant: str | None = None, target: str | None = None, **options: Any
+    ) -> ExportPlan:
+        """A plan from the CLI's or the API's words: `quant` is a variant, a comma list, or `all`.
+
+        Without `quant`, a target weighs every merged variant of the format and no target means the
+        format's default (q8_0, int8). `ConfigError` names the bad field before any work is done.
+        """
+        if format not in VARIANTS:
+            raise ConfigError(f"format {format!r} is not one of {', '.join(VARIANTS)}", field="format")
+        known = VARIANTS[format]
+        if quant is None:
+            variants = tuple(v for v in known if v != "lora") if target else (DEFAULT_VARIANT[format],)
+        elif quant == "all":
+            variants = known
+        else:
+            variants = tuple(dict.fromkeys(v.strip().lower() for v in quant.split(",") if v.strip()))
+            if not variants or any(v not in known for v in variants):
+                raise ConfigError(
+                    f"quant {quant!r}: {format} exports are {', '.join(known)} or all", field="quant"
+                )
+        plan = cls(format=format, variants=variants, target=target, **options)
+        if target:
+            if variants == ("lora",):
+                raise ConfigError("a target needs a merged variant: the lora file alone runs on no device")
+            profile(target, plan.profiles_file)  # an unknown target or a bad profiles file fails now
+        return plan
+
+
+@dataclass
+class VariantReport:
+    """One written variant and its figures."""
+
+    name: str  # gguf-q8_0
+    file: str
+    size_bytes: int
+    sha256: str
+    max_abs_logit_diff: float | None = None
+    top1_agreement: float | None = None
+    checked_tokens: int = 0
+    tokens_per_s: float = 0.0
+
+    def measured(self) -> Measured:
+        return Measured(self.name, self.size_bytes / 1e6, 1000 / self.tokens_per_s)
+
+
+@dataclass
+class ExportReport:
+    """What `export_adapter` wrote: the contents of `export.json`."""
+
+    adapter: str
+    base_model: str
+    format: str
+    created_at: str
+    variants: list[VariantReport]
+    target: str | None = None
+    chosen: str | None = None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # every variant against every profile
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def export_adapter(
+    adapter: Path,
+    output: Path,
+    plan: ExportPlan,
+    *,
+    base: str = "default",
+    overwrite: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+) -> ExportReport:
+    """Export the adapter directory `adapter` (trained on `base`) into the folder `output` (the module says
+    how); the report is also written there as `export.json`."""
+    from lorafleet.adapters import load_adapter
+    from lorafleet.adapters.storage import read_adapter
+    from lorafleet.models import load_base
+    from lorafleet.models.loading import source_gguf
+
+    config, _, card = read_adapter(adapter)
+    if "lora" in plan.variants:
+        from lorafleet.export.gguf_lora import check_exportable
+
+        check_exportable(config)  # DoRA, modules_to_save, biases: refused before any work
+    with atomic_directory(output, overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as scratch:
+        say(f"loading {base} and the adapter {adapter}")
+        model, tokenizer = load_base(base, device="cpu", dtype="float32")
+        gguf_source = source_gguf(base)
+        base_f16 = None
+        if "lora" in plan.variants:  # llama.cpp applies the lora file to this (the check; not shipped)
+            from lorafleet.export.gguf_model import write_gguf_model
+
+            base_f16 = Path(scratch) / "base-f16.gguf"
+            write_gguf_model(model, tokenizer, base_f16, quant="f16", source_gguf=gguf_source)
+        merged = load_adapter(model, adapter).merge_and_unload()
+        assert isinstance(merged, PreTrainedModel)
+        prompts = check_prompts(card.training if card else None, tokenizer)
+        references = (
+            reference_answers(merged, tokenizer, prompts, plan.check_tokens) if plan.check_tokens else []
+        )
+        reports = []
+        for variant in plan.variants:
+            say(f"writing {plan.format} {variant}")
+            path = staging / f"{adapter.name}-{variant}{SUFFIX[plan.format]}"
+            _write(plan.format, variant, merged, tokenizer, path, adapter, gguf_source, prompts)
+            report = _check(variant, plan, path, base_f16, references, prompts[0])
+            say(_line(report))
+            reports.append(report)
+        export = ExportReport(
+            adapter=card.name if card and card.name else adapter.name,
+            base_model=str(merged.config.name_or_path or base),
+            format=plan.format,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            variants=reports,
+        )
+        if plan.target:
+            _fit(export, plan, staging)
+        (staging / MANIFEST).write_text(export.to_json())
+    return export
+
+
+def _write(
+    format: str,
+    variant: str,
+    merged: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: Path,
+    adapter: Path,
+    gguf_source: Path | None,
+    prompts: list[list[int]],
+) -> None:
+    if format == "gguf" and variant == "lora":
+        from lorafleet.export.gguf_lora import write_gguf_lora
+
+        write_gguf_lora(adapter, path)
+    elif format == "gguf":
+        from lorafleet.export.gguf_model import write_gguf_model
+
+        write_gguf_model(merged, tokenizer, path, quant=variant, source_gguf=gguf_source)
+    elif variant == "fp32":
+        from lorafleet.export.onnx_model import write_onnx
+
+        write_onnx(merged, path)
+    else:
+        from lorafleet.export.onnx_model import quantize_int8, write_onnx
+
+        with tempfile.TemporaryDirectory() as scratch:
+            full = Path(scratch) / "fp32.onnx"
+            write_onnx(merged, full)
+            quantize_int8(full, path, calibration=prompts)
+
+
+def _check(
+    variant: str,
+    plan: ExportPlan,
+    path: Path,
+    base_f16: Path | None,
+    references: list[Reference],
+    speed_prompt: list[int],
+) -> VariantReport:
+    from lorafleet.registry.artifacts import file_sha256
+
+    report = VariantReport(f"{plan.format}-{variant}", path.name, path.stat().st_size, file_sha256(path))
+    runtime = _runtime(plan.format, path, base_f16 if variant == "lora" else None, plan.threads)
+    try:
+        if references:
+            figures = agreement(runtime, references)
+            report.max_abs_logit_diff = figures.max_abs_logit_diff
+            report.top1_agreement = figures.top1_agreement
+            report.checked_tokens = figures.answer_tokens
+            enforce(variant, figures)
+        report.tokens_per_s = tokens_per_second(runtime, speed_prompt, SPEED_TOKENS)
+    finally:
+        runtime.close()
+    return report
+
+
+def _runtime(format: str, path: Path, base_f16: Path | None, threads: int | None) -> EdgeRuntime:
+    if format == "gguf":
+        from lorafleet.export.gguf_runtime import GgufRuntime
+
+        return (
+            GgufRuntime(base_f16, lora=path, threads=threads)
+            if base_f16
+            else GgufRuntime(path, threads=threads)
+        )
+    from lorafleet.export.onnx_runtime import OnnxRuntime
+
+    return OnnxRuntime(path, threads=threads)
+
+
+def _fit(export: ExportReport, plan: ExportPlan, staging: Path) -> None:
+    """Judge every variant against every profile, keep the one the target holds, drop the other files."""
+    assert plan.target is not None
+    profiles = load_profiles(plan.profiles_file)
+    merged = [r for r in export.variants if r.name != f"{plan.format}-lora"]
+    export.verdicts = [
+        verdict(name, budget, report.measured()).as_dict()
+        for name, budget in profiles.items()
+        for report in merged
+    ]
+    chosen = choose(plan.target, profiles[plan.target], [r.measured() for r in merged])
+    export.target, export.chosen = plan.target, chosen.name
+    for report in merged:
+        if report.name != chosen.name:
+            (staging / report.file).unlink()
+    export.variants = [r for r in export.variants if r.name == chosen.name or r not in merged]
+
+
+def _line(report: VariantReport) -> str:
+    figures = [f"{report.size_bytes / 1e6:.1f} MB", f"{report.tokens_per_s:.1f} tokens/s"]
+    if report.checked_tokens:
+        figures += [f"max |Δlogit| {report.max_abs_logit_diff:.2e}", f"top-1 {report.top1_agreement:.1%}"]
+    return f"{report.name}: " + ", ".join(figures)
