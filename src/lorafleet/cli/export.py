@@ -1,4 +1,4 @@
-"""`lorafleet export`: an adapter merged into its base as GGUF or ONNX, quantized, checked, fit to a device."""
+"""`lorafleet export`: an adapter merged into its base as GGUF or ONNX, checked, fit to a device."""
 
 from __future__ import annotations
 
