@@ -102,7 +102,8 @@ def export(
     """Export an adapter merged into its base for edge devices: GGUF (llama.cpp) or ONNX, each variant run in
     its real runtime and checked against the PyTorch model before it is written, with its size and speed."""
     from lorafleet.adapters.storage import adapter_path
-    from lorafleet.export.exporter import ExportPlan, export_adapter
+    from lorafleet.export.exporter import export_adapter
+    from lorafleet.export.plan import ExportPlan
 
     plan = ExportPlan.parse(
         format, quant, target, profiles_file=profiles, check_tokens=check_tokens, threads=threads

@@ -23,58 +23,15 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorafleet.errors import ConfigError
 from lorafleet.export.checks import Reference, agreement, check_prompts, enforce, reference_answers
-from lorafleet.export.profiles import Measured, choose, load_profiles, profile, verdict
+from lorafleet.export.plan import ExportPlan
+from lorafleet.export.profiles import Measured, choose, load_profiles, verdict
 from lorafleet.export.runtime import EdgeRuntime, tokens_per_second
 from lorafleet.files import atomic_directory
 
 MANIFEST = "export.json"
-VARIANTS: dict[str, tuple[str, ...]] = {"gguf": ("f16", "q8_0", "q4_0", "lora"), "onnx": ("fp32", "int8")}
-DEFAULT_VARIANT = {"gguf": "q8_0", "onnx": "int8"}
 SUFFIX = {"gguf": ".gguf", "onnx": ".onnx"}
 SPEED_TOKENS = 32  # decoded to time each variant (prompt processing included)
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """What to export: the format, its variants, the device profile to fit (if any), how hard to check."""
-
-    format: str
-    variants: tuple[str, ...]
-    target: str | None = None
-    profiles_file: Path | None = None  # more device profiles, beside the shipped ones
-    check_tokens: int = 64  # answer tokens of PyTorch's each variant must agree on (0: not checked)
-    threads: int | None = None  # the runtimes' threads (None: theirs)
-
-    @classmethod
-    def parse(
-        cls, format: str, quant: str | None = None, target: str | None = None, **options: Any
-    ) -> ExportPlan:
-        """A plan from the CLI's or the API's words: `quant` is a variant, a comma list, or `all`.
-
-        Without `quant`, a target weighs every merged variant of the format and no target means the
-        format's default (q8_0, int8). `ConfigError` names the bad field before any work is done.
-        """
-        if format not in VARIANTS:
-            raise ConfigError(f"format {format!r} is not one of {', '.join(VARIANTS)}", field="format")
-        known = VARIANTS[format]
-        if quant is None:
-            variants = tuple(v for v in known if v != "lora") if target else (DEFAULT_VARIANT[format],)
-        elif quant == "all":
-            variants = known
-        else:
-            variants = tuple(dict.fromkeys(v.strip().lower() for v in quant.split(",") if v.strip()))
-            if not variants or any(v not in known for v in variants):
-                raise ConfigError(
-                    f"quant {quant!r}: {format} exports are {', '.join(known)} or all", field="quant"
-                )
-        plan = cls(format=format, variants=variants, target=target, **options)
-        if target:
-            if variants == ("lora",):
-                raise ConfigError("a target needs a merged variant: the lora file alone runs on no device")
-            profile(target, plan.profiles_file)  # an unknown target or a bad profiles file fails now
-        return plan
 
 
 @dataclass

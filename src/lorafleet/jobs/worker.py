@@ -1,6 +1,7 @@
 """A worker: claims fine-tuning jobs from the registry's queue and runs each in its own process.
 
-    loop      recover stale jobs → claim the oldest queued job → run it → repeat (sleep when idle)
+    loop      recover stale jobs → claim the oldest queued job → run it (none queued: run the oldest
+              queued export, `jobs.exports`) → repeat (sleep when idle)
     run       write the job's spec → executor starts the runner (`jobs.runner`) → tail its events file:
               step metrics and logs go to the registry with each heartbeat; a cancelled job's run is
               stopped (it checkpoints) → on success register the adapter as a new version and mark the
@@ -40,6 +41,7 @@ from lorafleet.continual import FISHER_FILE
 from lorafleet.errors import ConflictError, LorafleetError
 from lorafleet.home import lorafleet_home
 from lorafleet.jobs.executors import RUNNER_LOG, Executor, RunningJob, make_executor
+from lorafleet.jobs.exports import run_export
 from lorafleet.jobs.runner import EXIT_CANCELLED, read_events
 from lorafleet.jobs.tenant_text import TenantText
 from lorafleet.registry import Registry
@@ -114,13 +116,24 @@ class Worker:
         self.registry.jobs.recover_stale(lease_seconds=self.settings.lease_seconds)
         job = self.registry.jobs.claim(self.worker_id)
         if job is None:
-            return False
+            return self.run_export()
         self.say(
             f"{job.id}: started (tenant {job.tenant_id}, adapter {job.adapter_name}, attempt {job.attempts})"
             f" on worker {self.worker_id}"
         )
         status = self.run_job(job)
         self.say(f"{job.id}: {'re-queued' if status == 'queued' else status}")
+        return True
+
+    def run_export(self) -> bool:
+        """Claim one queued export and run it (`jobs.exports`); False when there was none."""
+        claimed = self.registry.exports.claim(self.worker_id)
+        if claimed is None:
+            return False
+        export, version = claimed
+        self.say(f"{export.id}: export of {version.id} to {export.format} started on worker {self.worker_id}")
+        status = run_export(self.registry, export, version, self.workdir, hidden=self.worker_id)
+        self.say(f"{export.id}: {status}")
         return True
 
     def run_job(self, job: Job) -> str:

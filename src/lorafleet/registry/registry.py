@@ -14,6 +14,7 @@ from lorafleet.registry.artifacts import ArtifactStore
 from lorafleet.registry.database import Database
 from lorafleet.registry.datasets import Datasets
 from lorafleet.registry.evaluation import Evaluations
+from lorafleet.registry.exports import Exports
 from lorafleet.registry.jobs import Jobs
 from lorafleet.registry.requests import RequestLog
 from lorafleet.registry.routing import Routing
@@ -26,7 +27,7 @@ class Registry:
     """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases, events),
     `routing` (canaries, A/B experiments, and the router that applies them), `evaluation` (eval suites,
     gate policies, gate reports), `usage`, `requests` (the request log: completions served and their
-    feedback), `adaptation` (adaptation policies and their rollouts).
+    feedback), `adaptation` (adaptation policies and their rollouts), `exports` (export jobs of versions).
 
     `database_url` defaults to `$LORAFLEET_DATABASE_URL` or SQLite under `$LORAFLEET_HOME`;
     `artifacts_url` to `$LORAFLEET_ARTIFACTS_URL` or `$LORAFLEET_HOME/artifacts`. The schema is migrated
@@ -45,6 +46,7 @@ class Registry:
         self.usage = Usage(self.db)
         self.requests = RequestLog(self.db)
         self.adaptation = Adaptation(self.db)
+        self.exports = Exports(self.db, self.artifacts)
 
     def complete_job(
         self,

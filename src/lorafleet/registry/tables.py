@@ -383,3 +383,29 @@ class Rollout(Base):
     created_at: Mapped[float] = mapped_column(default=now, index=True)
     updated_at: Mapped[float] = mapped_column(default=now)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+EXPORT_STATES = ("queued", "running", "succeeded", "failed")
+
+
+class Export(Base):
+    """An export job of one adapter version (`lorafleet.export`): queued → running → succeeded | failed.
+    A succeeded one names its stored folder (the exported files and their `export.json`)."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("export"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("adapter_versions.id"), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    quant: Mapped[str | None] = mapped_column(String(64), default=None)  # as asked: a variant, a list, all
+    target: Mapped[str | None] = mapped_column(String(64), default=None)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # one of EXPORT_STATES
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    artifact: Mapped[str | None] = mapped_column(Text, default=None)  # URL of the stored export folder
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)  # its export.json
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[float] = mapped_column(default=now, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
