@@ -1,0 +1,93 @@
+"""`export_adapter` and `lorafleet export` end to end on a tiny model: every variant written, run in its
+runtime and checked; a target keeps one; a failed check, a refusal or an interruption leaves nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorafleet.errors import ExportError
+from lorafleet.export import checks, exporter
+from lorafleet.export.exporter import MANIFEST, export_adapter
+from lorafleet.export.plan import ExportPlan
+from tests.helpers import assert_friendly_error, invoke, save_random_adapter
+
+
+def test_every_gguf_variant_is_written_checked_and_described(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    report = export_adapter(random_adapter, out, ExportPlan.parse("gguf", "f16,lora"), base=str(tiny_dir))
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "rand-f16.gguf", "rand-lora.gguf"]
+    f16, lora = report.variants
+    assert f16.max_abs_logit_diff is not None and f16.max_abs_logit_diff <= 1e-2 and f16.checked_tokens == 64
+    assert lora.max_abs_logit_diff is not None and lora.max_abs_logit_diff <= 1e-2  # on the f16 base
+    assert f16.tokens_per_s > 0 and f16.size_bytes == (out / "rand-f16.gguf").stat().st_size
+    assert json.loads((out / MANIFEST).read_text())["variants"][1]["file"] == "rand-lora.gguf"
+
+
+def test_a_target_keeps_one_variant_and_judges_each_against_every_profile(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    plan = ExportPlan.parse("gguf", "f16,q8_0", "raspberry_pi", check_tokens=0)
+    report = export_adapter(random_adapter, out, plan, base=str(tiny_dir))
+    assert report.chosen == "gguf-f16" and [v.name for v in report.variants] == ["gguf-f16"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "rand-f16.gguf"]
+    assert len(report.verdicts) == 2 * 3 and all(v["fits"] for v in report.verdicts)  # a tiny model fits all
+
+
+def test_a_variant_outside_its_bound_fails_the_export_and_writes_nothing(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(checks.BOUNDS, "q8_0", checks.Bound(max_abs_logit_diff=1e-9))
+    with pytest.raises(ExportError, match=r"q8_0: max \|Δlogit\| .* exceeds 1e-09"):
+        export_adapter(random_adapter, tmp_path / "out", ExportPlan.parse("gguf", "q8_0"), base=str(tiny_dir))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_interrupted_midway_leaves_nothing_behind(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = exporter._write
+    calls: list[str] = []
+
+    def interrupted(format: str, variant: str, *args: object) -> None:
+        calls.append(variant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write(format, variant, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exporter, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_adapter(
+            random_adapter, tmp_path / "out", ExportPlan.parse("gguf", "f16,q8_0"), base=str(tiny_dir)
+        )
+    assert calls == ["f16", "q8_0"] and list(tmp_path.iterdir()) == []
+
+
+def test_a_dora_adapter_is_refused_as_a_lora_file_before_any_work(tiny_dir: Path, tmp_path: Path) -> None:
+    from lorafleet.models import load_base
+
+    base, _ = load_base(str(tiny_dir), device="cpu")
+    dora = save_random_adapter(base, tmp_path / "dora", use_dora=True)
+    with pytest.raises(ExportError, match=r"DoRA.*--format gguf"):
+        export_adapter(dora, tmp_path / "out", ExportPlan.parse("gguf", "lora"), base=str(tiny_dir))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_exports_onnx_and_prints_the_figures(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "onnx"
+    result = invoke(
+        "export", "rand", "--format", "onnx", "--quant", "fp32", "--model", str(tiny_dir), "-o", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert "onnx-fp32" in result.output and (out / "rand-fp32.onnx").is_file()
+    again = invoke("export", "rand", "--format", "onnx", "--model", str(tiny_dir), "-o", str(out))
+    assert_friendly_error(again, "already exists")
+    bad = invoke("export", "rand", "--format", "gguf", "--target", "toaster", "--model", str(tiny_dir))
+    assert_friendly_error(bad, "no device profile 'toaster'")
