@@ -15,6 +15,7 @@ from lorafleet.export.gguf_quant import check_quant, encode, stored_shape, tenso
     ("shape", "quant", "output_head", "expected"),
     [
         ((64,), "q4_0", False, T.F32),  # norms and biases stay F32
+        ((64, 64), "f32", True, T.F32),
         ((64, 64), "f16", False, T.F16),
         ((64, 64), "q8_0", False, T.Q8_0),
         ((64, 64), "q4_0", False, T.Q4_0),
@@ -39,5 +40,5 @@ def test_encode_round_trips_within_the_format_error(qtype: T, bound: float) -> N
 
 
 def test_unknown_quant_is_refused_with_the_choices() -> None:
-    with pytest.raises(ExportError, match=r"q5_k.*f16, q8_0, q4_0"):
+    with pytest.raises(ExportError, match=r"q5_k.*f32, f16, q8_0, q4_0"):
         check_quant("q5_k")

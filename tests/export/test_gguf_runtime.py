@@ -56,6 +56,17 @@ def test_f16_logits_match_transformers(
     assert runtime.logits(ids).shape == (len(ids), len(tokenizer))
 
 
+def test_f32_export_with_an_f32_cache_is_exact(
+    make_edge_model: EdgeModelFactory, tmp_path: Path, runtimes: list[GgufRuntime]
+) -> None:
+    """Without fp16 rounding anywhere, what is left is float32 summation order: names, row order,
+    norms, rope base and epsilon must all be right to stay within 1e-4."""
+    model, tokenizer = make_edge_model("llama", tied=True)
+    ids = tokenizer(TEXT)["input_ids"]
+    path = write_gguf_model(model, tokenizer, tmp_path / "m.gguf", quant="f32")
+    assert max_abs_logit_diff(_open(runtimes, path, kv_cache="f32"), model, ids) < 1e-4
+
+
 def test_llama_cpp_tokenizes_as_transformers_does(
     edge_llama: EdgeModel, tmp_path: Path, runtimes: list[GgufRuntime]
 ) -> None:

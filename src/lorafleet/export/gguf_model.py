@@ -15,9 +15,11 @@ tensor is stored as `quant` asks (`gguf_quant`). The file also holds:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGUFWriter, RopeScalingType
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -45,10 +47,11 @@ def write_gguf_model(
 ) -> Path:
     """Write `model` (merged, no LoRA layers) and its tokenizer as one GGUF file at `path`; return it.
 
-    `quant`: f16, q8_0 or q4_0. `source_gguf`: the GGUF the base model was converted from, whose
-    tokenizer keys are copied (see `gguf_tokenizer.source_gguf_of`); without it the tokenizer is built
-    from `tokenizer`. `name`: general.name (default: the model's name_or_path). The file is written
-    beside `path` and renamed onto it at the end, so a failure leaves no partial file at `path`.
+    `quant`: f16, q8_0 or q4_0 (or f32: exact, a reference). `source_gguf`: the GGUF the base model
+    was converted from, whose tokenizer keys are copied (see `gguf_tokenizer.source_gguf_of`); without
+    it the tokenizer is built from `tokenizer`. `name`: general.name (default: the model's
+    name_or_path). The file is written beside `path` and renamed onto it at the end, so a failure
+    leaves no partial file at `path`.
     """
     quant = check_quant(quant)
     config = model.config
@@ -62,7 +65,7 @@ def write_gguf_model(
         writer.add_type("model")
         writer.add_name(title)
         writer.add_file_type(FILE_TYPES[quant])
-        if quant != "f16":
+        if quant not in ("f32", "f16"):
             writer.add_quantization_version(GGML_QUANT_VERSION)
         add_hyperparameters(writer, config)
         add_tokenizer(writer, tokenizer, vocab_size=vocab_size, source_gguf=source_gguf)
@@ -98,10 +101,10 @@ def plan_tensors(model: PreTrainedModel, quant: GgufQuant) -> list[GgufTensor]:
     return planned
 
 
-def _values(weight: torch.Tensor, heads: int | None) -> Any:
+def _values(weight: torch.Tensor, heads: int | None) -> Callable[[], np.ndarray]:
     """A function computing `weight` as float32 numpy in llama.cpp's layout (q/k rows reordered)."""
 
-    def values() -> Any:
+    def values() -> np.ndarray:
         rows = weight.detach().to("cpu", torch.float32)
         if heads is not None:
             rows = to_llama_cpp_rope_order(rows, heads)

@@ -7,7 +7,8 @@ and 32 small integers q, read back as x̂ = d·q:
     Q4_0   d = x_m / −8 (x_m the value of largest |x|),
            q = min(15, ⌊x / d + 8.5⌋) − 8 ∈ [−8, 7]                    18 bytes / 32 values (4.5 bits)
 
-so a row must hold a multiple of 32 values. As llama.cpp's tools do, 1-D tensors (norms, biases) stay
+so a row must hold a multiple of 32 values. `f32` stores every tensor exactly, as a reference: it
+shows what the layout alone does, without rounding. As llama.cpp's tools do, 1-D tensors (norms, biases) stay
 F32, a matrix whose rows are not a multiple of the block falls back to F16, and at `q4_0` the output
 head (or the embedding that serves as it when tied) is kept at Q8_0: llama-quantize keeps it at Q6_K
 because its errors reach every logit directly, and the `gguf` package has no Q6_K encoder.
@@ -23,15 +24,17 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from lorafleet.errors import ExportError
 
-GgufQuant = Literal["f16", "q8_0", "q4_0"]
+GgufQuant = Literal["f32", "f16", "q8_0", "q4_0"]
 QUANTS: tuple[str, ...] = get_args(GgufQuant)
 
 FILE_TYPES = {
+    "f32": LlamaFileType.ALL_F32,
     "f16": LlamaFileType.MOSTLY_F16,
     "q8_0": LlamaFileType.MOSTLY_Q8_0,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
 }
 _MATRIX_TYPES = {
+    "f32": GGMLQuantizationType.F32,
     "f16": GGMLQuantizationType.F16,
     "q8_0": GGMLQuantizationType.Q8_0,
     "q4_0": GGMLQuantizationType.Q4_0,
@@ -55,7 +58,7 @@ def tensor_type(shape: tuple[int, ...], quant: GgufQuant, *, output_head: bool) 
         return GGMLQuantizationType.F32
     wanted = (_OUTPUT_HEAD_TYPES if output_head else _MATRIX_TYPES)[quant]
     block, _ = GGML_QUANT_SIZES[wanted]
-    return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16
+    return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16  # F32 and F16: block 1
 
 
 def stored_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
