@@ -25,8 +25,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys, TokenType
 from transformers import PreTrainedTokenizerBase
 
 from lorafleet.errors import ExportError
-
-MODEL_MARKER = "lorafleet-model.json"  # models.bundled.MARKER_FILE: where a converted model came from
+from lorafleet.models.bundled import MARKER_FILE
 
 # Pre-tokenizers llama.cpp knows, as tokenizer.json describes them → tokenizer.ggml.pre.
 _BYTE_LEVEL_REGEX = {"type": "ByteLevel", "use_regex": True}
@@ -43,7 +42,7 @@ _QWEN2_SPLIT = (
 
 def source_gguf_of(model_dir: Path) -> Path | None:
     """The GGUF file a model directory was converted from (its `lorafleet-model.json`), if it still exists."""
-    marker = model_dir / MODEL_MARKER
+    marker = model_dir / MARKER_FILE
     if not marker.is_file():
         return None
     source = json.loads(marker.read_text()).get("source")
