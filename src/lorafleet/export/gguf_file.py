@@ -3,7 +3,7 @@
 A GGUF file is a header, the metadata key/values, one info record per tensor (name, shape, GGML type,
 offset) and then the tensors' data, each aligned to 32 bytes. The tensor infos come first, so every
 tensor's type and shape is planned (`GgufTensor`) before any is encoded; the data is then encoded and
-written one tensor at a time, so the file never holds more than one encoded tensor in memory.
+written one tensor at a time, so no more than one encoded tensor is held in memory.
 
 Everything is written to a hidden temporary file beside `path`, fsynced and renamed onto `path` at the
 end: an error or interruption midway leaves whatever was at `path` before (or nothing) and removes the
