@@ -1,0 +1,86 @@
+"""Which GGML type each tensor of a GGUF export is stored in, and encoding float weights in it.
+
+The block formats split each row into blocks of 32 values x and store, per block, one f16 scale d
+and 32 small integers q, read back as x̂ = d·q:
+
+    Q8_0   d = max|x| / 127,   q = round(x / d) ∈ [−127, 127]          34 bytes / 32 values (8.5 bits)
+    Q4_0   d = x_m / −8 (x_m the value of largest |x|),
+           q = min(15, ⌊x / d + 8.5⌋) − 8 ∈ [−8, 7]                    18 bytes / 32 values (4.5 bits)
+
+so a row must hold a multiple of 32 values. `f32` stores every tensor exactly, as a reference: it
+shows what the layout alone does, without rounding. As llama.cpp's tools do, 1-D tensors (norms, biases) stay
+F32, a matrix whose rows are not a multiple of the block falls back to F16, and at `q4_0` the output
+head (or the embedding that serves as it when tied) is kept at Q8_0: llama-quantize keeps it at Q6_K
+because its errors reach every logit directly, and the `gguf` package has no Q6_K encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from lorafleet.errors import ExportError
+
+GgufQuant = Literal["f32", "f16", "q8_0", "q4_0"]
+QUANTS: tuple[str, ...] = get_args(GgufQuant)
+
+FILE_TYPES = {
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": LlamaFileType.MOSTLY_Q4_0,
+}
+_MATRIX_TYPES = {
+    "f32": GGMLQuantizationType.F32,
+    "f16": GGMLQuantizationType.F16,
+    "q8_0": GGMLQuantizationType.Q8_0,
+    "q4_0": GGMLQuantizationType.Q4_0,
+}
+_OUTPUT_HEAD_TYPES = {**_MATRIX_TYPES, "q4_0": GGMLQuantizationType.Q8_0}
+
+
+def check_quant(quant: str) -> GgufQuant:
+    """`quant` if it is one of `QUANTS`, else `ExportError` listing them."""
+    if quant not in QUANTS:
+        raise ExportError(f"GGUF quantization {quant!r} is not one of {', '.join(QUANTS)}")
+    return quant  # type: ignore[return-value]
+
+
+def tensor_type(shape: tuple[int, ...], quant: GgufQuant, *, output_head: bool) -> GGMLQuantizationType:
+    """The GGML type of a tensor of numpy `shape` (rows, columns) in a `quant` export.
+
+    `output_head`: the tensor computes the logits (`output`, or `token_embd` when tied).
+    """
+    if len(shape) < 2:
+        return GGMLQuantizationType.F32
+    wanted = (_OUTPUT_HEAD_TYPES if output_head else _MATRIX_TYPES)[quant]
+    block, _ = GGML_QUANT_SIZES[wanted]
+    return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16  # F32 and F16: block 1
+
+
+def stored_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
+    """The numpy shape of a tensor as written: float types keep it, block types hold bytes per row."""
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return shape
+    return quant_shape_to_byte_shape(shape, qtype)
+
+
+def stored_dtype(qtype: GGMLQuantizationType) -> np.dtype:
+    """The numpy dtype a tensor of GGML type `qtype` is written as (bytes for block types)."""
+    if qtype == GGMLQuantizationType.F32:
+        return np.dtype(np.float32)
+    if qtype == GGMLQuantizationType.F16:
+        return np.dtype(np.float16)
+    return np.dtype(np.uint8)
+
+
+def encode(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """`values` (float32, numpy order) as GGML type `qtype`: a float array, or the blocks' bytes per row."""
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(values, dtype=np.float32)
+    if qtype == GGMLQuantizationType.F16:
+        return np.ascontiguousarray(values, dtype=np.float16)
+    return quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
