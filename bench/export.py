@@ -5,7 +5,7 @@
 
 The adapter is `--adapter`, else the demo's (`configs/default.yaml` on the bundled support tickets,
 trained here first into a temporary folder when `$LORAFLEET_HOME/adapters/support-tickets` is missing).
-`lorafleet export` writes GGUF f16, q8_0, q4_0 and lora (the adapter alone, applied by llama.cpp to the
+`lorafleet export` writes GGUF f16, q8_0, q4_1, q4_0 and lora (the adapter alone, applied by llama.cpp to the
 f16 base) and ONNX fp32 and int8. Then, against the merged PyTorch model (PEFT's merge_and_unload):
 
     max_abs_logit_diff   max |Δlogit| over every position of held-out prompts and PyTorch's greedy answers

@@ -44,8 +44,10 @@ def test_a_variant_outside_its_bound_fails_the_export_and_writes_nothing(
 ) -> None:
     monkeypatch.setitem(checks.BOUNDS, "q8_0", checks.Bound(max_abs_logit_diff=1e-9))
     with pytest.raises(ExportError, match=r"q8_0: max \|Δlogit\| .* exceeds 1e-09"):
-        export_adapter(random_adapter, tmp_path / "out", ExportPlan.parse("gguf", "q8_0"), base=str(tiny_dir))
-    assert list(tmp_path.iterdir()) == []
+        export_adapter(
+            random_adapter, tmp_path / "exports" / "out", ExportPlan.parse("gguf", "q8_0"), base=str(tiny_dir)
+        )
+    assert list((tmp_path / "exports").iterdir()) == []
 
 
 def test_an_export_interrupted_midway_leaves_nothing_behind(
@@ -63,9 +65,12 @@ def test_an_export_interrupted_midway_leaves_nothing_behind(
     monkeypatch.setattr(exporter, "_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_adapter(
-            random_adapter, tmp_path / "out", ExportPlan.parse("gguf", "f16,q8_0"), base=str(tiny_dir)
+            random_adapter,
+            tmp_path / "exports" / "out",
+            ExportPlan.parse("gguf", "f16,q8_0"),
+            base=str(tiny_dir),
         )
-    assert calls == ["f16", "q8_0"] and list(tmp_path.iterdir()) == []
+    assert calls == ["f16", "q8_0"] and list((tmp_path / "exports").iterdir()) == []
 
 
 def test_a_dora_adapter_is_refused_as_a_lora_file_before_any_work(tiny_dir: Path, tmp_path: Path) -> None:

@@ -16,22 +16,27 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
+from peft import PeftModel
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorafleet.export.checks import Reference, agreement, check_prompts, enforce, reference_answers
 from lorafleet.export.plan import ExportPlan
 from lorafleet.export.profiles import Measured, choose, load_profiles, verdict
-from lorafleet.export.runtime import EdgeRuntime, tokens_per_second
+from lorafleet.export.runtime import EdgeRuntime, tokens_per_second, torch_logits
 from lorafleet.files import atomic_directory
 
 MANIFEST = "export.json"
 SUFFIX = {"gguf": ".gguf", "onnx": ".onnx"}
 SPEED_TOKENS = 32  # decoded to time each variant (prompt processing included)
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -88,29 +93,35 @@ def export_adapter(
     if "lora" in plan.variants:
         from lorafleet.export.gguf_lora import check_exportable
 
-        check_exportable(config)  # DoRA, modules_to_save, biases: refused before any work
+        check_exportable(config, adapter)  # DoRA, modules_to_save, biases: refused before any work
     with atomic_directory(output, overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as scratch:
         say(f"loading {base} and the adapter {adapter}")
         model, tokenizer = load_base(base, device="cpu", dtype="float32")
-        gguf_source = source_gguf(base)
-        base_f16 = None
-        if "lora" in plan.variants:  # llama.cpp applies the lora file to this (the check; not shipped)
-            from lorafleet.export.gguf_model import write_gguf_model
-
-            base_f16 = Path(scratch) / "base-f16.gguf"
-            write_gguf_model(model, tokenizer, base_f16, quant="f16", source_gguf=gguf_source)
+        written = Written(adapter, tokenizer, source_gguf(base), Path(scratch))
+        lora_reference = None
+        if "lora" in plan.variants:  # llama.cpp applies the lora file to the f16 base: the same in PyTorch
+            written.base_f16 = written.gguf(model, Path(scratch) / "base-f16.gguf", "f16")
+            lora_reference = f16_weights(load_adapter(deepcopy(model), adapter)).merge_and_unload()
         merged = load_adapter(model, adapter).merge_and_unload()
         assert isinstance(merged, PreTrainedModel)
         prompts = check_prompts(card.training if card else None, tokenizer)
         references = (
             reference_answers(merged, tokenizer, prompts, plan.check_tokens) if plan.check_tokens else []
         )
+        same_weights = {  # what each lossless variant is compared with: PyTorch on the same stored weights
+            "f16": lambda: f16_weights(merged),
+            "lora": lambda: lora_reference,
+        }
         reports = []
         for variant in plan.variants:
             say(f"writing {plan.format} {variant}")
             path = staging / f"{adapter.name}-{variant}{SUFFIX[plan.format]}"
-            _write(plan.format, variant, merged, tokenizer, path, adapter, gguf_source, prompts)
-            report = _check(variant, plan, path, base_f16, references, prompts[0])
+            _write(plan.format, variant, merged, path, written, prompts)
+            reference_model = same_weights[variant]() if variant in same_weights and references else None
+            checked = relogit(reference_model, references) if reference_model is not None else references
+            report = _check(
+                variant, plan, path, written.base_f16 if variant == "lora" else None, checked, prompts[0]
+            )
             say(_line(report))
             reports.append(report)
         export = ExportReport(
@@ -126,24 +137,48 @@ def export_adapter(
     return export
 
 
+@dataclass
+class Written:
+    """What the writers need beside the merged model."""
+
+    adapter: Path
+    tokenizer: PreTrainedTokenizerBase
+    source_gguf: Path | None  # the GGUF the base came from: its tokenizer metadata is copied
+    scratch: Path
+    base_f16: Path | None = None  # the base alone as f16 GGUF, for the lora variant
+
+    def gguf(self, model: PreTrainedModel, path: Path, quant: str) -> Path:
+        from lorafleet.export.gguf_model import write_gguf_model
+
+        return write_gguf_model(model, self.tokenizer, path, quant=quant, source_gguf=self.source_gguf)  # type: ignore[arg-type]
+
+
+def f16_weights(model: M) -> M:
+    """`model` with its base matrices rounded as an f16 GGUF stores them (1-D tensors stay f32, as there;
+    a PEFT model's LoRA factors are kept, as llama.cpp keeps a GGUF LoRA's); a copy, but a PEFT model is
+    rounded in place."""
+    rounded = model if isinstance(model, PeftModel) else deepcopy(model)
+    with torch.no_grad():
+        for name, parameter in rounded.named_parameters():
+            if parameter.dim() >= 2 and "lora_" not in name:
+                parameter.copy_(parameter.half().float())
+    return rounded
+
+
+def relogit(model: PreTrainedModel, references: list[Reference]) -> list[Reference]:
+    """The same prompts and answers with `model`'s logits."""
+    return [Reference(r.ids, r.start, torch_logits(model, r.ids)) for r in references]
+
+
 def _write(
-    format: str,
-    variant: str,
-    merged: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    path: Path,
-    adapter: Path,
-    gguf_source: Path | None,
-    prompts: list[list[int]],
+    format: str, variant: str, merged: PreTrainedModel, path: Path, written: Written, prompts: list[list[int]]
 ) -> None:
     if format == "gguf" and variant == "lora":
         from lorafleet.export.gguf_lora import write_gguf_lora
 
-        write_gguf_lora(adapter, path)
+        write_gguf_lora(written.adapter, path, base_config=merged.config)
     elif format == "gguf":
-        from lorafleet.export.gguf_model import write_gguf_model
-
-        write_gguf_model(merged, tokenizer, path, quant=variant, source_gguf=gguf_source)
+        written.gguf(merged, path, variant)
     elif variant == "fp32":
         from lorafleet.export.onnx_model import write_onnx
 
@@ -151,10 +186,9 @@ def _write(
     else:
         from lorafleet.export.onnx_model import quantize_int8, write_onnx
 
-        with tempfile.TemporaryDirectory() as scratch:
-            full = Path(scratch) / "fp32.onnx"
-            write_onnx(merged, full)
-            quantize_int8(full, path, calibration=prompts)
+        full = written.scratch / "fp32.onnx"
+        write_onnx(merged, full)
+        quantize_int8(full, path, calibration=prompts)
 
 
 def _check(
@@ -168,7 +202,7 @@ def _check(
     from lorafleet.registry.artifacts import file_sha256
 
     report = VariantReport(f"{plan.format}-{variant}", path.name, path.stat().st_size, file_sha256(path))
-    runtime = _runtime(plan.format, path, base_f16 if variant == "lora" else None, plan.threads)
+    runtime = _runtime(plan.format, path, base_f16, plan.threads)
     try:
         if references:
             figures = agreement(runtime, references)
@@ -183,14 +217,14 @@ def _check(
 
 
 def _runtime(format: str, path: Path, base_f16: Path | None, threads: int | None) -> EdgeRuntime:
+    """The export in its runtime; a GGUF with an f32 KV cache, so the check sees the file's own error
+    (llama.cpp's default f16 cache adds about 0.05 to the logits of SmolLM2-135M whatever the weights)."""
     if format == "gguf":
         from lorafleet.export.gguf_runtime import GgufRuntime
 
-        return (
-            GgufRuntime(base_f16, lora=path, threads=threads)
-            if base_f16
-            else GgufRuntime(path, threads=threads)
-        )
+        if base_f16 is not None:
+            return GgufRuntime(base_f16, lora=path, threads=threads, kv_cache="f32")
+        return GgufRuntime(path, threads=threads, kv_cache="f32")
     from lorafleet.export.onnx_runtime import OnnxRuntime
 
     return OnnxRuntime(path, threads=threads)
