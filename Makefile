@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/continual.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
