@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from lorafleet.errors import ExportError
+from lorafleet.export import onnx_model
 from lorafleet.export.onnx_model import kv_names, write_onnx
 from lorafleet.models import tiny_model
 
@@ -189,6 +190,15 @@ def test_refuses_an_unmerged_adapter(llama: PreTrainedModel, tmp_path: Path) -> 
     with pytest.raises(ExportError, match="merge"):
         write_onnx(peft_model, tmp_path / "model.onnx")  # type: ignore[arg-type]
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_refuses_a_model_too_large_for_one_file(
+    llama: PreTrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_model, "SINGLE_FILE_LIMIT", 1024)  # the tiny model's weights: ~100 kB
+
+    with pytest.raises(ExportError, match=r"GiB; a self-contained \.onnx file holds under 2 GiB"):
+        write_onnx(llama, tmp_path / "model.onnx")
 
 
 def test_refuses_half_precision_and_other_architectures(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from lorafleet.export.onnx_deps import require
 SUPPORTED_TYPES = ("llama", "qwen2")  # Llama-family decoders: RoPE, grouped-query attention, no extras
 PAST_PREFIX = "past_key_values."  # past_key_values.{layer}.key | .value
 PRESENT_PREFIX = "present."  # present.{layer}.key | .value, in the same order as the past inputs
+SINGLE_FILE_LIMIT = 2**31  # bytes: protobuf's limit on one message, so on a self-contained .onnx file
 # Sizes of the example inputs the exporter traces with: all different and above 1, so that no axis is
 # mistaken for a constant or for another axis.
 _TRACE_BATCH, _TRACE_NEW, _TRACE_PAST = 2, 3, 5
@@ -152,6 +153,12 @@ def _require_exportable(model: PreTrainedModel) -> None:
     if model_type not in SUPPORTED_TYPES:
         raise ExportError(
             f"ONNX export supports {', '.join(SUPPORTED_TYPES)} models; this one is {model_type!r}"
+        )
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weights >= SINGLE_FILE_LIMIT:
+        raise ExportError(
+            f"the model's weights take {weights / 2**30:.1f} GiB; a self-contained .onnx file holds under "
+            "2 GiB, and write_onnx does not write external data: export a smaller model"
         )
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
