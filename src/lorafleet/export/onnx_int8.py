@@ -15,10 +15,12 @@ scale:
   from its min and max over calibration rows (token id sequences like the ones the model will see).
 
 Why blockwise is the default, measured on SmolLM2-135M-Instruct (top-1 agreement with PyTorch over 256
-greedy tokens, ONNX Runtime on 2 CPU threads): blockwise 96.5% at 14 tokens/s; dynamic 78.9% at 9 tokens/s;
-static 69.5% at 14 tokens/s (32 calibration rows); fp32 100% at 7 tokens/s. The MLP's down projection
-sees a few activations hundreds of times larger than the rest, so one scale per tensor (dynamic and static)
-rounds most of that tensor to zero; quantizing only down_proj that way already drops agreement to 80%.
+greedy tokens; greedy tokens/s in ONNX Runtime on 2 shared CPU threads): blockwise 96.5% at 14 tokens/s,
+dynamic 78.9% at 17, static 69.5% at 17 (32 calibration rows), fp32 100% at 6. Dynamic is a little faster,
+but only blockwise keeps the model's answers: the input of the MLP's down projection holds a few values
+up to 600 standard deviations out, so with one scale per tensor (dynamic, static) a step of 256 levels is
+several standard deviations wide and most of the tensor rounds to zero; quantizing only down_proj that
+way already drops agreement to 80%.
 
 The exporter leaves a tied output head as `MatMul(h, Transpose(E))` with E the embedding table, which
 the quantizers skip (its weight is not a constant); the transpose is folded into a constant of its own

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,9 @@ def write_onnx(model: PreTrainedModel, path: str | os.PathLike[str]) -> Path:
     require("onnxscript")  # torch's exporter translates to ONNX with onnxscript
     target = Path(path)
     layers = model.config.num_hidden_layers
-    with staged_file(target) as staging, torch.no_grad():
+    with staged_file(target) as staging, torch.no_grad(), warnings.catch_warnings():
+        # Axes that share a torch.export Dim are reported one warning each; the names are kept all the same.
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         try:
             program = torch.onnx.export(
                 _CachedCausalLM(model).eval(),
