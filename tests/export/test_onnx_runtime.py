@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from lorafleet.errors import ExportError
 from lorafleet.export.onnx_model import write_onnx
 from lorafleet.export.onnx_runtime import OnnxRuntime
-from lorafleet.export.runtime import EdgeRuntime, max_abs_logit_diff, torch_logits
+from lorafleet.export.runtime import max_abs_logit_diff, torch_logits
 from lorafleet.models import tiny_model
 
 pytest.importorskip("onnxruntime")
@@ -38,12 +38,6 @@ def runtime(llama: PreTrainedModel, tmp_path_factory: pytest.TempPathFactory) ->
 def prompt() -> list[int]:
     _, tokenizer = tiny_model("llama")
     return tokenizer(TEXT)["input_ids"]
-
-
-def test_is_an_edge_runtime(runtime: OnnxRuntime) -> None:
-    assert isinstance(runtime, OnnxRuntime)
-    as_protocol: EdgeRuntime = runtime  # mypy checks the structure; this documents it
-    assert callable(as_protocol.greedy)
 
 
 def test_logits_match_transformers(runtime: OnnxRuntime, llama: PreTrainedModel, prompt: list[int]) -> None:
