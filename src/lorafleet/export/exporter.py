@@ -116,7 +116,7 @@ def export_adapter(
         for variant in plan.variants:
             say(f"writing {plan.format} {variant}")
             path = staging / f"{adapter.name}-{variant}{SUFFIX[plan.format]}"
-            _write(plan.format, variant, merged, path, written, prompts)
+            _write(plan.format, variant, merged, path, written)
             reference_model = same_weights[variant]() if variant in same_weights and references else None
             checked = relogit(reference_model, references) if reference_model is not None else references
             report = _check(
@@ -170,9 +170,7 @@ def relogit(model: PreTrainedModel, references: list[Reference]) -> list[Referen
     return [Reference(r.ids, r.start, torch_logits(model, r.ids)) for r in references]
 
 
-def _write(
-    format: str, variant: str, merged: PreTrainedModel, path: Path, written: Written, prompts: list[list[int]]
-) -> None:
+def _write(format: str, variant: str, merged: PreTrainedModel, path: Path, written: Written) -> None:
     if format == "gguf" and variant == "lora":
         from lorafleet.export.gguf_lora import write_gguf_lora
 
@@ -184,11 +182,12 @@ def _write(
 
         write_onnx(merged, path)
     else:
-        from lorafleet.export.onnx_model import quantize_int8, write_onnx
+        from lorafleet.export.onnx_int8 import quantize_int8
+        from lorafleet.export.onnx_model import write_onnx
 
         full = written.scratch / "fp32.onnx"
         write_onnx(merged, full)
-        quantize_int8(full, path, calibration=prompts)
+        quantize_int8(full, path)  # blockwise: static and dynamic int8 lose the answers (onnx_int8 says why)
 
 
 def _check(
