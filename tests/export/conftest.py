@@ -53,3 +53,10 @@ def make_edge_model() -> EdgeModelFactory:
 def edge_llama() -> EdgeModel:
     """The tiny sharp llama of `edge_model` (untied output head) and its byte-level tokenizer."""
     return edge_model("llama")
+
+
+@pytest.fixture(scope="module")
+def llama() -> PreTrainedModel:
+    """`tiny_model("llama")` (hidden 32, 2 layers, 2 KV heads of 8), built once per test module."""
+    model, _ = tiny_model("llama", seed=0)
+    return model

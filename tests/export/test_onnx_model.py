@@ -20,13 +20,6 @@ TEXT = "Order AB-12345 arrived broken on 2024-03-05."
 
 
 @pytest.fixture(scope="module")
-def llama() -> PreTrainedModel:
-    """The tiny random llama (hidden 32, 2 layers, 2 KV heads of 8), as `tiny_base` but module-wide."""
-    model, _ = tiny_model("llama", seed=0)
-    return model
-
-
-@pytest.fixture(scope="module")
 def llama_onnx(llama: PreTrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`llama` exported once for the module."""
     return write_onnx(llama, tmp_path_factory.mktemp("onnx") / "llama.onnx")

@@ -21,13 +21,6 @@ TEXT = "Hi, my parcel ZX-20931 never came. I paid 41.50 on 3 March 2024."
 
 
 @pytest.fixture(scope="module")
-def llama() -> PreTrainedModel:
-    """The tiny random llama (hidden 32, 2 layers), module-wide."""
-    model, _ = tiny_model("llama", seed=0)
-    return model
-
-
-@pytest.fixture(scope="module")
 def runtime(llama: PreTrainedModel, tmp_path_factory: pytest.TempPathFactory) -> OnnxRuntime:
     """`llama` exported once and loaded in ONNX Runtime on one thread."""
     path = write_onnx(llama, tmp_path_factory.mktemp("onnx") / "llama.onnx")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes
 from lorafleet.registry.database import Database
+from lorafleet.registry.queue import claim_oldest
 from lorafleet.registry.tables import AdapterVersion, Export, now, owned
 
 MANIFEST = "export.json"  # export.exporter's, not imported: the registry stays free of torch
@@ -60,26 +61,13 @@ class Exports:
 
     def claim(self, worker_id: str) -> tuple[Export, AdapterVersion] | None:
         """Take the oldest queued export for `worker_id`, with its version; None when there is none."""
-        for _ in range(5):  # another worker may take the selected export between select and update
-            with self.db.session() as session:
-                export_id = session.scalar(
-                    select(Export.id)
-                    .where(Export.status == "queued")
-                    .order_by(Export.created_at, Export.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                )
-                if export_id is None:
-                    return None
-                taken = session.execute(
-                    update(Export)
-                    .where(Export.id == export_id, Export.status == "queued")
-                    .values(status="running", worker_id=worker_id, started_at=now())
-                )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    export = session.get_one(Export, export_id, populate_existing=True)
-                    return export, session.get_one(AdapterVersion, export.version_id)
-        return None
+        export = claim_oldest(
+            self.db, Export, {"status": "running", "worker_id": worker_id, "started_at": now()}
+        )
+        if export is None:
+            return None
+        with self.db.session() as session:
+            return export, session.get_one(AdapterVersion, export.version_id)
 
     def succeed(self, export_id: str, folder: Path) -> Export:
         """Store `folder` (what `lorafleet export` wrote) and mark the export succeeded with its report."""

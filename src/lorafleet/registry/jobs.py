@@ -24,12 +24,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lorafleet.errors import ConflictError
 from lorafleet.home import validate_name
 from lorafleet.registry.database import Database
+from lorafleet.registry.queue import claim_oldest
 from lorafleet.registry.tables import (
     FINISHED_STATES,
     Adapter,
@@ -156,34 +157,19 @@ class Jobs:
 
     def claim(self, worker_id: str) -> Job | None:
         """Take the oldest queued job for `worker_id`, or None when the queue is empty."""
-        for _ in range(5):  # another worker may take the selected job between select and update
-            with self.db.session() as session:
-                job_id = session.scalar(
-                    select(Job.id)
-                    .where(Job.status == "queued")
-                    .order_by(Job.created_at, Job.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                )
-                if job_id is None:
-                    return None
-                moment = now()
-                taken = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "queued")
-                    .values(
-                        status="running",
-                        worker_id=worker_id,
-                        attempts=Job.attempts + 1,
-                        started_at=moment,
-                        heartbeat_at=moment,
-                    )
-                )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    job = session.get_one(Job, job_id, populate_existing=True)
-                    _event(session, job, f"job started (attempt {job.attempts})", type="status")
-                    return job
-        return None
+        moment = now()
+        values = {
+            "status": "running",
+            "worker_id": worker_id,
+            "attempts": Job.attempts + 1,
+            "started_at": moment,
+            "heartbeat_at": moment,
+        }
+
+        def started(session: Session, job: Job) -> None:
+            _event(session, job, f"job started (attempt {job.attempts})", type="status")
+
+        return claim_oldest(self.db, Job, values, taken=started)
 
     def heartbeat(
         self,
