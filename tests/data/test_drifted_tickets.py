@@ -78,3 +78,8 @@ def test_same_seed_same_drifted_files_and_another_seed_other_files(tmp_path: Pat
     for mine, same, different in zip(first, again, other, strict=True):
         assert mine.read_bytes() == same.read_bytes()
         assert mine.read_bytes() != different.read_bytes()
+
+
+def test_no_drifted_ticket_names_its_type(drifted: list[dict[str, Any]]) -> None:
+    """The type is described, never named: an adapter that has not learned it cannot copy it from the text."""
+    assert not any(kind in ticket_text(row).lower() for row in drifted for kind in DRIFTED_TYPES)

@@ -14,8 +14,8 @@ templates. Everything is generated from a fixed seed: no download, the same file
 (`task_generation.ExampleTask.write`; names and dates come from `example_text`).
 
 `DRIFTED_TASK` is the same task after the traffic has drifted away from what `TASK` trains on: every
-ticket is of a type `TASK` never produces (`DRIFTED_TYPES`: warranty claims, described the way the
-trained types are, rarely named) and writes its date in a style `TASK` never uses
+ticket is of a type `TASK` never produces (`DRIFTED_TYPES`: warranty claims, described but never named,
+so a model that has not learned the type cannot copy it) and writes its date in a style `TASK` never uses
 (`DRIFTED_DATE_STYLES`: day first, dotted, 05.03.2025). The instruction, the fields and everything
 else are those of `TASK`, so a model trained on `TASK` can be scored on it as is.
 """
@@ -107,12 +107,12 @@ _PROBLEMS: dict[str, tuple[str, ...]] = {
         "cancel my order for the {item} before it ships",
         "I have decided to terminate my {service}",
     ),
-    "warranty": (  # described like the trained types, named outright in one phrasing of five
+    "warranty": (  # described, never named: a model that has not learned the type cannot copy its name
         "my {item} stopped working after a few months although it is covered for two years",
         "the {item} has a manufacturing defect, please repair or replace it free of charge",
         "the {item} broke within the first year and the guarantee should cover that",
         "the motor of my {item} gave out after eight months of normal use, I expect a free repair",
-        "I filed a warranty claim for the {item} and have heard nothing back",
+        "I sent the faulty {item} in for the free repair it is owed and have heard nothing back",
     ),
 }
 _OPENINGS = (
