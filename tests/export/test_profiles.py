@@ -64,6 +64,9 @@ def test_the_target_keeps_the_most_faithful_export_that_fits() -> None:
     assert choose("raspberry_pi", profiles["raspberry_pi"], [F16, Q8, Q4]) == F16
     slow = Measured("gguf-q8_0", size_mb=145.0, ms_per_token=60.0)  # too slow for the NPU's 50 ms
     assert choose("embedded_npu", profiles["embedded_npu"], [F16, slow, Q4]) == Q4
+    faithful_q4 = Measured("gguf-q4_0", size_mb=80.0, ms_per_token=20.0, top1_agreement=0.98)
+    lossy_q8 = Measured("gguf-q8_0", size_mb=145.0, ms_per_token=25.0, top1_agreement=0.90)
+    assert choose("embedded_npu", profiles["embedded_npu"], [lossy_q8, faithful_q4]) == faithful_q4
     check = verdict("embedded_npu", profiles["embedded_npu"], slow)
     assert (check.fits_size, check.fits_speed, check.fits) == (True, False, False)
 
@@ -83,8 +86,8 @@ def test_a_target_nothing_fits_fails_naming_what_it_would_take() -> None:
     [
         (("gguf", None, None), ("q8_0",)),
         (("onnx", None, None), ("int8",)),
-        (("gguf", None, "mobile_cpu"), ("f16", "q8_0", "q4_1", "q4_0")),
-        (("gguf", "all", None), ("f16", "q8_0", "q4_1", "q4_0", "lora")),
+        (("gguf", None, "mobile_cpu"), ("f16", "q8_0", "q4_0")),
+        (("gguf", "all", None), ("f16", "q8_0", "q4_0", "lora")),
         (("gguf", "Q4_0, f16,q4_0", None), ("q4_0", "f16")),
         (("onnx", "fp32", "raspberry_pi"), ("fp32",)),
     ],
@@ -99,7 +102,7 @@ def test_a_plan_reads_the_variants_asked_for(
     ("words", "field", "message"),
     [
         (("tflite", None, None), "format", "gguf, onnx"),
-        (("gguf", "int8", None), "quant", "f16, q8_0, q4_1, q4_0, lora"),
+        (("gguf", "int8", None), "quant", "f16, q8_0, q4_0, lora"),
         (("onnx", ",", None), "quant", "fp32, int8"),
         (("gguf", "lora", "mobile_cpu"), None, "merged variant"),
         (("gguf", None, "toaster"), None, "no device profile 'toaster'"),

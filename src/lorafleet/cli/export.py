@@ -46,7 +46,7 @@ def export(
         typer.Option(
             "--quant",
             "-q",
-            help="Variants to write, comma-separated, or all. gguf: f16, q8_0, q4_1, q4_0 (the merged model) "
+            help="Variants to write, comma-separated, or all. gguf: f16, q8_0, q4_0 (the merged model) "
             "and lora (the adapter alone, for llama.cpp --lora); onnx: fp32, int8. Default: q8_0 / int8, "
             "or with --target every merged variant, of which the one that fits is kept.",
         ),

@@ -22,6 +22,15 @@ NOISY_LOGGERS: tuple[tuple[str, str], ...] = (
         "kernels",
         "the Hub-kernel loader behind that fetch warns that offline mode skips its publisher check",
     ),
+    (
+        "torch.onnx._internal.exporter._registration",
+        "`lorafleet export --format onnx`: torch's exporter warns, once per operator, that torchvision's "
+        "operators (nms, roi_align, …) are skipped because torchvision is not installed; no LLM uses them",
+    ),
+    (
+        "onnxruntime.quantization",
+        "the int8 quantizer logs two INFO lines per matrix it quantizes (hundreds per export)",
+    ),
 )
 
 

@@ -37,7 +37,6 @@ BOUNDS = {
     "f16": Bound(max_abs_logit_diff=1e-2),
     "lora": Bound(max_abs_logit_diff=1e-2),  # llama.cpp applies it to the f16 base
     "q8_0": Bound(min_top1_agreement=0.99),
-    "q4_1": Bound(min_top1_agreement=0.95),
     "q4_0": Bound(min_top1_agreement=0.95),
     "fp32": Bound(max_abs_logit_diff=1e-3),
     "int8": Bound(min_top1_agreement=0.95),

@@ -53,7 +53,7 @@ class VariantReport:
     tokens_per_s: float = 0.0
 
     def measured(self) -> Measured:
-        return Measured(self.name, self.size_bytes / 1e6, 1000 / self.tokens_per_s)
+        return Measured(self.name, self.size_bytes / 1e6, 1000 / self.tokens_per_s, self.top1_agreement)
 
 
 @dataclass

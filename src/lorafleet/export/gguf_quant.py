@@ -6,17 +6,18 @@ and 32 small integers q, read back as x̂ = d·q:
     Q8_0   d = max|x| / 127,   q = round(x / d) ∈ [−127, 127]          34 bytes / 32 values (8.5 bits)
     Q4_0   d = x_m / −8 (x_m the value of largest |x|),
            q = min(15, ⌊x / d + 8.5⌋) − 8 ∈ [−8, 7]                    18 bytes / 32 values (4.5 bits)
-    Q4_1   x̂ = d·q + m with m = min x, d = (max x − m) / 15,
-           q = round((x − m) / d) ∈ [0, 15]                           20 bytes / 32 values (5 bits)
 
 so a row must hold a multiple of 32 values. `f32` stores every tensor exactly, as a reference: it
 shows what the layout alone does, without rounding. As llama.cpp's tools do, 1-D tensors (norms,
 biases) stay F32, a matrix whose rows are not a multiple of the block falls back to F16, and at the
-4-bit types the output head (or the embedding that serves as it when tied) is kept at Q8_0:
+4-bit type the output head (or the embedding that serves as it when tied) is kept at Q8_0:
 llama-quantize keeps it at Q6_K because its errors reach every logit directly, and the `gguf` package
-has no Q6_K encoder. Q4_1 costs half a bit more than Q4_0 and fits a block's range exactly (its
-minimum is stored), which is why it agrees better; a base distributed as Q4_1 (the bundled SmolLM2)
-round-trips onto its own grid.
+has no Q6_K encoder.
+
+Q4_1 is left out on purpose. The bundled SmolLM2 is distributed as Q4_1, so its weights lie on Q4_1's
+grid; an adapter's small update re-quantized onto that same grid rounds back to the base's values, and
+the adapter all but vanishes (measured on the demo adapter: top-1 agreement 89%, held-out field
+accuracy 0.33 against PyTorch's 0.91, where Q4_0 keeps 0.87).
 """
 
 from __future__ import annotations
@@ -29,24 +30,22 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from lorafleet.errors import ExportError
 
-GgufQuant = Literal["f32", "f16", "q8_0", "q4_1", "q4_0"]
+GgufQuant = Literal["f32", "f16", "q8_0", "q4_0"]
 QUANTS: tuple[str, ...] = get_args(GgufQuant)
 
 FILE_TYPES = {
     "f32": LlamaFileType.ALL_F32,
     "f16": LlamaFileType.MOSTLY_F16,
     "q8_0": LlamaFileType.MOSTLY_Q8_0,
-    "q4_1": LlamaFileType.MOSTLY_Q4_1,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
 }
 _MATRIX_TYPES = {
     "f32": GGMLQuantizationType.F32,
     "f16": GGMLQuantizationType.F16,
     "q8_0": GGMLQuantizationType.Q8_0,
-    "q4_1": GGMLQuantizationType.Q4_1,
     "q4_0": GGMLQuantizationType.Q4_0,
 }
-_OUTPUT_HEAD_TYPES = {**_MATRIX_TYPES, "q4_1": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q8_0}
+_OUTPUT_HEAD_TYPES = {**_MATRIX_TYPES, "q4_0": GGMLQuantizationType.Q8_0}
 
 
 def check_quant(quant: str) -> GgufQuant:

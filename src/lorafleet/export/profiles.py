@@ -6,8 +6,9 @@ caller names) adds profiles or replaces shipped ones by name. An export fits a p
     size_mb ≤ profile.size_mb   and   ms_per_token ≤ profile.ms_per_token
 
 where ms_per_token is measured on this machine (the device may be slower: the verdict says so), and
-`choose` picks, among the exports that fit the size budget, the most faithful one (the least
-quantized, which is the largest), so a device gets the best model it can hold.
+`choose` picks, among the exports that fit both, the most faithful one: the highest top-1 agreement
+with the PyTorch model where it was measured, then the largest (the least quantized), so a device gets
+the best model it can hold.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Measured:
     name: str  # e.g. gguf-q8_0
     size_mb: float
     ms_per_token: float
+    top1_agreement: float | None = None  # with the PyTorch model, where the export was checked
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ def verdict(name: str, budget: DeviceProfile, measured: Measured) -> Verdict:
 
 
 def choose(name: str, budget: DeviceProfile, candidates: Sequence[Measured]) -> Measured:
-    """The largest (least quantized) candidate that fits both budgets; `ExportError` naming the gap if none.
+    """The most faithful candidate that fits both budgets (the module says how); `ExportError` naming the
+    gap if none.
 
     Candidates are judged on size first: the error says what the smallest would need (a bigger size
     budget, or a model that many times smaller) or, when sizes fit, how much faster it would have to run.
@@ -101,7 +104,7 @@ def choose(name: str, budget: DeviceProfile, candidates: Sequence[Measured]) -> 
         raise ExportError("no export to check against the target")
     fitting = [c for c in candidates if verdict(name, budget, c).fits]
     if fitting:
-        return max(fitting, key=lambda c: c.size_mb)
+        return max(fitting, key=lambda c: (c.top1_agreement or 0.0, c.size_mb))
     smallest = min(candidates, key=lambda c: c.size_mb)
     if smallest.size_mb > budget.size_mb:
         raise ExportError(
