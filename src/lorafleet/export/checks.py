@@ -6,8 +6,13 @@ answers to them (teacher forcing: both models see the same prefix at every posit
     max |Δlogit|      max over positions t and vocabulary v of |z_export[t, v] − z_torch[t, v]|
     top-1 agreement   share of answer positions where the export's arg-max next token is PyTorch's
 
-`BOUNDS` says which figure each variant must meet: lossless formats a logit bound, quantized ones an
-agreement share (their logits move by design; what matters is whether they pick the same tokens).
+`BOUNDS` says which figure each variant must meet: quantized variants an agreement share (their logits
+move by design; what matters is whether they pick the same tokens), the others a logit bound as well.
+ONNX fp32 computes what PyTorch does (1e-3). An f16 GGUF is compared with PyTorch holding the same
+f16-rounded weights, and llama.cpp still differs by more than rounding the weights explains: on
+SmolLM2-135M with the demo adapter, max |Δlogit| 0.08 with an f32 KV cache (llama.cpp's f16 matrix
+products round the activations to f16 as well), where a tensor in the wrong place or order moves the
+logits by 1 or more. So f16 and lora are held to 0.25 and 99% top-1.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ class Bound:
 
 
 BOUNDS = {
-    "f16": Bound(max_abs_logit_diff=1e-2),
-    "lora": Bound(max_abs_logit_diff=1e-2),  # llama.cpp applies it to the f16 base
+    "f16": Bound(max_abs_logit_diff=0.25, min_top1_agreement=0.99),
+    "lora": Bound(max_abs_logit_diff=0.25, min_top1_agreement=0.99),  # llama.cpp applies it to the f16 base
     "q8_0": Bound(min_top1_agreement=0.99),
     "q4_0": Bound(min_top1_agreement=0.95),
     "fp32": Bound(max_abs_logit_diff=1e-3),
