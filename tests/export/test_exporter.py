@@ -96,3 +96,24 @@ def test_the_cli_exports_onnx_and_prints_the_figures(
     assert_friendly_error(again, "already exists")
     bad = invoke("export", "rand", "--format", "gguf", "--target", "toaster", "--model", str(tiny_dir))
     assert_friendly_error(bad, "no device profile 'toaster'")
+
+
+def test_the_cli_exports_a_registry_version_by_number_and_by_alias(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    from lorafleet.registry import Registry
+
+    registry = Registry()
+    tenant = registry.tenants.create("acme").id
+    registry.adapters.register(tenant, "tickets", random_adapter, base_model=str(tiny_dir))
+    registry.adapters.promote(tenant, "tickets", "production", 1, actor="test")
+    registry.close()
+    for spec in ("tickets@1", "tickets:production"):
+        out = tmp_path / spec.replace(":", "-")
+        result = invoke(
+            "export", spec, "--tenant", "acme", "--format", "gguf", "--quant", "f16", "-o", str(out)
+        )
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert json.loads((out / MANIFEST).read_text())["variants"][0]["max_abs_logit_diff"] <= 1e-2
+    unknown = invoke("export", "tickets:staging", "--tenant", "acme", "--format", "gguf")
+    assert_friendly_error(unknown, "no alias 'staging'", "production")
