@@ -11,21 +11,23 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from lorafleet.errors import ExportError
-from lorafleet.export.gguf_tokenizer import add_bpe_tokenizer, source_gguf_of
+from lorafleet.export.gguf_tokenizer import add_bpe_tokenizer
 from lorafleet.models.bundled import MARKER_FILE
+from lorafleet.models.loading import source_gguf
 from lorafleet.models.tiny import tiny_tokenizer
 
 
-def test_source_gguf_of_a_converted_model(tmp_path: Path) -> None:
+def test_the_source_gguf_of_a_converted_model(tmp_path: Path) -> None:
     source = tmp_path / "model.Q4_1.gguf"
     source.write_bytes(b"GGUF")
     converted = tmp_path / "converted"
     converted.mkdir()
-    assert source_gguf_of(converted) is None  # not converted by lorafleet
+    (converted / "config.json").write_text("{}")
+    assert source_gguf(str(converted)) is None  # not converted by lorafleet
     (converted / MARKER_FILE).write_text(json.dumps({"source": str(source)}))
-    assert source_gguf_of(converted) == source
+    assert source_gguf(str(converted)) == source
     source.unlink()
-    assert source_gguf_of(converted) is None  # the source is gone: build the tokenizer instead
+    assert source_gguf(str(converted)) is None  # the source is gone: build the tokenizer instead
 
 
 def _bpe(pre_tokenizer: object, merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:

@@ -48,7 +48,7 @@ def write_gguf_model(
     """Write `model` (merged, no LoRA layers) and its tokenizer as one GGUF file at `path`; return it.
 
     `quant`: f16, q8_0 or q4_0 (or f32: exact, a reference). `source_gguf`: the GGUF the base model
-    was converted from, whose tokenizer keys are copied (see `gguf_tokenizer.source_gguf_of`); without
+    was converted from, whose tokenizer keys are copied (`models.loading.source_gguf`); without
     it the tokenizer is built from `tokenizer`. `name`: general.name (default: the model's
     name_or_path). The file is written beside `path` and renamed onto it at the end, so a failure
     leaves no partial file at `path`.

@@ -25,7 +25,6 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys, TokenType
 from transformers import PreTrainedTokenizerBase
 
 from lorafleet.errors import ExportError
-from lorafleet.models.bundled import MARKER_FILE
 
 # Pre-tokenizers llama.cpp knows, as tokenizer.json describes them → tokenizer.ggml.pre.
 _BYTE_LEVEL_REGEX = {"type": "ByteLevel", "use_regex": True}
@@ -38,15 +37,6 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-
-
-def source_gguf_of(model_dir: Path) -> Path | None:
-    """The GGUF file a model directory was converted from (its `lorafleet-model.json`), if it still exists."""
-    marker = model_dir / MARKER_FILE
-    if not marker.is_file():
-        return None
-    source = json.loads(marker.read_text()).get("source")
-    return Path(source) if source and Path(source).is_file() else None
 
 
 def add_tokenizer(

@@ -61,8 +61,8 @@ def source_gguf(spec: str | os.PathLike[str] = "default") -> Path | None:
     marker = Path(_resolve(str(spec))) / MARKER_FILE
     if not marker.is_file():
         return None
-    source = Path(json.loads(marker.read_text())["source"])
-    return source if source.is_file() else None
+    source = json.loads(marker.read_text()).get("source")
+    return Path(source) if source and Path(source).is_file() else None
 
 
 def load_tokenizer(spec: str | os.PathLike[str] = "default") -> PreTrainedTokenizerBase:
