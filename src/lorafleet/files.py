@@ -1,7 +1,7 @@
-"""Writing a directory all at once: build it in a temporary sibling, fsync it, rename it into place.
+"""Writing a directory or a file all at once: build it in a temporary sibling, fsync it, rename it into place.
 
-Readers see either the old directory or the complete new one, never half of one; a crash or error
-midway leaves the old directory (if any) untouched and removes the temporary one.
+Readers see either the old directory (file) or the complete new one, never half of one; a crash or error
+midway leaves the old one (if any) untouched and removes the temporary one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lorafleet.errors import AlreadyExistsError
+from lorafleet.errors import AlreadyExistsError, LorafleetError
 
 
 @contextmanager
@@ -45,6 +45,24 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a path to write instead of `target`, in a temporary directory beside it; on success the
+    written file is fsynced and renamed onto `target`, and in every case the temporary directory goes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        written = staging / target.name
+        yield written
+        if not written.is_file():
+            raise LorafleetError(f"nothing was written for {target}")
+        with open(written, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -5,15 +5,13 @@ offset) and then the tensors' data, each aligned to 32 bytes. The tensor infos c
 tensor's type and shape is planned (`GgufTensor`) before any is encoded; the data is then encoded and
 written one tensor at a time, so no more than one encoded tensor is held in memory.
 
-Everything is written to a hidden temporary file beside `path`, fsynced and renamed onto `path` at the
-end: an error or interruption midway leaves whatever was at `path` before (or nothing) and removes the
-temporary file.
+Everything is written to a temporary file beside `path` (`files.atomic_file`), fsynced and renamed onto
+`path` at the end: an error or interruption midway leaves whatever was at `path` before (or nothing)
+and removes the temporary file.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from lorafleet.export.gguf_quant import encode, stored_dtype, stored_shape
+from lorafleet.files import atomic_file
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,7 @@ def write_gguf_file(
 
     `metadata(writer)` adds the key/values (general.*, hyper-parameters, tokenizer) to the writer.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name, not a mkstemp file: the writer creates it, so it gets the usual (umask) permissions.
-    staging = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    try:
+    with atomic_file(path) as staging:
         writer = _Writer(staging, arch)
         try:
             metadata(writer)
@@ -60,13 +56,8 @@ def write_gguf_file(
             writer.write_ti_data_to_file()
             for tensor in tensors:
                 writer.write_tensor_data(_encoded(tensor))
-            _fsync(writer)
         finally:
             writer.close()
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -88,9 +79,3 @@ def _encoded(tensor: GgufTensor) -> np.ndarray:
     if tuple(values.shape) != tensor.shape:
         raise ValueError(f"{tensor.name}: planned shape {tensor.shape}, computed {tuple(values.shape)}")
     return encode(values, tensor.qtype)
-
-
-def _fsync(writer: GGUFWriter) -> None:
-    for handle in writer.fout or []:
-        handle.flush()
-        os.fsync(handle.fileno())

@@ -39,7 +39,8 @@ import numpy as np
 
 from lorafleet.errors import ExportError
 from lorafleet.export.onnx_deps import require
-from lorafleet.export.onnx_model import PAST_PREFIX, staged_file
+from lorafleet.export.onnx_model import PAST_PREFIX
+from lorafleet.files import atomic_file
 
 Method = Literal["blockwise", "dynamic", "static"]
 BLOCK = 32  # weights (and activations) per scale, blockwise
@@ -68,7 +69,7 @@ def quantize_int8(
     if method != "static" and calibration:
         raise ExportError(f"calibration rows are for method='static'; {method!r} quantization takes none")
     onnx = require("onnx")
-    with staged_file(target) as staging:
+    with atomic_file(target) as staging:
         folded = staging.with_name("folded.onnx")
         model = onnx.load(str(source))
         _fold_weight_transposes(model)

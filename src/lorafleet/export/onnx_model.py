@@ -17,11 +17,7 @@ and returns the updated cache as 2·L flat tensors again.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +26,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from lorafleet.errors import ExportError
 from lorafleet.export.onnx_deps import require
+from lorafleet.files import atomic_file
 
 SUPPORTED_TYPES = ("llama", "qwen2")  # Llama-family decoders: RoPE, grouped-query attention, no extras
 PAST_PREFIX = "past_key_values."  # past_key_values.{layer}.key | .value
@@ -50,7 +47,7 @@ def write_onnx(model: PreTrainedModel, path: str | os.PathLike[str]) -> Path:
     require("onnxscript")  # torch's exporter translates to ONNX with onnxscript
     target = Path(path)
     layers = model.config.num_hidden_layers
-    with staged_file(target) as staging, torch.no_grad(), warnings.catch_warnings():
+    with atomic_file(target) as staging, torch.no_grad(), warnings.catch_warnings():
         # Axes that share a torch.export Dim are reported one warning each; the names are kept all the same.
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         try:
@@ -77,24 +74,6 @@ def write_onnx(model: PreTrainedModel, path: str | os.PathLike[str]) -> Path:
 def kv_names(prefix: str, layers: int) -> list[str]:
     """The 2·L cache tensors' names: `{prefix}0.key`, `{prefix}0.value`, `{prefix}1.key`, …"""
     return [f"{prefix}{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
-
-
-@contextmanager
-def staged_file(target: Path) -> Iterator[Path]:
-    """Yield a path to write instead of `target`, in a temporary directory beside it; on success the
-    written file is renamed onto `target`, and in every case the temporary directory is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        written = staging / target.name
-        yield written
-        if not written.is_file():
-            raise ExportError(f"nothing was written for {target}")
-        with open(written, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class _CachedCausalLM(nn.Module):
