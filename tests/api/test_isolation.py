@@ -1,7 +1,7 @@
 """Tenant isolation through a real server: another tenant's ids and names are "not found" on every route.
 
 Tenant A owns a file, a queued job, and an adapter with two versions, a `production` alias, a canary,
-an experiment and an adaptation policy. Tenant B
+an experiment, an adaptation policy and a stored export of version 1. Tenant B
 calls every tenant route with A's ids and names and gets 404 (never 200, 403, 409 or 500, and never A's
 data); B's lists hold none of A's items; A's resources are unchanged afterwards. `FOREIGN_CALLS` has one
 line per route call and `LISTS` one per list route: a test checks that together they cover every /v1 route
@@ -12,6 +12,7 @@ tenant route are 403s, and the admin naming a tenant in that header acts for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ FOREIGN_CALLS: list[Call] = [
     ("DELETE", "/v1/adapters/{name}/policies/{alias}", None),
     ("GET", "/v1/adapters/{name}/policies", None),
     ("GET", "/v1/adapters/{name}/rollouts", None),
+    ("POST", "/v1/adapters/{name}/versions/{version}/exports", {"format": "gguf"}),
+    ("GET", "/v1/adapters/{name}/versions/{version}/exports", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}/exports/{export_id}", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}/exports/{export_id}/download", None),
     ("PUT", "/v1/experiments/{experiment}", EXPERIMENT),
     ("DELETE", "/v1/experiments/{experiment}", None),
     ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "parent": "{name}@1"}),
@@ -221,6 +226,14 @@ def owned_resources(
     body = {"completion_id": completion.json()["id"], "correction": "acme-correction"}
     feedback = client.post("/v1/feedback", json=body)
     assert feedback.status_code == 201, feedback.text
+    folder = tmp_path / "acme-export"  # an export a worker stored for version 1 (its files and report)
+    folder.mkdir()
+    (folder / "support-q8_0.gguf").write_bytes(b"GGUF acme-export")
+    (folder / "export.json").write_text(json.dumps({"adapter": "support", "note": "acme-export"}))
+    export = platform.registry.exports.create(
+        tenant.id, versions[0], format="gguf", quant="q8_0", target=None
+    )
+    platform.registry.exports.succeed(export.id, folder)
     values = {
         "tenant_id": tenant.id,
         "file_id": file["id"],
@@ -235,6 +248,7 @@ def owned_resources(
         "completion_id": completion.json()["id"],
         "feedback_id": feedback.json()["id"],
         "experiment": "acme-trial",
+        "export_id": export.id,
     }
     secrets = [
         "acme-correction",
@@ -242,6 +256,8 @@ def owned_resources(
         file["sha256"],
         "acme-secret",
         "acme-held-out",
+        "acme-export",
+        export.id,
         suite.json()["id"],
         *(v.id for v in versions),
         *(v.sha256 for v in versions),
@@ -265,6 +281,7 @@ def snapshot(client: httpx.Client, a: dict[str, str]) -> dict[str, Any]:
         "experiments": client.get("/v1/experiments").json()["data"],
         "events": client.get(f"/v1/adapters/{a['name']}/events").json()["data"],
         "policies": client.get(f"/v1/adapters/{a['name']}/policies").json()["data"],
+        "exports": client.get(f"/v1/adapters/{a['name']}/versions/1/exports").json()["data"],
     }
 
 
@@ -306,6 +323,7 @@ def test_another_tenants_resources_are_not_found(
     assert [v for v, _ in before["versions"]] == [1, 2]
     assert before["canary"]["target"] == "support@1" and before["experiments"][0]["name"] == "acme-trial"
     assert [p["alias"] for p in before["policies"]] == ["production"]
+    assert [(e["status"], e["report"]["note"]) for e in before["exports"]] == [("succeeded", "acme-export")]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # key checks are not database logic
@@ -350,6 +368,7 @@ def test_keys_and_the_admin_scope(make_platform: Callable[..., Platform], tmp_pa
             "completion_id",
             "feedback_id",
             "experiment",
+            "export_id",
         ),
         "x",
     )
