@@ -67,6 +67,7 @@ def test_an_export_is_queued_run_by_a_worker_stored_and_downloaded(
     assert other.client.post(route, json={"format": "gguf"}).status_code == 404
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # validation: no database logic
 def test_a_bad_plan_is_a_400_naming_the_field_and_queues_nothing(
     make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -88,6 +89,7 @@ def test_a_bad_plan_is_a_400_naming_the_field_and_queues_nothing(
     assert acme.client.get(route).json()["data"] == []
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the claim is tested on both above
 def test_an_export_that_fails_says_why_and_stores_nothing(
     make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
 ) -> None:
