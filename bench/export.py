@@ -52,7 +52,7 @@ from rich.table import Table
 from lorafleet.export.checks import Reference, agreement, reference_answers
 from lorafleet.export.exporter import ExportReport, export_adapter, f16_weights, relogit
 from lorafleet.export.plan import ExportPlan
-from lorafleet.export.profiles import Measured, choose, load_profiles, verdict
+from lorafleet.export.profiles import Measured, choose, load_profiles, verdict, verdict_word
 from lorafleet.export.runtime import EdgeRuntime, tokens_per_second
 from lorafleet.home import lorafleet_home
 from lorafleet.training.metrics import json_field_scores
@@ -316,9 +316,7 @@ def report(results: dict[str, Any]) -> None:
     console.print(table)
     fits: dict[str, list[str]] = {}
     for v in results["verdicts"]:
-        fits.setdefault(v["profile"], []).append(
-            f"{v['export']} {'fits' if v['fits'] else 'too big' if not v['fits_size'] else 'too slow'}"
-        )
+        fits.setdefault(v["profile"], []).append(f"{v['export']} {verdict_word(v)}")
     for profile, marks in fits.items():
         console.print(f"{profile}: {', '.join(marks)}")
     console.print(

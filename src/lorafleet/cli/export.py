@@ -140,11 +140,12 @@ def export(
 
 def verdict_lines(report: ExportReport) -> list[str]:
     """One line per profile: how each variant fares against its budgets, and the one kept for the target."""
+    from lorafleet.export.profiles import verdict_word
+
     lines = []
     by_profile: dict[str, list[str]] = {}
     for v in report.verdicts:
-        mark = "fits" if v["fits"] else "too big" if not v["fits_size"] else "too slow"
-        by_profile.setdefault(str(v["profile"]), []).append(f"{v['export']} {mark}")
+        by_profile.setdefault(str(v["profile"]), []).append(f"{v['export']} {verdict_word(v)}")
     for profile, marks in by_profile.items():
         lines.append(f"{profile}: " + ", ".join(marks))
     if report.chosen:

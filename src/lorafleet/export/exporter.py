@@ -146,6 +146,14 @@ class Written:
     source_gguf: Path | None  # the GGUF the base came from: its tokenizer metadata is copied
     scratch: Path
     base_f16: Path | None = None  # the base alone as f16 GGUF, for the lora variant
+    fp32_onnx: Path | None = None  # the merged model's fp32 ONNX once written: int8 quantizes it
+
+    def onnx(self, model: PreTrainedModel, path: Path) -> Path:
+        """Export `model` to ONNX at `path` once; int8 then reuses it instead of exporting again."""
+        from lorafleet.export.onnx_model import write_onnx
+
+        self.fp32_onnx = write_onnx(model, path)
+        return self.fp32_onnx
 
     def gguf(self, model: PreTrainedModel, path: Path, quant: str) -> Path:
         from lorafleet.export.gguf_model import write_gguf_model
@@ -178,15 +186,11 @@ def _write(format: str, variant: str, merged: PreTrainedModel, path: Path, writt
     elif format == "gguf":
         written.gguf(merged, path, variant)
     elif variant == "fp32":
-        from lorafleet.export.onnx_model import write_onnx
-
-        write_onnx(merged, path)
+        written.fp32_onnx = written.onnx(merged, path)
     else:
         from lorafleet.export.onnx_int8 import quantize_int8
-        from lorafleet.export.onnx_model import write_onnx
 
-        full = written.scratch / "fp32.onnx"
-        write_onnx(merged, full)
+        full = written.fp32_onnx or written.onnx(merged, written.scratch / "fp32.onnx")
         quantize_int8(full, path)  # blockwise: static and dynamic int8 lose the answers (onnx_int8 says why)
 
 

@@ -65,6 +65,11 @@ class Verdict:
         return {**asdict(self), "fits": self.fits}
 
 
+def verdict_word(verdict: dict[str, object]) -> str:
+    """`fits`, `too big` or `too slow` for a verdict as `Verdict.as_dict` (and `export.json`) hold it."""
+    return "fits" if verdict["fits"] else "too big" if not verdict["fits_size"] else "too slow"
+
+
 def load_profiles(extra: Path | None = None) -> dict[str, DeviceProfile]:
     """The shipped profiles, then `$LORAFLEET_HOME/profiles.yaml`, then `extra`; later names win."""
     shipped = resources.files("lorafleet.export").joinpath("profiles.yaml").read_text()
