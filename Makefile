@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/continual.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/ui_pages.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from click.testing import Result
+from fastapi.routing import APIRoute
 from typer.testing import CliRunner
 
 from lorafleet.adapters import LoraSettings, attach, save_adapter
@@ -53,3 +54,19 @@ def save_random_adapter(base: torch.nn.Module, path: Path, seed: int = 0, **sett
     options.update(settings)
     peft_model = attach(copy.deepcopy(base), LoraSettings(**options))  # type: ignore[arg-type]
     return save_adapter(peft_model, path)
+
+
+def declared_routes(app: Any, prefix: str) -> set[tuple[str, str]]:
+    """(method, path) of every API route of `app` under `prefix`, the included routers' too."""
+    try:  # FastAPI ≥ 0.160 keeps included routers as nodes of `app.routes`; this walks them
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: `app.routes` is flat
+        routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    else:
+        routes = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
+    return {
+        (method, route.path.replace(":path}", "}"))  # /v1/models/{model:path} is the call /v1/models/{model}
+        for route in routes
+        if route.path.startswith(prefix)
+        for method in route.methods or ()
+    }

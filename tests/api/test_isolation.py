@@ -19,10 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.routing import APIRoute
 
 from lorafleet.api.auth import TENANT_HEADER
-from tests.helpers import save_random_adapter, write_jsonl
+from tests.helpers import declared_routes, save_random_adapter, write_jsonl
 from tests.support.platform import ADMIN_KEY, QA_ROWS, QUICK_RECIPE, Platform, Tenant, upload
 
 pytestmark = pytest.mark.integration
@@ -136,22 +135,6 @@ def is_error(answer: httpx.Response) -> bool:
         return False
     body = answer.json()
     return isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" in body["error"]
-
-
-def declared_routes(app: Any, prefix: str) -> set[tuple[str, str]]:
-    """(method, path) of every API route of `app` under `prefix`, the included routers' too."""
-    try:  # FastAPI ≥ 0.160 keeps included routers as nodes of `app.routes`; this walks them
-        from fastapi.routing import iter_route_contexts
-    except ImportError:  # older FastAPI: `app.routes` is flat
-        routes = [route for route in app.routes if isinstance(route, APIRoute)]
-    else:
-        routes = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
-    return {
-        (method, route.path.replace(":path}", "}"))  # /v1/models/{model:path} is the call /v1/models/{model}
-        for route in routes
-        if route.path.startswith(prefix)
-        for method in route.methods or ()
-    }
 
 
 def test_every_tenant_route_has_an_isolation_case(tmp_path: Path, tiny_dir: Path) -> None:

@@ -26,6 +26,12 @@ class ServerSettings(BaseSettings):
         min_length=16,
         description="Bearer key for the admin routes (tenants, keys, quotas); unset: admin routes refuse.",
     )
+    ui_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Signs the dashboard's session cookies; unset: a random one per process (sessions end "
+        "when the server restarts; replicas behind one address need the same value).",
+    )
     base_model: str = Field("default", min_length=1, description="The base model served and fine-tuned.")
     serve_models: bool = Field(True, description="Load the base model and answer completions.")
     device: str | None = Field(None, description="cpu or cuda; default: the best present.")

@@ -118,6 +118,7 @@ def serve(
     address = f"http://{host}:{port}"
     typer.echo(f"lorafleet serving {settings.base_model if settings.serve_models else 'the API (no models)'}")
     typer.echo(f"  API:       {address}/v1  (docs: {address}/docs)")
+    typer.echo(f"  dashboard: {address}/ui")
     typer.echo(f"  workers:   {settings.workers} ({settings.worker.executor})")
     if settings.admin_key is None:
         typer.echo("  admin key: none; tenant routes refuse (set --admin-key or LORAFLEET_ADMIN_KEY)")

@@ -347,7 +347,8 @@ class _EventTail:
                 self.metrics = {
                     k: v for k, v in event.get("metrics", {}).items() if isinstance(v, int | float)
                 }
-                self._pending.append(("metrics", f"step {self.step}/{self.total_steps}", self.metrics))
+                data = {"step": self.step, **self.metrics}  # a point of the dashboard's loss curve
+                self._pending.append(("metrics", f"step {self.step}/{self.total_steps}", data))
             elif kind == "log":
                 logger.info("job %s: %s", self.job_id, message)
                 self._pending.append(("message", self.text(message), None))

@@ -101,14 +101,15 @@ class Adaptation:
             add_event(session, adapter, "policy_cleared", actor=actor, detail={"alias": alias})
         return row
 
-    def watched(self) -> list[WatchedAlias]:
-        """Every tenant's policies, for the controller (and `/metrics`)."""
+    def watched(self, tenant_id: str | None = None) -> list[WatchedAlias]:
+        """Every tenant's policies, for the controller (and `/metrics`); or one tenant's (its dashboard)."""
+        query = select(AdaptationPolicyRow, Adapter.name).join(
+            Adapter, Adapter.id == AdaptationPolicyRow.adapter_id
+        )
+        if tenant_id is not None:
+            query = query.where(AdaptationPolicyRow.tenant_id == tenant_id)
         with self.db.session() as session:
-            rows = session.execute(
-                select(AdaptationPolicyRow, Adapter.name)
-                .join(Adapter, Adapter.id == AdaptationPolicyRow.adapter_id)
-                .order_by(AdaptationPolicyRow.id)
-            ).tuples()
+            rows = session.execute(query.order_by(AdaptationPolicyRow.id)).tuples()
             return [
                 WatchedAlias(
                     policy_id=row.id,

@@ -22,7 +22,7 @@ it restores a version that was promoted before (and passed, or was forced past, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from lorafleet.home import validate_name
 from lorafleet.registry.adapter_events import add_event, events_of
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.lineage import chain, gate_report, label
+from lorafleet.registry.lineage import chain, gate_report, label, labels
 from lorafleet.registry.splits import drop_splits_naming, splits_targeting
 from lorafleet.registry.tables import (
     AdaptationPolicyRow,
@@ -123,26 +123,43 @@ class Adapters:
             raise
         return version
 
-    def all(self, tenant_id: str) -> list[Adapter]:
+    def all(self, tenant_id: str, *, after: str | None = None, limit: int | None = None) -> list[Adapter]:
+        """The tenant's adapters by name, a page at a time: those named after `after`, at most `limit`."""
+        query = select(Adapter).where(Adapter.tenant_id == tenant_id)
+        if after is not None:
+            query = query.where(Adapter.name > after)
         with self.db.session() as session:
-            return list(
-                session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id).order_by(Adapter.name))
-            )
+            return list(session.scalars(query.order_by(Adapter.name).limit(limit)))
+
+    def aliases_of(self, tenant_id: str, adapter_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Adapter id → its aliases (alias name → version number), for a page of adapters in one query."""
+        found: dict[str, dict[str, int]] = {adapter_id: {} for adapter_id in adapter_ids}
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Alias.adapter_id, Alias.name, AdapterVersion.number)
+                .join(AdapterVersion, Alias.version_id == AdapterVersion.id)
+                .where(Alias.tenant_id == tenant_id, Alias.adapter_id.in_(list(adapter_ids)))
+                .order_by(Alias.name)
+            ).all()
+        for adapter_id, alias, number in rows:
+            found[adapter_id][alias] = number
+        return found
 
     def get(self, tenant_id: str, name: str) -> Adapter:
         with self.db.session() as session:
             return self._adapter(session, tenant_id, name)
 
-    def versions(self, tenant_id: str, name: str) -> list[AdapterVersion]:
+    def versions(
+        self, tenant_id: str, name: str, *, after: int | None = None, limit: int | None = None
+    ) -> list[AdapterVersion]:
+        """The adapter's versions, oldest first, a page at a time: those numbered after `after`, at most
+        `limit`."""
         with self.db.session() as session:
             adapter = self._adapter(session, tenant_id, name)
-            return list(
-                session.scalars(
-                    select(AdapterVersion)
-                    .where(AdapterVersion.adapter_id == adapter.id)
-                    .order_by(AdapterVersion.number)
-                )
-            )
+            query = select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
+            if after is not None:
+                query = query.where(AdapterVersion.number > after)
+            return list(session.scalars(query.order_by(AdapterVersion.number).limit(limit)))
 
     def version(self, tenant_id: str, name: str, number: int | str) -> AdapterVersion:
         """Version `number` of `name` (`3` or `v3`); `UnknownAdapterError` naming the known ones."""
@@ -174,6 +191,12 @@ class Adapters:
             return chain(
                 session, owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
             )
+
+    def lineage_labels(self, tenant_id: str, version_id: str) -> list[str]:
+        """`name@number` of the version `version_id` and of each ancestor, oldest first."""
+        with self.db.session() as session:
+            version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
+            return labels(session, chain(session, version))
 
     def local_path(self, version: AdapterVersion) -> Path:
         return self.artifacts.local_path(version.artifact)

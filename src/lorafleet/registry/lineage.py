@@ -9,26 +9,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import literal, select
+from sqlalchemy.orm import Session, aliased
 
 from lorafleet.evaluation.forgetting import ScoredVersion
 from lorafleet.evaluation.gate import GatePolicy, check_gate
 from lorafleet.registry.tables import Adapter, AdapterVersion, EvalSuite
 
+MAX_DEPTH = 100_000  # ancestors walked at most (a guard: parents always precede their children)
+
 
 def chain(session: Session, version: AdapterVersion) -> list[AdapterVersion]:
-    """`version` and its ancestors, oldest first."""
-    found = [version]
-    seen = {version.id}
-    parent_id = version.parent_version_id
-    while parent_id is not None and parent_id not in seen:
-        parent = session.get(AdapterVersion, parent_id)
-        if parent is None or parent.tenant_id != version.tenant_id:
+    """`version` and its ancestors, oldest first: one recursive query, however long the lineage."""
+    step = aliased(AdapterVersion)
+    ancestors = (
+        select(AdapterVersion.id, AdapterVersion.parent_version_id, literal(1).label("depth"))
+        .where(AdapterVersion.id == version.parent_version_id, AdapterVersion.tenant_id == version.tenant_id)
+        .cte("ancestors", recursive=True)
+    )
+    ancestors = ancestors.union_all(
+        select(step.id, step.parent_version_id, ancestors.c.depth + 1)
+        .join(ancestors, step.id == ancestors.c.parent_version_id)
+        .where(step.tenant_id == version.tenant_id, ancestors.c.depth < MAX_DEPTH)
+    )
+    rows = session.scalars(
+        select(AdapterVersion)
+        .join(ancestors, AdapterVersion.id == ancestors.c.id)
+        .order_by(ancestors.c.depth)
+    )
+    found, seen = [version], {version.id}
+    for parent in rows:  # nearest first; a (corrupt) loop in the parents ends the walk where it closes
+        if parent.id in seen:
             break
         found.append(parent)
         seen.add(parent.id)
-        parent_id = parent.parent_version_id
     return found[::-1]
 
 
@@ -37,9 +51,20 @@ def label(session: Session, version: AdapterVersion) -> str:
     return f"{session.get_one(Adapter, version.adapter_id).name}@{version.number}"
 
 
+def labels(session: Session, versions: list[AdapterVersion]) -> list[str]:
+    """`name@number` of each version, their adapters' names read in one query."""
+    ids = {v.adapter_id for v in versions}
+    names = dict(session.execute(select(Adapter.id, Adapter.name).where(Adapter.id.in_(ids))).tuples().all())
+    return [f"{names[v.adapter_id]}@{v.number}" for v in versions]
+
+
 def scored_chain(session: Session, version: AdapterVersion) -> list[ScoredVersion]:
     """The chain as `evaluation.forgetting` takes it: labels and metrics."""
-    return [ScoredVersion(label(session, v), v.metrics or {}) for v in chain(session, version)]
+    versions = chain(session, version)
+    return [
+        ScoredVersion(name, v.metrics or {})
+        for name, v in zip(labels(session, versions), versions, strict=True)
+    ]
 
 
 def suites_of(session: Session, adapter_ids: list[str]) -> list[EvalSuite]:

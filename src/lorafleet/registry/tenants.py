@@ -6,7 +6,7 @@ import hashlib
 import secrets
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 
 from lorafleet.errors import AuthenticationError, ConflictError, NotFoundError
@@ -137,11 +137,16 @@ class Tenants:
 
     def key_and_tenant(self, secret: str) -> tuple[ApiKey, Tenant]:
         """`authenticate`, with the key's tenant read in the same query (one per API request)."""
+        return self._live(ApiKey.key_hash == hash_key(secret))
+
+    def live_key(self, key_id: str) -> tuple[ApiKey, Tenant]:
+        """The key `key_id` and its tenant while the key is not revoked (a dashboard session's check)."""
+        return self._live(ApiKey.id == key_id)
+
+    def _live(self, which: ColumnElement[bool]) -> tuple[ApiKey, Tenant]:
         with self.db.session() as session:
             found = session.execute(
-                select(ApiKey, Tenant)
-                .join(Tenant, ApiKey.tenant_id == Tenant.id)
-                .where(ApiKey.key_hash == hash_key(secret))
+                select(ApiKey, Tenant).join(Tenant, ApiKey.tenant_id == Tenant.id).where(which)
             ).first()
         if found is None:
             raise AuthenticationError("unknown API key")

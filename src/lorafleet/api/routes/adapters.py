@@ -75,11 +75,15 @@ class AdapterPublic(BaseModel):
 class AdapterList(BaseModel):
     object: str = "list"
     data: list[AdapterPublic]
+    has_more: bool = Field(False, description="More adapters follow: ask again with `after` = the last name.")
 
 
 class VersionList(BaseModel):
     object: str = "list"
     data: list[VersionPublic]
+    has_more: bool = Field(
+        False, description="More versions follow: ask again with `after` = the last version number."
+    )
 
 
 class Promotion(BaseModel):
@@ -138,6 +142,12 @@ def _adapter(registry: Registry, tenant: str, adapter: Adapter, *, with_versions
         if with_versions
         else None
     )
+    return _adapter_public(adapter, aliases, versions)
+
+
+def _adapter_public(
+    adapter: Adapter, aliases: dict[str, int], versions: list[VersionPublic] | None = None
+) -> AdapterPublic:
     return AdapterPublic(
         id=adapter.id,
         name=adapter.name,
@@ -153,10 +163,19 @@ def _version(registry: Registry, tenant: str, name: str, version: AdapterVersion
 
 
 @router.get("", response_model=AdapterList)
-def list_adapters(tenant: TenantDep, registry: RegistryDep) -> AdapterList:
-    """The tenant's adapters with their aliases."""
-    adapters = registry.adapters.all(tenant)
-    return AdapterList(data=[_adapter(registry, tenant, a, with_versions=False) for a in adapters])
+def list_adapters(
+    tenant: TenantDep,
+    registry: RegistryDep,
+    after: str | None = Query(
+        None, max_length=64, description="Name of the last adapter of the previous page."
+    ),
+    limit: int = Query(10_000, ge=1, le=10_000),
+) -> AdapterList:
+    """The tenant's adapters with their aliases, by name, a page at a time."""
+    adapters = registry.adapters.all(tenant, after=after, limit=limit + 1)
+    page = adapters[:limit]
+    aliases = registry.adapters.aliases_of(tenant, [a.id for a in page])
+    return AdapterList(data=[_adapter_public(a, aliases[a.id]) for a in page], has_more=len(adapters) > limit)
 
 
 @router.get("/{name}", response_model=AdapterPublic)
@@ -174,11 +193,20 @@ def delete_adapter(name: str, tenant: TenantDep, caller: CallerDep, registry: Re
 
 
 @router.get("/{name}/versions", response_model=VersionList)
-def list_versions(name: str, tenant: TenantDep, registry: RegistryDep) -> VersionList:
-    """Every version of an adapter, oldest first."""
+def list_versions(
+    name: str,
+    tenant: TenantDep,
+    registry: RegistryDep,
+    after: int | None = Query(
+        None, ge=0, le=2**31 - 1, description="Number of the last version of the previous page."
+    ),
+    limit: int = Query(10_000, ge=1, le=10_000),
+) -> VersionList:
+    """The adapter's versions, oldest first, a page at a time."""
     aliases = registry.adapters.aliases(tenant, name)
+    versions = registry.adapters.versions(tenant, name, after=after, limit=limit + 1)
     return VersionList(
-        data=[VersionPublic.of(name, v, aliases) for v in registry.adapters.versions(tenant, name)]
+        data=[VersionPublic.of(name, v, aliases) for v in versions[:limit]], has_more=len(versions) > limit
     )
 
 

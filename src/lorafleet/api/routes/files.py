@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -19,6 +19,7 @@ from lorafleet.api.deps import RegistryDep, TenantDep
 from lorafleet.api.errors import UploadTooLargeError, error_responses
 from lorafleet.api.uploads import LimitedBodyRoute
 from lorafleet.errors import DataError, NotFoundError
+from lorafleet.registry import Registry
 from lorafleet.registry.tables import Dataset
 
 router = APIRouter(prefix="/v1/files", tags=["files"], route_class=LimitedBodyRoute)  # refused before read
@@ -83,19 +84,27 @@ def upload_file(
     ] = "fine-tune",
 ) -> FilePublic:
     """Upload training or eval rows; every row is checked and a bad one is named by line, storing nothing."""
+    return add_file(request, tenant, registry, file.filename, file.file, purpose)
+
+
+def add_file(
+    request: Request, tenant: str, registry: Registry, filename: str | None, stream: BinaryIO, purpose: str
+) -> FilePublic:
+    """Store the rows read from `stream` once every one passed the check (the upload route's and the
+    dashboard's upload form's one path); over the size limit, or a bad row, stores nothing."""
     from lorafleet.data import inspect_rows  # the data layer comes with torch
 
     limit: int = request.app.state.settings.max_upload_bytes
     if purpose not in PURPOSES:
         raise DataError(f"purpose {purpose!r}: choose 'fine-tune' or 'eval'", field="purpose")
-    name = Path(file.filename or "upload.jsonl").name
+    name = Path(filename or "upload.jsonl").name
     if Path(name).suffix.lower() not in SUFFIXES:
         raise DataError(f"{name}: unsupported file type; upload one of {', '.join(SUFFIXES)}")
     with tempfile.TemporaryDirectory(prefix="lorafleet-upload-") as folder:
         path = Path(folder) / name
         size = 0
         with path.open("wb") as out:
-            while chunk := file.file.read(_CHUNK):
+            while chunk := stream.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise UploadTooLargeError(f"{name} is over the upload limit of {limit:,} bytes")
