@@ -232,3 +232,23 @@ def test_pages_read_without_javascript_and_by_keyboard(server: str, browser: Any
     keyboard.keyboard.press("Enter")
     keyboard.keyboard.press("Tab")
     assert keyboard.evaluate("document.activeElement.closest('main') !== null")
+
+
+def test_next_page_appends_the_rows_in_place(server: str, browser: Any, tmp_path: Path) -> None:
+    key = _tenant(server, "paged")
+    rows = write_jsonl(tmp_path / "rows.jsonl", QA_ROWS[:2])
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {key}"}) as api:
+        for _ in range(52):
+            with rows.open("rb") as handle:
+                answer = api.post(
+                    "/v1/files", files={"file": ("rows.jsonl", handle)}, data={"purpose": "eval"}
+                )
+            assert answer.status_code == 201, answer.text
+    page = browser.new_context().new_page()
+    _sign_in(page, server, key)
+    page.goto(f"{server}/ui/files")
+    assert page.locator("#files tbody tr").count() == 50
+    page.get_by_role("link", name="Next page").click()
+    _wait_for(page, "document.querySelectorAll('#files tbody tr').length", above=50)
+    assert page.locator("#files tbody tr").count() == 52 and page.url == f"{server}/ui/files"
+    assert page.get_by_role("link", name="Next page").count() == 0
