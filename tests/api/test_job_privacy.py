@@ -45,6 +45,8 @@ def leaks(text: str, secrets: list[str]) -> list[str]:
     ]
 
 
+# what events say: no database logic (job claims run on both in tests/jobs)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_job_events_and_errors_show_tenants_no_server_internals(
     make_platform: Callable[..., Platform],
     qa_rows_file: Path,

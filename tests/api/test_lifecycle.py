@@ -35,6 +35,8 @@ def text_of(answer: dict[str, Any]) -> str:
     return content
 
 
+# the route-level path; each registry step runs on PostgreSQL in tests/registry and tests/jobs
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_adapter_life_from_upload_to_rollback(
     make_platform: Callable[..., Platform], qa_rows_file: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:

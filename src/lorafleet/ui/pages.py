@@ -43,13 +43,11 @@ def _when(timestamp: float | None) -> str:
 
 
 def _size(count: int | None) -> str:
+    """Bytes in decimal units: `9.6 kB`."""
     if count is None:
         return "—"
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
-        count = count / 1000  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+    power = min(len(str(max(count, 1))) - 1, 12) // 3  # 0: B, 1: kB, … 4: TB
+    return f"{count} B" if power == 0 else f"{count / 1000**power:,.1f} {'kMGT'[power - 1]}B"
 
 
 def _number(value: object) -> str:
@@ -94,30 +92,40 @@ class PageRoute(LimitedBodyRoute):
 
 
 def render(
-    request: Request, template: str, session: UiSession | None, *, status: int = 200, **context: Any
+    request: Request,
+    template: str,
+    session: UiSession | None,
+    *,
+    failure: ApiError | None = None,
+    **context: Any,
 ) -> HTMLResponse:
-    """The page `template` with the signed-in `session` (its tenant, its CSRF token for forms)."""
+    """The page `template` with the signed-in `session` (its tenant, its CSRF token for forms); with a
+    `failure` (a form that was refused), its message on the page and its status as the answer's."""
     tenant = None
     if session is not None and session.tenant_id is not None:
         tenant = registry_of(request).tenants.get(session.tenant_id)
+    if failure is not None:
+        context["error"] = failure.body.error.message
     return templates.TemplateResponse(
         request,
         template,
         {"session": session, "tenant": tenant, "page_size": PAGE_SIZE, **context},
-        status_code=status,
+        status_code=failure.status if failure is not None else 200,
     )
 
 
 def error_page(request: Request, error: ApiError) -> HTMLResponse:
     detail = error.body.error
-    return render(
+    return templates.TemplateResponse(
         request,
         "error.html",
-        getattr(request.state, "ui_session", None),
-        status=error.status,
-        message=detail.message,
-        param=detail.param,
-        code=error.status,
+        {
+            "session": getattr(request.state, "ui_session", None),
+            "message": detail.message,
+            "param": detail.param,
+            "code": error.status,
+        },
+        status_code=error.status,
     )
 
 

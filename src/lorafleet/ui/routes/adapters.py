@@ -27,10 +27,11 @@ from lorafleet.ui.pages import (
     registry_of,
     render,
 )
+from lorafleet.ui.session import UiSession
 
 router = APIRouter(prefix="/ui/adapters", route_class=PageRoute, include_in_schema=False)
-After = Annotated[str | None, Query(max_length=64)]
 MATRIX_ROWS = 20  # the newest versions of a lineage shown in the forgetting matrix
+After = Annotated[str | None, Query(max_length=64)]
 AfterNumber = Annotated[int | None, Query(ge=0, le=2**31 - 1)]
 
 
@@ -52,11 +53,11 @@ def adapter_page(
 def _adapter_page(
     request: Request,
     name: str,
-    session: PageSessionDep,
+    session: UiSession,
     tenant: str,
     *,
     after: int | None = None,
-    error: ApiError | None = None,
+    failure: ApiError | None = None,
 ) -> Response:
     registry = registry_of(request)
     adapter = registry.adapters.get(tenant, name)
@@ -69,8 +70,7 @@ def _adapter_page(
         request,
         "adapter.html",
         session,
-        status=error.status if error is not None else 200,
-        error=error.body.error.message if error is not None else None,
+        failure=failure,
         adapter=adapter,
         aliases=registry.adapters.aliases(tenant, name),
         versions=versions.data,
@@ -97,7 +97,7 @@ def promote(
     try:
         api.promote(name, alias, body, tenant, page_caller(session), registry_of(request))
     except LorafleetError as err:
-        return _adapter_page(request, name, session, tenant, error=ApiError.of(err))
+        return _adapter_page(request, name, session, tenant, failure=ApiError.of(err))
     return back_to(f"/ui/adapters/{name}")
 
 
@@ -113,7 +113,7 @@ def rollback(
     try:
         api.rollback(name, alias, tenant, page_caller(session), registry_of(request))
     except LorafleetError as err:
-        return _adapter_page(request, name, session, tenant, error=ApiError.of(err))
+        return _adapter_page(request, name, session, tenant, failure=ApiError.of(err))
     return back_to(f"/ui/adapters/{name}")
 
 

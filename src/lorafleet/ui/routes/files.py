@@ -52,7 +52,7 @@ async def upload(
             api.add_file, request, tenant, registry_of(request), file.filename, file.file, purpose
         )
     except LorafleetError as err:
-        return _files_page(request, session, tenant, error=ApiError.of(err))
+        return _files_page(request, session, tenant, failure=ApiError.of(err))
     return back_to("/ui/files")
 
 
@@ -62,15 +62,14 @@ def _files_page(
     tenant: str,
     *,
     after: str | None = None,
-    error: ApiError | None = None,
+    failure: ApiError | None = None,
 ) -> Response:
     page = api.list_files(tenant, registry_of(request), after=after, limit=PAGE_SIZE)
     return render(
         request,
         "files.html",
         session,
-        status=error.status if error is not None else 200,
-        error=error.body.error.message if error is not None else None,
+        failure=failure,
         files=page.data,
         has_more=page.has_more,
         after=after,

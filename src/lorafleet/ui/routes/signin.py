@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from lorafleet.api.errors import ApiError
 from lorafleet.errors import AuthenticationError
 from lorafleet.ui.pages import (
     CheckedFormDep,
@@ -31,13 +32,9 @@ def _safe_next(target: str | None) -> str:
     return "/ui/adapters"
 
 
-def _signin_page(
-    request: Request, *, next_page: str, error: str | None = None, status: int = 200
-) -> HTMLResponse:
+def _signin_page(request: Request, *, next_page: str, failure: ApiError | None = None) -> HTMLResponse:
     token, cookie = signer_of(request).new_signin()
-    response = render(
-        request, "signin.html", None, status=status, csrf_token=token, next_page=next_page, error=error
-    )
+    response = render(request, "signin.html", None, failure=failure, csrf_token=token, next_page=next_page)
     response.set_cookie(SIGNIN_COOKIE, cookie, httponly=True, samesite="strict", path="/ui/login")
     return response
 
@@ -58,9 +55,8 @@ def sign_in(
     signer = signer_of(request)
     next_page = _safe_next(next)
     if not same_token(csrf_token, signer.signin_token(request.cookies.get(SIGNIN_COOKIE))):
-        return _signin_page(
-            request, next_page=next_page, status=403, error="The form expired or was not ours: sign in again."
-        )
+        failure = ApiError(403, "The form expired or was not ours: sign in again.")
+        return _signin_page(request, next_page=next_page, failure=failure)
     secret = api_key.strip()
     admin_key = request.app.state.settings.admin_key
     if admin_key and secret and hmac.compare_digest(secret.encode(), admin_key.encode()):
@@ -70,9 +66,9 @@ def sign_in(
         try:
             key, _ = registry_of(request).tenants.key_and_tenant(secret) if secret else (None, None)
         except AuthenticationError as err:
-            return _signin_page(request, next_page=next_page, status=401, error=f"Not signed in: {err}.")
+            return _signin_page(request, next_page=next_page, failure=ApiError(401, f"Not signed in: {err}."))
         if key is None:
-            return _signin_page(request, next_page=next_page, status=401, error="Enter an API key.")
+            return _signin_page(request, next_page=next_page, failure=ApiError(401, "Enter an API key."))
         _, cookie = signer.new_session(key.id, key.tenant_id)
     response = RedirectResponse(next_page, status_code=303)
     _set_session(request, response, cookie)
