@@ -133,3 +133,7 @@ def _client_rows(recipe: FinetuneConfig, path: str, tokenizer: Any) -> Any:
     if key not in _CLIENT_ROWS:
         _CLIENT_ROWS[key] = ClientRows.read(recipe, path, tokenizer)
     return _CLIENT_ROWS[key]
+
+
+server = server_app()  # the components a deployed Flower App names (`deployment.write_app`)
+client = client_app()

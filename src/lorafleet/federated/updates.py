@@ -49,7 +49,7 @@ def refusal(update: State, *, max_norm: float) -> str | None:
 
 
 def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> State:
-    """FedAvg: Σₖ (wₖ / Σⱼ wⱼ) · stateₖ, tensor by tensor (fp64 sums, fp32 result)."""
+    """FedAvg: (Σₖ wₖ · stateₖ) / Σⱼ wⱼ, tensor by tensor (fp64 sums, fp32 result)."""
     if not states or len(states) != len(weights):
         raise ValueError(f"weighted_mean needs one weight per state (got {len(states)} and {len(weights)})")
     if any(weight < 0 for weight in weights) or sum(weights) <= 0:
@@ -57,13 +57,13 @@ def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> State:
     for state in states[1:]:
         check_same_layout(state, states[0])
     total = float(sum(weights))
-    return {
-        key: sum(
-            (state[key].double() * (weight / total) for state, weight in zip(states, weights, strict=True)),
-            torch.zeros_like(states[0][key], dtype=torch.float64),
-        ).float()
-        for key in states[0]
-    }
+    mean: State = {}
+    for key, first in states[0].items():
+        weighted = torch.zeros_like(first, dtype=torch.float64)
+        for state, weight in zip(states, weights, strict=True):
+            weighted += state[key].double() * float(weight)
+        mean[key] = (weighted / total).float()  # (Σ wₖ·stateₖ) / Σ wₖ
+    return mean
 
 
 def check_same_layout(state: State, reference: State) -> None:
