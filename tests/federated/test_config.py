@@ -55,6 +55,12 @@ def test_defaults_and_fedprox() -> None:
     assert config.federated.expected_clients() == pytest.approx(3.0)
 
 
+def test_the_shipped_federated_recipe_names_each_clients_rows() -> None:
+    config = load_config(Path(__file__).parents[2] / "configs" / "federated.yaml")
+    assert config.federated.clients == 10 and config.federated.fraction == 0.3
+    assert config.data.path.format(client=3) == "data/fed/client-03/train.jsonl"
+
+
 def test_a_simulation_needs_each_clients_rows(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.path: 'one.jsonl' must hold \{client\}"):
         check_simulated_data(load_config(None, ["data.path=one.jsonl"]))
