@@ -102,7 +102,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--clip-norm", type=float, default=0.01, help="DP: C, each update's norm bound.")
     parser.add_argument("--train-rows", type=int, default=1000, help="Rows over all clients (1000).")
     parser.add_argument("--scored-rows", type=int, default=40, help="Held-out rows scored per adapter (40).")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="Comma-separated settings to run.")
+    parser.add_argument(
+        "--settings",
+        default="fedavg,dp_eps8,dp_eps1,centralized,local_only,base",
+        help="Comma-separated settings, run in this order (the federated ones first: the newest code).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
@@ -265,7 +269,7 @@ def _score(model: torch.nn.Module, tokenizer: Any, path: Path, args: argparse.Na
 
 
 def _print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
-    rows = results["settings"]
+    rows = {name: results["settings"][name] for name in SETTINGS if name in results["settings"]}
     central = rows.get("centralized", {}).get("field_accuracy")
     print(f"\n{'setting':<13}{'field acc':>10}{'vs central':>11}{'ε':>8}{'MB':>9}{'wall s':>9}")
     for name, row in rows.items():

@@ -73,7 +73,7 @@ def client(
     """Join a federated run: train on --data whenever the server samples this client, until stopped."""
     from lorafleet.federated.deployment import join
 
-    raise typer.Exit(join(data, server=server, port=port, name=name))
+    join(data, server=server, port=port, name=name)
 
 
 def _finish(config: Any, result: Any, tenant: str | None, database_url: str | None) -> None:

@@ -104,20 +104,17 @@ def serve(
     return FederatedResult(adapter_dir=Path(outcome["adapter"]), run_dir=run_dir, summary=outcome)
 
 
-def join(data: Path, *, server: str, port: int = 9094, name: str | None = None) -> int:
-    """Run a SuperNode that trains on `data` for the server at `server` (host:port) until it is stopped;
-    `port` is this client's own runtime port (one per client on a machine). Returns its exit code."""
+def join(data: Path, *, server: str, port: int = 9094, name: str | None = None) -> None:
+    """Become a SuperNode that trains on `data` for the server at `server` (host:port) until it is stopped;
+    `port` is this client's own runtime port (one per client on a machine). The process is replaced
+    (exec), so stopping it stops the SuperNode and what it started, with nothing left behind."""
     if not data.is_file():
         raise ConfigError(f"--data {data}: no such file; name this client's rows (.jsonl, .csv, .parquet)")
     node_config = f'data-path="{data.resolve()}"' + (f' name="{name}"' if name else "")
-    env = {**os.environ, **_NO_INSTALLS}
-    command = [_tool("flower-supernode"), "--insecure", "--superlink", server, "--port", str(port)]
-    process = subprocess.Popen([*command, "--node-config", node_config], env=env, start_new_session=True)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        return 130
+    tool = _tool("flower-supernode")
+    argv = [tool, "--insecure", "--superlink", server, "--port", str(port), "--node-config", node_config]
+    sys.stdout.flush()
+    os.execve(tool, argv, {**os.environ, **_NO_INSTALLS})
 
 
 def write_app(folder: Path) -> Path:
