@@ -9,7 +9,6 @@ in them, so consecutive rounds see new rows. The optimizer (AdamW) starts fresh 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,5 +156,4 @@ def train_locally(
             penalty=penalty,
         )
         losses.append(loss)
-    mean_loss = sum(losses) / len(losses)
-    return LocalUpdate(local.state(), len(rows.rows), mean_loss if math.isfinite(mean_loss) else float("nan"))
+    return LocalUpdate(local.state(), len(rows.rows), sum(losses) / len(losses))

@@ -82,7 +82,7 @@ class FederatedConfig(BaseModel):
         ge=1,
         le=100_000,
         description="A round's update is applied only when at least this many answers are accepted "
-        "(without privacy); the server also waits for this many clients to connect before round 1.",
+        "(without privacy: under privacy the noised sum is released whoever answered).",
     )
     local_steps: int = Field(4, ge=1, le=100_000, description="Optimizer steps each sampled client trains.")
     strategy: Strategy = Field(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.errors import ConfigError
-from lorafleet.federated.server import FederatedError, FederatedResult
+from lorafleet.federated.server import ERROR_FILE, SUMMARY_FILE, FederatedError, FederatedResult
 from lorafleet.training.config import FinetuneConfig
 
 _APP_PYPROJECT = """\
@@ -93,7 +93,7 @@ def serve(
                 f"SuperLink listening on {host}:{port}; clients join with: lorafleet fl client --data FILE "
                 f"--server {host}:{port}"
             )
-            for name in ("federated.json", "federated-error.txt"):  # an earlier run's outcome is not ours
+            for name in (SUMMARY_FILE, ERROR_FILE):  # an earlier run's outcome is not this one's
                 (run_dir / name).unlink(missing_ok=True)
             _submit(app, recipe, overrides or [], env, superlink, folder / "superlink.log")
             outcome = _wait_for_outcome(run_dir, superlink, folder / "superlink.log", timeout, read_outcome)

@@ -49,8 +49,3 @@ class Ledger:
     def bytes_total(self) -> int:
         """Bytes of LoRA tensors sent both ways over the whole run."""
         return sum(entry.bytes_down + entry.bytes_up for entry in self.entries)
-
-
-def read_ledger(path: Path) -> list[dict[str, object]]:
-    """The entries of a ledger file, oldest round first."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
