@@ -108,7 +108,8 @@ class FederatedConfig(BaseModel):
         64,
         ge=0,
         le=100_000,
-        description="Rows of data.validation_path the server scores each round (0: none).",
+        description="Rows of data.validation_path (else eval.test_path) the server scores each round "
+        "(0: none).",
     )
     privacy: PrivacyConfig | None = Field(None, description="Client-level DP; none: no noise, no ε.")
 

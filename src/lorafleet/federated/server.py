@@ -234,8 +234,9 @@ def _exchange(
 
 
 def _validation_rows(config: FinetuneConfig, tokenizer: Any) -> list[Any]:
-    """The server's validation rows (data.validation_path, at most federated.validation_rows), tokenized."""
-    path, rows = config.data.validation_path, config.federated.validation_rows
+    """The server's validation rows (data.validation_path, else eval.test_path; at most
+    federated.validation_rows of them), tokenized."""
+    path, rows = config.data.validation_path or config.eval.test_path, config.federated.validation_rows
     if path is None or rows == 0:
         return []
     from lorafleet.data import prepare_data
