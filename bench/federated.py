@@ -194,7 +194,7 @@ def _local_only(data: dict[str, Any], folder: Path, steps: int, args: argparse.N
         base = model.unload()  # the plain base again, for the next client
         print(f"   client {client}: {share} steps, field accuracy {scores[-1]:.3f}", flush=True)
     return {
-        "field_accuracy": sum(scores) / len(scores),
+        "field_accuracy": round(sum(scores) / len(scores), 4),
         "epsilon": None,
         "mb_communicated": 0.0,
         "per_client": [round(score, 4) for score in scores],
