@@ -23,7 +23,7 @@ def test_the_proximal_term_equals_its_formula_and_gradient() -> None:
 def test_the_penalty_is_anchored_where_the_round_started() -> None:
     param = torch.nn.Parameter(torch.ones(3))
     penalty = proximal_penalty([param], mu=2.0)
-    assert float(penalty()) == 0.0
+    assert penalty().item() == 0.0
     with torch.no_grad():
         param.add_(1.0)  # one local step later
-    assert float(penalty()) == 3.0  # 2/2 · (1² · 3)
+    assert penalty().item() == 3.0  # 2/2 · (1² · 3)
