@@ -232,7 +232,12 @@ def test_train_from_a_parent_names_it_in_the_lineage(
     assert result.exit_code == 0, (result.output, result.exception)
     assert f"starting from parent {random_adapter}" in result.stdout
     card = json.loads((lorafleet_home / "adapters" / "child" / "lorafleet.json").read_text())
-    assert card["lineage"] == {"parents": [str(random_adapter)], "method": "continual:none", "weights": None}
+    assert card["lineage"] == {
+        "parents": [str(random_adapter)],
+        "method": "continual:none",
+        "weights": None,
+        "details": None,
+    }
 
 
 def test_train_from_a_parent_of_another_base_fails_in_one_line(
@@ -298,7 +303,12 @@ def test_train_orthogonal_saves_the_served_sum(
     assert result.exit_code == 0, (result.output, result.exception)
     assert "strategy orthogonal: a new adapter r=4" in result.stdout
     card = json.loads((lorafleet_home / "adapters" / "child" / "lorafleet.json").read_text())
-    lineage = {"parents": [str(random_adapter)], "method": "continual:orthogonal", "weights": None}
+    lineage = {
+        "parents": [str(random_adapter)],
+        "method": "continual:orthogonal",
+        "weights": None,
+        "details": None,
+    }
     assert card["lineage"] == lineage
     config = json.loads((lorafleet_home / "adapters" / "child" / "adapter_config.json").read_text())
     assert config["r"] == 8

@@ -25,7 +25,7 @@ def test_every_recipe_loads_and_says_how_to_run_it(path: Path) -> None:
 
     config = load_config(path)
 
-    assert first_line.startswith("# lorafleet train "), first_line
+    assert first_line.startswith(("# lorafleet train ", "# lorafleet federate ")), first_line
     assert f"configs/{path.name}" in first_line
     assert config.data.path
 

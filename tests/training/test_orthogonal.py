@@ -57,7 +57,7 @@ def test_the_model_starts_as_the_parent_and_only_the_new_adapter_moves(
     recipe: RecipeFactory, tiny_dir: Path, random_adapter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
-    real_step = training_loop._optimizer_step
+    real_step = training_loop.optimizer_step
 
     def step(config: Any, accelerator: Any, model: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
         if not seen:
@@ -65,7 +65,7 @@ def test_the_model_starts_as_the_parent_and_only_the_new_adapter_moves(
             seen["optimized"] = {id(p) for group in optimizer.param_groups for p in group["params"]}
         return real_step(config, accelerator, model, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(training_loop, "_optimizer_step", step)
+    monkeypatch.setattr(training_loop, "optimizer_step", step)
     base, _ = load_base(str(tiny_dir), device="cpu")
     parent_alone = logits(PeftModel.from_pretrained(base, str(random_adapter)))
 

@@ -26,14 +26,14 @@ def quiet(config: Any) -> Any:
 def lora_tensors_before_the_first_step(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
     """Filled, when training runs, with the trainable LoRA tensors as they are when step 1 begins."""
     seen: dict[str, torch.Tensor] = {}
-    real_step = training_loop._optimizer_step
+    real_step = training_loop.optimizer_step
 
     def step(config: Any, accelerator: Any, model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if not seen:
             seen.update({k: v.detach().clone() for k, v in lora_parameters(model).items()})
         return real_step(config, accelerator, model, *args, **kwargs)
 
-    monkeypatch.setattr(training_loop, "_optimizer_step", step)
+    monkeypatch.setattr(training_loop, "optimizer_step", step)
     return seen
 
 

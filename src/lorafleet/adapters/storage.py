@@ -46,6 +46,9 @@ class Lineage(BaseModel):
     )
     method: str | None = Field(default=None, description="How it was made: 'train', 'combine:cat', ...")
     weights: list[float] | None = Field(default=None, description="Combination weights, one per parent.")
+    details: dict[str, Any] | None = Field(
+        default=None, description="What the method records, e.g. federated: clients, rounds, ε, δ."
+    )
 
 
 class AdapterCard(BaseModel):

@@ -15,6 +15,7 @@ from lorafleet.cli import (
     estimate,
     evaluation,
     export,
+    federated,
     feedback,
     generate,
     jobs,
@@ -58,6 +59,8 @@ app.command("chat")(train.chat)
 app.command("estimate")(estimate.estimate)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
+app.command("federate")(federated.federate)
+app.add_typer(federated.app, name="fl")
 app.command("worker")(serve.worker)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(jobs.app, name="jobs")

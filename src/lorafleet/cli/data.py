@@ -80,9 +80,32 @@ def example(
     train_rows: Annotated[int, typer.Option(min=1, help="Rows in train.jsonl.")] = 1000,
     test_rows: Annotated[int, typer.Option(min=1, help="Rows in test.jsonl.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the generated rows; same seed, same files.")] = 0,
+    federated: Annotated[
+        int | None,
+        typer.Option(
+            "--federated",
+            min=1,
+            help="Split the support tickets non-IID across N clients (DIR/client-00/train.jsonl, ...; each "
+            "sees a few ticket types and its own date style) with a common DIR/test.jsonl.",
+        ),
+    ] = None,
 ) -> None:
     """Write a bundled example task (generated texts → JSON fields) as prompt/completion JSONL files."""
     from lorafleet.data.example_tasks import example_task
 
+    if federated is not None:
+        from lorafleet.data.federated_split import CLIENT_PATTERN, write_federated_split
+        from lorafleet.errors import ConfigError
+
+        if task != "support_tickets":
+            raise ConfigError(f"--task {task}: --federated splits the support_tickets task only")
+        write_federated_split(
+            directory, clients=federated, train_rows=train_rows, test_rows=test_rows, seed=seed
+        )
+        typer.echo(
+            f"wrote {federated} clients' rows ({directory / CLIENT_PATTERN}, {train_rows} rows in all), "
+            f"{directory / 'test.jsonl'} ({test_rows} rows) and {directory / 'clients.json'}"
+        )
+        return
     train, test = example_task(task).write(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
     typer.echo(f"wrote {train} ({train_rows} rows) and {test} ({test_rows} rows)")

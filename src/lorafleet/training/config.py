@@ -20,6 +20,7 @@ from lorafleet.continual.config import ContinualConfig
 from lorafleet.continual.replay import Pool, mixed_pools, rows_per_step
 from lorafleet.data.config import DataConfig
 from lorafleet.errors import ConfigError, describe_validation_error, first_field
+from lorafleet.federated.config import FederatedConfig
 from lorafleet.home import lorafleet_home, validate_name
 from lorafleet.training.metrics import TASK_METRICS
 
@@ -157,6 +158,11 @@ class FinetuneConfig(BaseModel):
     continual: ContinualConfig = Field(
         default_factory=ContinualConfig,
         description="The strategy against forgetting when training from `model.parent` (default none).",
+    )
+    federated: FederatedConfig = Field(
+        default_factory=FederatedConfig,
+        description="Rounds, sampling, aggregation and privacy of `lorafleet federate` and `lorafleet fl`; "
+        "`lorafleet train` ignores it.",
     )
 
     @model_validator(mode="after")

@@ -209,7 +209,7 @@ def train(
                 while progress.batch < len(epoch_batches) and progress.step < total_steps:
                     window = epoch_batches[progress.batch : progress.batch + accum]
                     step_rng = rng_state()
-                    loss, grad_norm, tokens = _optimizer_step(
+                    loss, grad_norm, tokens = optimizer_step(
                         config,
                         accelerator,
                         peft_model,
@@ -384,7 +384,7 @@ def _save(
     )
 
 
-def _optimizer_step(
+def optimizer_step(
     config: FinetuneConfig,
     accelerator: Any,
     model: torch.nn.Module,
@@ -397,7 +397,9 @@ def _optimizer_step(
 ) -> tuple[float, float | None, int]:
     """One optimizer step over the micro-batches in `window`: (mean token loss, grad norm, tokens).
 
-    A `penalty` (EWC) is added to the step's loss with the last micro-batch; the loss reported excludes it.
+    Public because federated clients (`federated.client`) take their local steps with it too. A `penalty`
+    (EWC, FedProx's proximal term) is added to the step's loss with the last micro-batch; the loss reported
+    excludes it.
     """
     model.train()
     label_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in window)
