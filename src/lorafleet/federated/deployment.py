@@ -82,7 +82,7 @@ def serve(
             '[superlink]\ndefault = "lorafleet"\n\n'
             f'[superlink.lorafleet]\naddress = "{host}:{port}"\ninsecure = true\n'
         )
-        env = {**os.environ, **_NO_INSTALLS, "FLWR_HOME": str(flwr_home)}
+        env = {**_flower_env(), "FLWR_HOME": str(flwr_home)}
         superlink = _start(
             [_tool("flower-superlink"), "--insecure", "--host", host, "--port", str(port)],
             env,
@@ -114,7 +114,7 @@ def join(data: Path, *, server: str, port: int = 9094, name: str | None = None) 
     tool = _tool("flower-supernode")
     argv = [tool, "--insecure", "--superlink", server, "--port", str(port), "--node-config", node_config]
     sys.stdout.flush()
-    os.execve(tool, argv, {**os.environ, **_NO_INSTALLS})
+    os.execve(tool, argv, _flower_env())
 
 
 def write_app(folder: Path) -> Path:
@@ -181,6 +181,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def _flower_env() -> dict[str, str]:
+    """The environment of Flower's processes: ours, with this Python's `bin` first on PATH, since the
+    SuperLink and SuperNode start their own helpers (`flower-superexec`) by name, and installs off."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, **_NO_INSTALLS, "PATH": path}
 
 
 def _tool(name: str) -> str:
