@@ -9,14 +9,16 @@ reconnects) so no request outlives the server's shutdown by long.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from lorafleet.api.errors import validation_error
 from lorafleet.api.routes import fine_tuning as api
@@ -132,20 +134,28 @@ def cancel(request: Request, job_id: str, tenant: PageTenantDep, _form: CheckedF
     return back_to(f"/ui/jobs/{job_id}")
 
 
-def _events(registry: Registry, tenant: str, job_id: str, after: int) -> Iterator[str]:
-    """Server-sent events: the job's new events as they come, then `end` once it has finished."""
+async def _events(registry: Registry, tenant: str, job_id: str, after: int) -> AsyncIterator[str]:
+    """Server-sent events: the job's new events as they come, then `end` once it has finished. The wait
+    between looks is on the event loop, so an open job page holds no worker thread."""
     deadline = time.monotonic() + STREAM_SECONDS
     yield "retry: 1000\n\n"
     while time.monotonic() < deadline:
-        status = registry.jobs.get(tenant, job_id).status  # read before the events: none is missed
-        for event in registry.jobs.events(tenant, job_id, after=after, limit=500):
+        status, events = await run_in_threadpool(_look, registry, tenant, job_id, after)
+        for event in events:
             after = event.id
             payload = {"type": event.type, "message": event.message, "point": _point(event), "status": status}
             yield f"id: {event.id}\nevent: job\ndata: {json.dumps(payload)}\n\n"
         if status in FINISHED_STATES:
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
-        time.sleep(POLL_SECONDS)
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _look(registry: Registry, tenant: str, job_id: str, after: int) -> tuple[str, list[JobEvent]]:
+    """The job's status, then its events after `after` (status first: no event written before a finish
+    is missed)."""
+    status = registry.jobs.get(tenant, job_id).status
+    return status, registry.jobs.events(tenant, job_id, after=after, limit=500)
 
 
 def _point(event: JobEvent) -> list[float] | None:
