@@ -52,7 +52,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not secret.strip():
             raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
         secret = secret.strip()
-        if self.admin_key and hmac.compare_digest(secret.encode(), self.admin_key.encode()):
+        if self.is_admin_key(secret):
             acting = request.headers.get(TENANT_HEADER)
             tenant_id = self.registry.tenants.get(acting).id if acting else None
             return Caller(tenant_id=tenant_id, key_id=None, is_admin=True)
@@ -61,6 +61,10 @@ class Authenticator:
         if per_minute is not None:
             self.limiter.take(key.id, per_minute)
         return Caller(tenant_id=key.tenant_id, key_id=key.id)
+
+    def is_admin_key(self, secret: str) -> bool:
+        """Whether `secret` is the admin key (compared in constant time; never, when none is set)."""
+        return self.admin_key is not None and hmac.compare_digest(secret.encode(), self.admin_key.encode())
 
 
 def require_admin(caller: Caller) -> None:

@@ -186,7 +186,7 @@ def _write(format: str, variant: str, merged: PreTrainedModel, path: Path, writt
     elif format == "gguf":
         written.gguf(merged, path, variant)
     elif variant == "fp32":
-        written.fp32_onnx = written.onnx(merged, path)
+        written.onnx(merged, path)
     else:
         from lorafleet.export.onnx_int8 import quantize_int8
 

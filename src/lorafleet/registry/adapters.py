@@ -36,7 +36,7 @@ from lorafleet.home import validate_name
 from lorafleet.registry.adapter_events import add_event, events_of
 from lorafleet.registry.artifacts import ArtifactStore, directory_bytes, directory_sha256
 from lorafleet.registry.database import Database
-from lorafleet.registry.lineage import chain, gate_report, label, labels
+from lorafleet.registry.lineage import chain, gate_report, label
 from lorafleet.registry.splits import drop_splits_naming, splits_targeting
 from lorafleet.registry.tables import (
     AdaptationPolicyRow,
@@ -191,12 +191,6 @@ class Adapters:
             return chain(
                 session, owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
             )
-
-    def lineage_labels(self, tenant_id: str, version_id: str) -> list[str]:
-        """`name@number` of the version `version_id` and of each ancestor, oldest first."""
-        with self.db.session() as session:
-            version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
-            return labels(session, chain(session, version))
 
     def local_path(self, version: AdapterVersion) -> Path:
         return self.artifacts.local_path(version.artifact)

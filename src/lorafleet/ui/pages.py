@@ -23,7 +23,8 @@ from lorafleet.api.deps import Caller
 from lorafleet.api.errors import ApiError, PermissionDeniedError, validation_error
 from lorafleet.api.uploads import LimitedBodyRoute
 from lorafleet.errors import AuthenticationError, LorafleetError
-from lorafleet.registry import Registry
+from lorafleet.registry import Quotas, Registry
+from lorafleet.registry.tables import Tenant
 from lorafleet.ui.session import SESSION_COOKIE, Signer, UiSession, same_token
 
 PAGE_SIZE = 50
@@ -63,6 +64,7 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["when"] = _when
 templates.env.filters["size"] = _size
 templates.env.filters["num"] = _number
+templates.env.globals["quota_help"] = {name: field.description for name, field in Quotas.model_fields.items()}
 
 
 class SignInRequired(LorafleetError):
@@ -101,15 +103,12 @@ def render(
 ) -> HTMLResponse:
     """The page `template` with the signed-in `session` (its tenant, its CSRF token for forms); with a
     `failure` (a form that was refused), its message on the page and its status as the answer's."""
-    tenant = None
-    if session is not None and session.tenant_id is not None:
-        tenant = registry_of(request).tenants.get(session.tenant_id)
     if failure is not None:
         context["error"] = failure.body.error.message
     return templates.TemplateResponse(
         request,
         template,
-        {"session": session, "tenant": tenant, "page_size": PAGE_SIZE, **context},
+        {"session": session, "tenant": session_tenant(request), "page_size": PAGE_SIZE, **context},
         status_code=failure.status if failure is not None else 200,
     )
 
@@ -140,22 +139,33 @@ def signer_of(request: Request) -> Signer:
 
 
 def get_page_session(request: Request) -> UiSession:
-    """The signed-in browser, checked on every page: a genuine, fresh cookie of a key not revoked since."""
+    """The signed-in browser, checked on every page: a genuine, fresh cookie of a key not revoked since.
+    The session and its tenant's row are kept on the request for the page (`session_tenant`)."""
     session = signer_of(request).read_session(request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise SignInRequired("sign in first")
+    tenant: Tenant | None = None
     if session.is_admin:
         if not request.app.state.settings.admin_key:
             raise SignInRequired("the server has no admin key any more")
+        if session.tenant_id is not None:
+            tenant = registry_of(request).tenants.get(session.tenant_id)
     else:
         try:
-            key, _ = registry_of(request).tenants.live_key(session.key_id)
+            key, tenant = registry_of(request).tenants.live_key(session.key_id)
         except AuthenticationError:
             raise SignInRequired("the key of this session was revoked") from None
         if key.tenant_id != session.tenant_id:
             raise SignInRequired("the session does not match its key")
-    request.state.ui_session = session
+    request.state.ui_session, request.state.ui_tenant = session, tenant
     return session
+
+
+def session_tenant(request: Request) -> Tenant | None:
+    """The row of the tenant the signed-in pages show, read once by `get_page_session` (None: signed
+    out, or the admin's own pages)."""
+    tenant: Tenant | None = getattr(request.state, "ui_tenant", None)
+    return tenant
 
 
 PageSessionDep = Annotated[UiSession, Depends(get_page_session)]
@@ -175,7 +185,7 @@ def get_page_admin(session: PageSessionDep) -> Caller:
     """The admin, as the API's admin routes take it; 403 for a tenant's session."""
     if not session.is_admin:
         raise PermissionDeniedError("this page needs the admin key")
-    return Caller(tenant_id=session.tenant_id, key_id=None, is_admin=True)
+    return page_caller(session)
 
 
 PageAdminDep = Annotated[Caller, Depends(get_page_admin)]

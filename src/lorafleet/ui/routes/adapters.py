@@ -132,7 +132,7 @@ def version_page(
         version=answer,
         gate_reports=[m for m in moves if m.report is not None],
         exports=exports.list_exports(name, version, tenant, registry).data,
-        lineage=registry.adapters.lineage_labels(tenant, answer.id),
+        lineage=matrix["versions"],  # the chain's labels, oldest first, as lineage_evaluation read them
         matrix_rows=list(zip(matrix["versions"], matrix["scores"], strict=True))[-MATRIX_ROWS:],
     )
 

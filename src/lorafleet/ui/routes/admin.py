@@ -89,5 +89,4 @@ def _tenant_page(
         subject=api.get_tenant(tenant, admin, registry),
         keys=api.list_keys(tenant, admin, registry).data,
         new_key=new_key,
-        quota_help={name: field.description for name, field in Quotas.model_fields.items()},
     )

@@ -95,7 +95,7 @@ def job_page(request: Request, job_id: str, session: PageSessionDep, tenant: Pag
     registry = registry_of(request)
     job = api.get_job(job_id, tenant, registry)
     events = registry.jobs.events(tenant, job_id, limit=CURVE_POINTS, newest_first=True)[::-1]
-    points = [_point(e) for e in events if e.type == "metrics"]
+    points = [point for event in events if (point := _point(event)) is not None]
     return render(
         request,
         "job.html",
@@ -103,7 +103,7 @@ def job_page(request: Request, job_id: str, session: PageSessionDep, tenant: Pag
         job=job,
         finished=job.status in FINISHED_STATES,
         events=[e for e in events if e.type != "metrics"][-PAGE_SIZE:],
-        points=[p for p in points if p is not None],
+        points=points,
         last_event=events[-1].id if events else 0,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -58,8 +57,7 @@ def sign_in(
         failure = ApiError(403, "The form expired or was not ours: sign in again.")
         return _signin_page(request, next_page=next_page, failure=failure)
     secret = api_key.strip()
-    admin_key = request.app.state.settings.admin_key
-    if admin_key and secret and hmac.compare_digest(secret.encode(), admin_key.encode()):
+    if request.app.state.authenticate.is_admin_key(secret):
         _, cookie = signer.new_session(ADMIN, None)
         next_page = next_page if next_page.startswith("/ui/admin") else "/ui/admin"
     else:

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from lorafleet.api.routes.usage import get_usage
 from lorafleet.registry import Quotas
-from lorafleet.ui.pages import PageRoute, PageSessionDep, PageTenantDep, registry_of, render
+from lorafleet.ui.pages import PageRoute, PageSessionDep, PageTenantDep, registry_of, render, session_tenant
 
 router = APIRouter(prefix="/ui/usage", route_class=PageRoute, include_in_schema=False)
 Day = Annotated[str | None, Query(max_length=10)]
@@ -20,15 +20,13 @@ Day = Annotated[str | None, Query(max_length=10)]
 def usage_page(
     request: Request, session: PageSessionDep, tenant: PageTenantDep, start: Day = None, end: Day = None
 ) -> Response:
-    registry = registry_of(request)
-    report = get_usage(request, tenant, registry, start=start, end=end)
-    quotas = Quotas.model_validate(registry.tenants.get(tenant), from_attributes=True)
+    report = get_usage(request, tenant, registry_of(request), start=start, end=end)
+    quotas = Quotas.model_validate(session_tenant(request), from_attributes=True)
     return render(
         request,
         "usage.html",
         session,
         report=report,
         quotas=quotas,
-        quota_help={name: field.description for name, field in Quotas.model_fields.items()},
         chart={"days": [d.date for d in report.data], "cost": [d.cost for d in report.data]},
     )
