@@ -127,6 +127,10 @@ def test_every_page_renders_and_lists_are_paged(
         assert "<script" not in answer.text.split("</head>")[1].replace('<script type="application/json"', "")
     assert "train.jsonl" in browser.get("/ui/files").text
     assert browser.get("/ui/adapters?after=" + "x" * 65).status_code == 400
+    token = csrf_of(browser.get("/ui/jobs").text)
+    huge = browser.post("/ui/jobs", data={"csrf_token": token, "adapter": "a", "recipe": "{" * 2_000_000})
+    assert huge.status_code == 400 and huge.headers["content-type"].startswith("text/html")
+    assert "maximum size" in huge.text and platform.registry.jobs.all(tenant.id) == []
 
 
 def test_a_bad_upload_names_the_line_and_stores_nothing(platform: Platform, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """How a dashboard page is answered: who is signed in, the CSRF check of a form, the template, the errors.
 
 Every page route uses `PageRoute`, so whatever a page raises becomes an HTML answer: a `LorafleetError`
-the error page with the API's status for it (another tenant's adapter is the same 404 the API gives),
-a missing or ended session a redirect to the sign-in page. Bodies are limited like the API's uploads.
+(or a form Starlette could not parse) the error page with the API's status for it (another tenant's
+adapter is the same 404 the API gives), a missing or ended session a redirect to the sign-in page.
+Bodies are limited like the API's uploads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorafleet.api.deps import Caller
 from lorafleet.api.errors import ApiError, PermissionDeniedError, validation_error
@@ -85,6 +87,8 @@ class PageRoute(LimitedBodyRoute):
                 response = RedirectResponse(f"/ui/login?next={target}", status_code=303)
             except RequestValidationError as err:
                 response = error_page(request, validation_error(list(err.errors())))
+            except StarletteHTTPException as err:  # a form Starlette could not parse (a field over 1 MB)
+                response = error_page(request, ApiError(err.status_code, str(err.detail)))
             except LorafleetError as err:
                 response = error_page(request, ApiError.of(err))
             response.headers.update(SECURITY_HEADERS)
