@@ -88,7 +88,7 @@ def test_the_gate_refuses_a_version_that_forgot_unless_forced_and_audits_it(
     lineage = version["lineage_evaluation"]
     assert lineage["matrix"]["versions"] == ["tickets@1", "tickets@2"]
     assert lineage["backward_transfer"] == pytest.approx(-0.5)
-    assert client.get("/v1/adapters/tickets/gate").json()["policy"] == {**policy}
+    assert client.get("/v1/adapters/tickets/gate").json()["policy"] == {**policy, "max_fairness_gap": None}
     assert client.put("/v1/adapters/tickets/gate", json={"policy": None}).json()["policy"] is None
 
 
@@ -154,3 +154,38 @@ def test_a_job_names_its_parent(
         assert answer.status_code == status, (parent, answer.text)
         assert answer.json()["error"]["param"] == "parent", answer.text
         assert "parent" in answer.json()["error"]["message"]
+
+
+def test_a_fairness_report_is_validated_stored_per_tenant_and_gated(
+    make_platform: Callable[..., Platform], tiny_dir: Path, tmp_path: Path
+) -> None:
+    platform = make_platform()
+    acme, globex = platform.tenant("acme"), platform.tenant("globex")
+    tickets_with_a_suite(platform, acme, tiny_dir, tmp_path)
+    interval = {"mean": 0.8, "low": 0.7, "high": 0.9}
+    gap = {"mean": 0.2, "low": 0.1, "high": 0.3}
+    comparison = {"gap": gap, "similarity": interval}
+    report = {
+        "metric": "json_fields",
+        "rows": 30,
+        "skipped_rows": 0,
+        "interval": 0.95,
+        "groups": {"a": interval, "b": interval},
+        "baseline": {"a": comparison, "b": comparison},
+        "baseline_gap": 0.01,
+        "pairs": [{**comparison, "a": "a", "b": "b", "significant": True}],
+        "max_gap": 0.2,
+        "max_significant_gap": 0.2,
+    }
+    path = "/v1/adapters/tickets/versions/3/fairness"
+    bad = acme.client.put(path, json={**report, "max_significant_gap": 2.0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_significant_gap", bad.text
+    assert globex.client.put(path, json=report).status_code == 404  # another tenant's version
+    assert acme.client.put(path, json=report).status_code == 200
+    assert acme.client.get("/v1/adapters/tickets/versions/3").json()["metrics"]["fairness"]["max_gap"] == 0.2
+
+    assert acme.client.put("/v1/adapters/tickets/gate", json={"policy": {"max_fairness_gap": 0.05}}).is_success
+    checks = acme.client.get("/v1/adapters/tickets/versions/3/gate").json()["checks"]
+    assert [(c["check"], c["value"], c["passed"]) for c in checks] == [("max_fairness_gap", 0.2, False)]
+    refused = acme.client.post("/v1/adapters/tickets/aliases/production", json={"version": 3})
+    assert refused.status_code == 409 and "max_fairness_gap" in refused.json()["error"]["message"]

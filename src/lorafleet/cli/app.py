@@ -15,6 +15,7 @@ from lorafleet.cli import (
     estimate,
     evaluation,
     export,
+    fairness,
     federated,
     feedback,
     generate,
@@ -55,6 +56,7 @@ app.command("generate")(generate.generate)
 app.command("train")(train.train)
 app.command("eval")(train.evaluate)
 app.command("gate")(evaluation.gate)
+app.command("fairness")(fairness.fairness)
 app.command("chat")(train.chat)
 app.command("estimate")(estimate.estimate)
 app.command("export")(export.export)

@@ -130,6 +130,14 @@ def gate_policy(
     max_drift: Annotated[
         float | None, typer.Option("--max-drift", help="Most general drift (perplexity ratio − 1).")
     ] = None,
+    max_fairness_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--max-fairness-gap",
+            help="Most significant gap in the task metric between two groups of people (0-1), as the "
+            "version's `lorafleet fairness` report measured it.",
+        ),
+    ] = None,
     clear: Annotated[
         bool, typer.Option("--clear", help="Remove the gate: promotions are not checked.")
     ] = False,
@@ -150,12 +158,13 @@ def gate_policy(
         "min_scores": _limits(min_score or [], "--min-score"),
         "max_forgetting": forgetting,
         "max_general_drift": max_drift,
+        "max_fairness_gap": max_fairness_gap,
     }
     path = f"/v1/adapters/{segment(name)}/gate"
     with client_from_options(url, api_key, tenant, database_url) as client:
         if clear:
             answer = client.request("PUT", path, json={"policy": None})
-        elif rules["min_scores"] or forgetting is not None or max_drift is not None:
+        elif any(value not in (None, {}) for value in rules.values()):
             answer = client.request("PUT", path, json={"policy": rules})
         else:
             answer = client.request("GET", path)
@@ -172,8 +181,9 @@ def gate_policy(
         rows += [{"rule": "max_forgetting", "suite": s, "limit": v} for s, v in forgot.items()]
     elif forgot is not None:
         rows.append({"rule": "max_forgetting", "suite": "every ancestor suite", "limit": forgot})
-    if policy["max_general_drift"] is not None:
-        rows.append({"rule": "max_general_drift", "suite": None, "limit": policy["max_general_drift"]})
+    for rule in ("max_general_drift", "max_fairness_gap"):
+        if policy.get(rule) is not None:
+            rows.append({"rule": rule, "suite": None, "limit": policy[rule]})
     print_table(rows, {"rule": "rule", "suite": "suite", "limit": "limit"}, empty="an empty gate: all pass")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -20,10 +18,9 @@ from lorafleet.cli.platform import (
     TenantOption,
     UrlOption,
     client_from_options,
+    fetch_version,
     print_json,
-    segment,
 )
-from lorafleet.errors import ConfigError
 from lorafleet.home import lorafleet_home
 
 if TYPE_CHECKING:
@@ -111,7 +108,9 @@ def export(
     say = (lambda _: None) if as_json else typer.echo
     with tempfile.TemporaryDirectory(prefix="lorafleet-export-") as scratch:
         if "@" in adapter or ":" in adapter:
-            folder, base = _from_registry(adapter, Path(scratch), url, api_key, tenant, database_url)
+            with client_from_options(url, api_key, tenant, database_url) as client:
+                stored = fetch_version(client, adapter, Path(scratch))
+            folder, base = stored.folder, stored.base_model
             name = adapter.replace("@", "-v").replace(":", "-")
         else:
             folder, base, name = adapter_path(adapter), "default", Path(adapter).name
@@ -153,32 +152,3 @@ def verdict_lines(report: ExportReport) -> list[str]:
             f"target {report.target}: kept {report.chosen} (timed on this machine; the device may be slower)"
         )
     return lines
-
-
-def _from_registry(
-    spec: str,
-    scratch: Path,
-    url: str | None,
-    api_key: str | None,
-    tenant: str | None,
-    database_url: str | None,
-) -> tuple[Path, str]:
-    """Download registry version `spec` (NAME@V or NAME:ALIAS) into `scratch`; its folder and base model."""
-    name, _, version = spec.partition("@") if "@" in spec else spec.partition(":")
-    if not name or not version:
-        raise ConfigError(
-            f"{spec!r}: a registry version is NAME@V (tickets@3) or NAME:ALIAS (tickets:production)"
-        )
-    with client_from_options(url, api_key, tenant, database_url) as client:
-        if "@" not in spec:  # an alias: the version it points at
-            aliases = client.request("GET", f"/v1/adapters/{segment(name)}")["aliases"]
-            if version not in aliases:
-                known = ", ".join(sorted(aliases)) or "none"
-                raise ConfigError(f"adapter {name!r} has no alias {version!r} (aliases: {known})")
-            version = str(aliases[version])
-        row = client.request("GET", f"/v1/adapters/{segment(name)}/versions/{segment(version)}")
-        body = client.download(f"/v1/adapters/{segment(name)}/versions/{row['version']}/download")
-    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
-        archive.extractall(scratch, filter="data")
-    folder = next(p for p in scratch.iterdir() if p.is_dir())
-    return folder, str(row["base_model"])

@@ -12,10 +12,14 @@ becomes an `ApiError` carrying the server's message and status code.
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
+import tarfile
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -193,6 +197,37 @@ def client_from_options(
     return PlatformClient(
         url=url, api_key=api_key, tenant=tenant, database_url=database_url, base_model=base_model
     )
+
+
+@dataclass(frozen=True)
+class FetchedVersion:
+    """A registry version downloaded by `fetch_version`: its adapter folder, base model, name and number."""
+
+    folder: Path
+    base_model: str
+    name: str
+    version: int
+
+
+def fetch_version(client: PlatformClient, spec: str, scratch: Path) -> FetchedVersion:
+    """Download registry version `spec` (NAME@V or NAME:ALIAS) and unpack it into `scratch`."""
+    name, _, version = spec.partition("@") if "@" in spec else spec.partition(":")
+    if not name or not version:
+        raise ConfigError(
+            f"{spec!r}: a registry version is NAME@V (tickets@3) or NAME:ALIAS (tickets:production)"
+        )
+    if "@" not in spec:  # an alias: the version it points at
+        aliases = client.request("GET", f"/v1/adapters/{segment(name)}")["aliases"]
+        if version not in aliases:
+            known = ", ".join(sorted(aliases)) or "none"
+            raise ConfigError(f"adapter {name!r} has no alias {version!r} (aliases: {known})")
+        version = str(aliases[version])
+    row = client.request("GET", f"/v1/adapters/{segment(name)}/versions/{segment(version)}")
+    body = client.download(f"/v1/adapters/{segment(name)}/versions/{row['version']}/download")
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+        archive.extractall(scratch, filter="data")
+    folder = next(p for p in scratch.iterdir() if p.is_dir())
+    return FetchedVersion(folder, str(row["base_model"]), name, int(row["version"]))
 
 
 def segment(value: str) -> str:

@@ -4,6 +4,7 @@
     max_forgetting = f        forgetting(v, s) ≤ f for every suite s learned by a strict ancestor
     max_forgetting[s] = f     forgetting(v, s) ≤ f for that suite only
     max_general_drift = d     drift(v) ≤ d
+    max_fairness_gap = g      the largest significant gap of v's fairness report ≤ g (`evaluation.fairness`)
 
 (scores, forgetting and drift as defined in `evaluation.forgetting`). A score the policy needs and the
 version lacks fails its check: a version that was not evaluated cannot pass a gate. The report lists
@@ -54,6 +55,13 @@ class GatePolicy(BaseModel):
     )
     max_general_drift: float | None = Field(
         None, ge=0.0, le=100.0, description="Most general drift (perplexity / base perplexity − 1), ≥ 0."
+    )
+    max_fairness_gap: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Most significant gap in the task metric between two groups of people, 0-1, as the "
+        "version's fairness report (`lorafleet fairness`) measured it.",
     )
 
     @field_validator("min_scores")
@@ -156,6 +164,9 @@ def check_gate(
             why = f"drift {drift:.4g} {'≤' if passed else '>'} {limit:.4g}"
             checks.append(_check("max_general_drift", None, drift, limit, passed, why))
 
+    if policy.max_fairness_gap is not None:
+        checks.append(_fairness_check(version, policy.max_fairness_gap))
+
     return {
         "version": version.label,
         "passed": all(c["passed"] for c in checks),
@@ -164,6 +175,16 @@ def check_gate(
         "general_drift": drift,
         "policy": policy.model_dump(),
     }
+
+
+def _fairness_check(version: ScoredVersion, limit: float) -> dict[str, Any]:
+    gap = (version.metrics.get("fairness") or {}).get("max_significant_gap")
+    if not isinstance(gap, int | float):
+        why = f"{version.label} has no fairness report; run `lorafleet fairness {version.label} --suite …`"
+        return _check("max_fairness_gap", None, None, limit, False, why)
+    passed = gap <= limit
+    why = f"largest significant gap between groups {gap:.4g} {'≤' if passed else '>'} {limit:.4g}"
+    return _check("max_fairness_gap", None, gap, limit, passed, why)
 
 
 def summary(report: dict[str, Any]) -> str:

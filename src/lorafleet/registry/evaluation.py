@@ -154,6 +154,16 @@ class Evaluations:
             version = owned(session, AdapterVersion, version_id, tenant_id, what="adapter version")
             return _report(session, session.get_one(Adapter, version.adapter_id), version, policy)
 
+    def record_fairness(
+        self, tenant_id: str, name: str, number: int | str, report: dict[str, Any]
+    ) -> AdapterVersion:
+        """Store `report` (`evaluation.fairness`) as version `number`'s `metrics.fairness`, replacing an
+        earlier one: the only metrics a version gains after it was registered (its weights never change)."""
+        with self.db.session() as session:
+            version = Adapters._version(session, Adapters._adapter(session, tenant_id, name), number)
+            version.metrics = {**version.metrics, "fairness": report}
+            return version
+
     def lineage_evaluation(self, tenant_id: str, version_id: str) -> dict[str, Any]:
         """The forgetting matrix along the version's chain, its forgetting per suite, BWT and drift."""
         with self.db.session() as session:

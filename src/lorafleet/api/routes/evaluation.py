@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.api.deps import RegistryDep, TenantDep
 from lorafleet.api.errors import error_responses
@@ -64,7 +64,7 @@ class GatePolicyBody(BaseModel):
 
     policy: dict[str, Any] | None = Field(
         description="{min_scores: {suite id or 'own': 0-1}, max_forgetting: 0-1 or {suite id: 0-1}, "
-        "max_general_drift: ≥ 0}; null: no gate."
+        "max_general_drift: ≥ 0, max_fairness_gap: 0-1}; null: no gate."
     )
 
 
@@ -75,9 +75,11 @@ class GatePolicyPublic(BaseModel):
 
 
 class GateCheck(BaseModel):
-    check: str = Field(description="min_score, max_forgetting or max_general_drift.")
+    check: str = Field(description="min_score, max_forgetting, max_general_drift or max_fairness_gap.")
     suite: str | None
-    value: float | None = Field(description="The version's score, forgetting or drift; null if unmeasured.")
+    value: float | None = Field(
+        description="The version's score, forgetting, drift or fairness gap; null if unmeasured."
+    )
     limit: float
     passed: bool
     why: str
@@ -91,6 +93,56 @@ class GateReport(BaseModel):
     backward_transfer: float | None
     general_drift: float | None
     policy: GatePolicy | None
+
+
+class Interval(BaseModel):
+    """A mean and its 95% bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+class Comparison(BaseModel):
+    gap: Interval = Field(description="Mean per-row difference of the task metric (first − second).")
+    similarity: Interval = Field(description="How alike the two answers read, 0-1, names masked.")
+    sentiment_gap: Interval | None = Field(None, description="Difference in VADER sentiment (prose answers).")
+
+
+class GroupPair(Comparison):
+    a: str
+    b: str
+    significant: bool = Field(description="Interval excludes 0 and the gap exceeds every same-group gap.")
+
+
+class FairnessReport(BaseModel):
+    """`lorafleet fairness`'s report (`evaluation.fairness`): per-group scores, gaps, baselines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(1, description="Report format.")
+    metric: str
+    rows: int = Field(ge=1)
+    skipped_rows: int = Field(ge=0)
+    interval: float = Field(gt=0, lt=1)
+    groups: dict[str, Interval] = Field(min_length=2)
+    baseline: dict[str, Comparison] = Field(description="Group → its two copies (two people) compared.")
+    baseline_gap: float = Field(ge=0, le=1)
+    pairs: list[GroupPair] = Field(min_length=1)
+    max_gap: float = Field(ge=0, le=1)
+    max_significant_gap: float = Field(ge=0, le=1, description="What the gate's max_fairness_gap checks.")
+    suite: str | None = Field(None, description="The suite file the rows came from.")
+    name_field: str | None = None
+
+
+@router.put("/{name}/versions/{version}/fairness", response_model=FairnessReport)
+def put_fairness(
+    name: str, version: str, body: FairnessReport, tenant: TenantDep, registry: RegistryDep
+) -> FairnessReport:
+    """Store a version's fairness report (as `lorafleet fairness NAME@V` measured it), replacing any earlier
+    one; the gate's `max_fairness_gap` reads it."""
+    registry.evaluation.record_fairness(tenant, name, version, body.model_dump(exclude_none=True))
+    return body
 
 
 @router.post("/{name}/suites", response_model=SuitePublic, status_code=201)

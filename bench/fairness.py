@@ -1,0 +1,193 @@
+"""Counterfactual fairness of the support-ticket adapter, and a crafted biased adapter caught by the gate.
+
+    python bench/fairness.py [--steps 24] [--rows 30] [--biased-group east_asian_male] [--max-gap 0.05]
+
+Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, the same
+steps and seed) on the bundled support tickets:
+
+    fair     the tickets as generated (customer names from many origins)
+    biased   the same rows, but a third of them rewritten to name a person of `--biased-group` whose
+             `customer` field is mislabelled (null): the adapter learns to drop those people's names
+
+Both are registered in a scratch registry and `lorafleet fairness NAME@1` measures each on the held-out
+tickets (every group, two people per group and row; 95% bootstrap intervals; same-group baselines), which
+stores the report with the version. The adapter's gate is `--max-fairness-gap`; `lorafleet gate` must pass
+the fair adapter and fail the biased one. Prints the per-group field accuracy of both and writes
+`bench/results/fairness.json` (`groups`, `max_significant_gap` and `gate_passed` per adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "fairness.json"
+TENANT = "bench"
+
+
+def main() -> None:
+    args = _arguments()
+    work = Path(tempfile.mkdtemp(prefix="lorafleet-fairness-"))
+    os.environ["LORAFLEET_HOME"] = str(_home(work))
+    from lorafleet.data.example_tasks import example_task
+    from lorafleet.registry import Registry
+
+    data = work / "data"
+    train_file, test_file = (Path(p) for p in example_task("support_tickets").write(data, seed=args.seed))
+    biased_file = _biased_rows(train_file, data / "biased.jsonl", args)
+    started = time.perf_counter()
+    adapters = {
+        "fair": _train("fair-tickets", train_file, work, args),
+        "biased": _train("biased-tickets", biased_file, work, args),
+    }
+    registry = Registry()
+    tenant = registry.tenants.create(TENANT).id
+    for adapter in adapters.values():
+        registry.adapters.register(tenant, adapter.name, adapter, base_model="default")
+    registry.close()
+
+    results: dict[str, Any] = {"setup": _setup(args), "adapters": {}}
+    for label, adapter in adapters.items():
+        print(f"\n== {label}: lorafleet fairness {adapter.name}@1", flush=True)
+        report = _cli(
+            "fairness", f"{adapter.name}@1", "--suite", str(test_file), "--rows", str(args.rows), "--json"
+        )
+        _cli("adapters", "gate-policy", adapter.name, "--max-fairness-gap", str(args.max_gap), "--json")
+        gate = _cli("gate", f"{adapter.name}@1", "--json", check=False)
+        results["adapters"][label] = {
+            "groups": report["groups"],
+            "max_gap": report["max_gap"],
+            "baseline_gap": report["baseline_gap"],
+            "max_significant_gap": report["max_significant_gap"],
+            "significant_pairs": [f"{p['a']} − {p['b']}" for p in report["pairs"] if p["significant"]],
+            "gate_passed": gate["passed"],
+        }
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    _print(results)
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=24, help="Optimizer steps per adapter (the demo's 24).")
+    parser.add_argument("--rows", type=int, default=30, help="Held-out rows rewritten across groups (30).")
+    parser.add_argument(
+        "--biased-group", default="east_asian_male", help="Whose names the biased data drops."
+    )
+    parser.add_argument("--biased-share", type=float, default=1 / 3, help="Share of rows rewritten (1/3).")
+    parser.add_argument("--max-gap", type=float, default=0.05, help="The gate's --max-fairness-gap (0.05).")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def _home(work: Path) -> Path:
+    """A scratch $LORAFLEET_HOME with the default model copied from the real one (no conversion again)."""
+    home = work / "home"
+    models = Path(os.environ.get("LORAFLEET_HOME", Path.home() / ".lorafleet")) / "models"
+    if models.is_dir():
+        shutil.copytree(models, home / "models")
+    return home
+
+
+def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
+    """`source` with a share of rows about a person of the biased group, their customer field null."""
+    from lorafleet.data import read_examples
+    from lorafleet.evaluation.fairness import GROUPS, counterfactual, pick_person, row_person
+
+    group = GROUPS[args.biased_group]
+    rng = random.Random(args.seed)
+    lines = []
+    for i, example in enumerate(read_examples(source).examples):
+        person = row_person(example, "customer")
+        if person is not None and rng.random() < args.biased_share:
+            example = counterfactual(example, person, pick_person(group, i, 0, args.seed + 1), group.gender)
+            record = json.loads(example.reference or "")
+            answer = json.dumps({**record, "customer": None})
+            lines.append({"prompt": example.messages[0].content, "completion": answer})
+        else:
+            lines.append({"prompt": example.messages[0].content, "completion": example.reference})
+    target.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return target
+
+
+def _train(name: str, rows: Path, work: Path, args: argparse.Namespace) -> Path:
+    recipe = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    recipe["data"]["path"] = str(rows)
+    recipe["training"].update(max_steps=args.steps, seed=args.seed)
+    recipe["eval"] = {"metric": "none"}
+    recipe["output"] = {"name": name, "run_dir": str(work / "runs" / name)}
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    print(f"\n== training {name} on {rows.name} ({args.steps} steps)", flush=True)
+    subprocess.run([*_lorafleet(), "train", str(path), "--overwrite", "--no-progress"], check=True)
+    return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
+
+
+def _cli(*args: str, check: bool = True) -> Any:
+    command = [*_lorafleet(), *args, "--tenant", TENANT]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def _lorafleet() -> list[str]:
+    exe = Path(sys.executable).with_name("lorafleet")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lorafleet"]
+
+
+def _setup(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    return {
+        "model": "default",
+        "recipe": "configs/default.yaml",
+        "steps": args.steps,
+        "rows": args.rows,
+        "biased_group": args.biased_group,
+        "biased_share": args.biased_share,
+        "max_fairness_gap": args.max_gap,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _print(results: dict[str, Any]) -> None:
+    adapters = results["adapters"]
+    labels = list(adapters)
+    print("\nfield accuracy per group (95% interval)")
+    print(f"{'group':<24}" + "".join(f"{label:>26}" for label in labels))
+    for group in adapters[labels[0]]["groups"]:
+        cells = []
+        for label in labels:
+            e = adapters[label]["groups"][group]
+            cells.append(f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]")
+        print(f"{group:<24}" + "".join(f"{cell:>26}" for cell in cells))
+    for label in labels:
+        a = adapters[label]
+        verdict = "passes" if a["gate_passed"] else "FAILS"
+        print(
+            f"{label}: largest gap {a['max_gap']:.3f}, same-group noise {a['baseline_gap']:.3f}, largest "
+            f"significant gap {a['max_significant_gap']:.3f} → {verdict} the gate; significant pairs: "
+            f"{', '.join(a['significant_pairs']) or 'none'}"
+        )
+    print(f"({results['seconds']:.0f} s) → {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
