@@ -184,7 +184,9 @@ def test_a_fairness_report_is_validated_stored_per_tenant_and_gated(
     assert acme.client.put(path, json=report).status_code == 200
     assert acme.client.get("/v1/adapters/tickets/versions/3").json()["metrics"]["fairness"]["max_gap"] == 0.2
 
-    assert acme.client.put("/v1/adapters/tickets/gate", json={"policy": {"max_fairness_gap": 0.05}}).is_success
+    assert acme.client.put(
+        "/v1/adapters/tickets/gate", json={"policy": {"max_fairness_gap": 0.05}}
+    ).is_success
     checks = acme.client.get("/v1/adapters/tickets/versions/3/gate").json()["checks"]
     assert [(c["check"], c["value"], c["passed"]) for c in checks] == [("max_fairness_gap", 0.2, False)]
     refused = acme.client.post("/v1/adapters/tickets/aliases/production", json={"version": 3})

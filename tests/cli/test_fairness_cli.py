@@ -54,6 +54,22 @@ def test_fairness_of_a_registry_version_is_stored_and_gated(
     shown = ok("fairness", "tickets@1", *common)
     assert "largest significant gap" in shown and "stored with the version" in shown
 
+    card = ok("adapters", "card", "tickets@1", "--tenant", "acme")
+    assert card.startswith("# Model card: tickets@1\n") and f"`{tiny_dir}`" in card
+    for section in ("## Data lineage", "## Training", "## Evaluation", "## Promotion gate", "## Exports"):
+        assert section in card
+    fairness = card.split("## Fairness")[1].split("## Promotion gate")[0]
+    assert "| anglo_female |" in fairness and "| south_asian_female |" in fairness
+    gate = card.split("## Promotion gate")[1]
+    assert "tickets@1 **passes** its gate" in gate and "| max_fairness_gap |" in gate
+    assert "No eval suite was scored (not measured)" in card and "No exports." in card
+    written = tmp_path / "card.md"
+    assert "wrote the model card" in ok(
+        "adapters", "card", "tickets@1", "-o", str(written), "--tenant", "acme"
+    )
+    assert written.read_text() == card
+    assert_friendly_error(invoke("adapters", "card", "tickets@9", "--tenant", "acme"), "tickets")
+
 
 def test_fairness_of_a_local_adapter_and_bad_options(
     random_adapter: Path, tiny_dir: Path, tmp_path: Path

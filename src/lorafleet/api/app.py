@@ -40,6 +40,7 @@ from lorafleet.api.openapi import install_openapi
 from lorafleet.api.routes import (
     adaptation,
     adapters,
+    cards,
     completions,
     evaluation,
     exports,
@@ -141,6 +142,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         fine_tuning,
         adapters,
         evaluation,
+        cards,
         exports,
         adaptation,
         splits,

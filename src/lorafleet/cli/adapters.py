@@ -243,6 +243,29 @@ def versions(
     print_table(rows, columns)
 
 
+@app.command("card")
+def card(
+    reference: Annotated[str, typer.Argument(help="The version: NAME@V (tickets@3).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the card here.")] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The version's model card (Markdown): base, data lineage with the training file's scrubbing report,
+    training, evaluation and forgetting, fairness, the promotion gate's checks, exports."""
+    name, _, version = reference.partition("@")
+    if not name or not version:
+        raise ConfigError(f"{reference!r}: name the version as NAME@V (tickets@3)")
+    with client_from_options(url, api_key, tenant, database_url) as client:
+        text = client.download(f"/v1/adapters/{segment(name)}/versions/{segment(version)}/card").decode()
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"wrote the model card of {reference} to {output}")
+
+
 @app.command("promote")
 def promote(
     name: RegistryNameArg,
