@@ -18,104 +18,21 @@ import hashlib
 import hmac
 import re
 
-FAKE_FIRST = [
-    "Avery",
-    "Blake",
-    "Casey",
-    "Dana",
-    "Eden",
-    "Finley",
-    "Gray",
-    "Harper",
-    "Indigo",
-    "Jules",
-    "Kai",
-    "Lane",
-    "Marlow",
-    "Noel",
-    "Oakley",
-    "Parker",
-    "Quinn",
-    "Reese",
-    "Sage",
-    "Tatum",
-    "Umber",
-    "Vale",
-    "Wren",
-    "Xen",
-    "Yael",
-    "Zion",
-    "Arden",
-    "Brook",
-    "Cyan",
-    "Dell",
-    "Ember",
-    "Fallon",
-    "Gale",
-    "Hollis",
-    "Ivo",
-    "Jory",
-    "Kit",
-    "Lark",
-    "Merritt",
-    "Nico",
-]
-FAKE_LAST = [
-    "Ashgrove",
-    "Birchwood",
-    "Coldwell",
-    "Dunmore",
-    "Elmstead",
-    "Fairholm",
-    "Glenrock",
-    "Hartwell",
-    "Ivywood",
-    "Juniper",
-    "Kestrel",
-    "Larkspur",
-    "Millbrook",
-    "Northcote",
-    "Oakhurst",
-    "Pinecrest",
-    "Quarry",
-    "Redfern",
-    "Stonebridge",
-    "Thornbury",
-    "Underhill",
-    "Vantongeren",
-    "Westbrook",
-    "Yarrow",
-    "Zephyrine",
-    "Amberley",
-    "Bracken",
-    "Cresswell",
-    "Dovecote",
-    "Edgewater",
-    "Foxley",
-    "Greywood",
-    "Hazeldene",
-    "Inglewood",
-    "Kingsmere",
-    "Lindenhall",
-    "Marchbank",
-    "Netherby",
-    "Orchardson",
-    "Pembrook",
-]
-FAKE_STREETS = [
-    "Maple",
-    "Cedar",
-    "Harbor",
-    "Meadow",
-    "Summit",
-    "Orchard",
-    "Lakeview",
-    "Ridge",
-    "Willowmere",
-    "Foxglove",
-    "Heron",
-    "Quarry",
-]
+_FAKE_FIRST = (
+    "Avery Blake Casey Dana Eden Finley Gray Harper Indigo Jules Kai Lane Marlow Noel Oakley Parker "
+    "Quinn Reese Sage Tatum Umber Vale Wren Xen Yael Zion Arden Brook Cyan Dell Ember Fallon Gale "
+    "Hollis Ivo Jory Kit Lark Merritt Nico "
+)
+FAKE_FIRST = _FAKE_FIRST.split()
+_FAKE_LAST = (
+    "Ashgrove Birchwood Coldwell Dunmore Elmstead Fairholm Glenrock Hartwell Ivywood Juniper Kestrel "
+    "Larkspur Millbrook Northcote Oakhurst Pinecrest Quarry Redfern Stonebridge Thornbury Underhill "
+    "Vantongeren Westbrook Yarrow Zephyrine Amberley Bracken Cresswell Dovecote Edgewater Foxley "
+    "Greywood Hazeldene Inglewood Kingsmere Lindenhall Marchbank Netherby Orchardson Pembrook "
+)
+FAKE_LAST = _FAKE_LAST.split()
+_FAKE_STREETS = "Maple Cedar Harbor Meadow Summit Orchard Lakeview Ridge Willowmere Foxglove Heron Quarry "
+FAKE_STREETS = _FAKE_STREETS.split()
 _DATE_FORMATS = (
     "%m/%d/%Y",
     "%m/%d/%y",
