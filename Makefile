@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/ui_pages.py
 	$(BIN)/python bench/federated.py
+	$(BIN)/python bench/scrub.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

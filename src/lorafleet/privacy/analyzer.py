@@ -53,6 +53,7 @@ def build_analyzer() -> Any:
         predefined.IbanRecognizer(),
         predefined.UrlRecognizer(),
         recognizers.email_recognizer(),
+        recognizers.phone_recognizer(),
         recognizers.medical_record_recognizer(),
         recognizers.address_recognizer(),
         recognizers.birth_date_recognizer(),

@@ -136,6 +136,19 @@ def email_recognizer() -> Any:
     )
 
 
+def phone_recognizer() -> Any:
+    """Phone numbers by shape, with a country prefix kept in the span ("+1 (411) 319 8833", "1-685-346-
+    3866"): Presidio's own checks numbers against real area codes and misses made-up or new ones."""
+    return regex_recognizer(
+        "PHONE_NUMBER",
+        "PhoneShapeRecognizer",
+        [
+            Pattern("nanp", r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b", 0.7),
+            Pattern("international", r"\+\d{1,3}[\s.-]\(?\d{1,5}\)?(?:[\s.-]\d{2,5}){1,4}\b", 0.6),
+        ],
+    )
+
+
 def written_date_recognizer() -> Any:
     """Dates with the month in words ("March 3, 2021", "3rd of March 2021", "Mar 2021") and numeric dates
     with any separator, which Presidio's date patterns partly miss."""
