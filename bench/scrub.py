@@ -34,21 +34,21 @@ from lorafleet.privacy.analyzer import Finding, build_analyzer, find_entities
 from lorafleet.privacy.scrub import FieldChoice, scrub_row
 
 RESULTS = Path(__file__).parent / "results" / "scrub.json"
-FIRST = (
+_FIRST = (
     "Aaliyah Bogdan Chiamaka Dmitri Esperanza Farhan Giulia Haruto Ingrid Jamal Kalani Lucian Mireille "
     "Nnamdi Oksana Pedro Quentin Rashida Soren Thanh Ulrike Valentina Wei Ximena Yusuf Zainab Anders "
     "Beatriz Cormac Delphine Emeka Fatima Gunnar Hiroko Ignacio Jolene Kwabena Leilani Mateus Noor"
-).split()
-LAST = (
+)
+FIRST = _FIRST.split()
+_LAST = (
     "Abernathy Bjornstad Castellanos Dubois Eze Fitzgerald Gallagher Haddad Iwasaki Jankowski Kowalczyk "
     "Lindqvist Mbeki Nakamura Okonkwo Petrovic Quintero Rasmussen Szabo Thibodeaux Uchenna Vasquez "
     "Whitfield Xiong Yamamoto Zielinski Achebe Brannigan Chaudhry Delacroix Ferreira Grunewald Hollister "
     "Ivanova Jaramillo Kovacs Lombardi Moreau Novak Oyelaran"
-).split()
-STREETS = "Old Mill|Cherry Hill|Saddle Creek|Juniper Ridge|Lantern|Birch Hollow|Copper Kettle|Mariner".split(
-    "|"
 )
-SUFFIXES = "Road Ct Boulevard Ln Way Terrace Drive Pkwy".split()
+LAST = _LAST.split()
+STREETS = ["Old Mill", "Cherry Hill", "Saddle Creek", "Juniper Ridge", "Lantern", "Birch Hollow", "Mariner"]
+SUFFIXES = ["Road", "Ct", "Boulevard", "Ln", "Way", "Terrace", "Drive", "Pkwy"]
 CITIES = [("Springfield", "IL"), ("Reno", "NV"), ("Tacoma", "WA"), ("Augusta", "ME"), ("El Paso", "TX")]
 DOMAINS = ["fastmail.com", "proton.me", "uni-klinik.de", "outlook.co.uk", "health-mail.org"]
 TYPES = ("name", "date", "phone", "email", "record_number", "address")
@@ -311,10 +311,8 @@ def _print(
         other = (f"{theirs['recall']:.3f}", f"{theirs['precision']:.3f}") if theirs else ("-", "-")
         row = (f"{mine['recall']:.3f}", f"{mine['precision']:.3f}", f"{mine['f2']:.3f}")
         table.add_row(kind, str(mine["gold"]), *row, *other)
-    table.add_row(
-        "overall", str(ours["gold"]), f"{ours['recall']:.3f}", f"{ours['precision']:.3f}", f"{ours['f2']:.3f}",
-        f"{peer['recall']:.3f}", f"{peer['precision']:.3f}",
-    )  # fmt: skip
+    mine = (f"{ours['recall']:.3f}", f"{ours['precision']:.3f}", f"{ours['f2']:.3f}")
+    table.add_row("overall", str(ours["gold"]), *mine, f"{peer['recall']:.3f}", f"{peer['precision']:.3f}")
     console = Console()
     console.print(table)
     console.print(f"identifiers left verbatim after scrubbing: {left} of {total}")
