@@ -5,7 +5,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= qlora,postgres,edge,federated,fairness,dev
+EXTRAS      ?= qlora,postgres,edge,federated,fairness,privacy,dev
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.lorafleet-setup
 
@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/ui_pages.py
 	$(BIN)/python bench/federated.py
+	$(BIN)/python bench/scrub.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

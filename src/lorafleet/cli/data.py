@@ -109,3 +109,41 @@ def example(
         return
     train, test = example_task(task).write(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
     typer.echo(f"wrote {train} ({train_rows} rows) and {test} ({test_rows} rows)")
+
+
+@app.command("scrub")
+def scrub(
+    source: Annotated[Path, typer.Argument(help="A .jsonl file of rows to scrub.")],
+    target: Annotated[
+        Path, typer.Argument(help="Where to write the scrubbed .jsonl (audit report beside it).")
+    ],
+    fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fields", help="Scrub only these top-level fields (repeatable; default: every field)."
+        ),
+    ] = None,
+    skip_fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip-fields",
+            help="Leave these fields as they are (repeatable); PHI found in them is reported, "
+            "not passed silently.",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output and report.")] = False,
+) -> None:
+    """Replace names, dates, record numbers, phones, e-mails and addresses with consistent pseudonyms
+    (same patient, same fake name within a row) and write an audit report (counts only, hash-chained).
+
+    Set LORAFLEET_SCRUB_SECRET for the same pseudonyms on every run; without it a random secret is used.
+    """
+    from lorafleet.privacy.scrub import FieldChoice, report_path, scrub_jsonl
+
+    report = scrub_jsonl(source, target, choice=FieldChoice.parse(fields, skip_fields), overwrite=overwrite)
+    found = ", ".join(f"{kind} {n}" for kind, n in report["found"].items()) or "nothing"
+    typer.echo(f"scrubbed {report['rows']} rows into {target}: {found}")
+    typer.echo(f"audit report: {report_path(target)} (head {report['head'][:16]}…)")
+    for where, count in report["unscrubbed"].items():
+        field, kind = where.split(":", 1)
+        typer.echo(f"warning: {count} {kind} left in skipped field {field!r} (not scrubbed)", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorafleet.errors import validated
 
@@ -54,6 +54,12 @@ class DataConfig(BaseModel):
         max_length=100_000,
         description="A system message put before prompt/alpaca/chat rows that have none.",
     )
+    scrub: bool = Field(
+        False,
+        description="Replace PHI/PII (names, dates, record numbers, phones, e-mails, addresses) with "
+        "consistent pseudonyms before training (the `privacy` extra; .jsonl files only); the scrubbed "
+        "copy and its audit report go under $LORAFLEET_HOME/scrubbed/.",
+    )
     max_rows: int | None = Field(
         None, ge=1, le=10**9, description="Use only the first N usable rows of each file (quick runs)."
     )
@@ -71,6 +77,16 @@ class DataConfig(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("validation_path is empty; leave it out to split validation rows from path")
         return value
+
+    @model_validator(mode="after")
+    def _check_scrub(self) -> DataConfig:
+        if self.scrub:
+            for path in (self.path, self.validation_path):
+                if path is not None and not path.lower().endswith(".jsonl"):
+                    raise ValueError(
+                        f"scrub reads .jsonl files; {path} is not one (convert it or set scrub: false)"
+                    )
+        return self
 
     @classmethod
     def parse(cls, **values: object) -> DataConfig:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,12 +55,16 @@ class PreparedData:
 
 
 def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
-    """Read `config.path` (and `validation_path`), split, and tokenize every row with `tokenizer`."""
+    """Read `config.path` (and `validation_path`), scrub them first when asked, split, and tokenize every
+    row with `tokenizer`."""
+    scrub_notes: list[str] = []
+    if config.scrub:
+        config, scrub_notes = scrubbed_config(config)
     train_read = read_examples(
         config.path, format=config.format, skip_bad_rows=config.skip_bad_rows, max_rows=config.max_rows
     )
     train_rows = [with_system_prompt(e, config.system_prompt) for e in train_read.examples]
-    validation_skipped, notes = 0, list(train_read.notes)
+    validation_skipped, notes = 0, [*scrub_notes, *train_read.notes]
     if config.validation_path is not None:
         held_out = read_examples(
             config.validation_path,
@@ -96,6 +102,29 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
         format=train_read.format,
         notes=tuple(notes),
     )
+
+
+def scrubbed_config(config: DataConfig) -> tuple[DataConfig, list[str]]:
+    """`config` reading scrubbed copies of its files (made once per file content under
+    `$LORAFLEET_HOME/scrubbed/<sha256>/`, audit report beside), and a note per file saying so."""
+    from lorafleet.home import lorafleet_home
+    from lorafleet.privacy.scrub import FieldChoice, report_path, scrub_jsonl
+
+    paths, notes = {}, []
+    for key in ("path", "validation_path"):
+        source = getattr(config, key)
+        if source is None:
+            continue
+        if not Path(source).is_file():
+            raise DataError(f"data.{key}: {source}: no such file to scrub", field=f"data.{key}")
+        with open(source, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        target = lorafleet_home() / "scrubbed" / digest / Path(source).name
+        if not report_path(target).is_file():
+            scrub_jsonl(Path(source), target, choice=FieldChoice(), overwrite=True)
+        paths[key] = str(target)
+        notes.append(f"scrubbed {source} → {target} (audit report {report_path(target)})")
+    return config.model_copy(update={**paths, "scrub": False}), notes
 
 
 def _tokenize_all(
