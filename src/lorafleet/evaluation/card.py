@@ -87,13 +87,15 @@ def _lineage(facts: CardFacts) -> list[str]:
 
 
 def _scrub(report: dict[str, Any]) -> list[str]:
-    counts = report.get("counts") or report.get("entities") or {}
-    lines = [f"{report.get('rows', '?')} rows scrubbed; audit chain head `{report.get('chain_head', '?')}`."]
-    if isinstance(counts, dict) and counts:
-        lines.append(_table(sorted((str(k), str(n)) for k, n in counts.items()), ("kind", "found")))
-    findings = report.get("findings") or []
-    if findings:
-        lines.append(f"Findings: {len(findings)} (e.g. {json.dumps(findings[0])}).")
+    """The scrubbing report's summary (`privacy.audit`): kinds found, recognizers, skipped-field findings."""
+    found = report.get("found") or {}
+    lines = [f"{report.get('rows', '?')} rows scrubbed; audit chain head `{report.get('head', '?')}`."]
+    if found:
+        lines.append(_table(sorted((str(k), str(n)) for k, n in found.items()), ("kind", "found")))
+    unscrubbed = report.get("unscrubbed") or {}
+    if unscrubbed:
+        listed = ", ".join(f"{where} ×{n}" for where, n in sorted(unscrubbed.items()))
+        lines.append(f"**PHI left in fields told to be skipped**: {listed}.")
     return lines
 
 
