@@ -241,7 +241,7 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
     try:
         from lorafleet.errors import TrainingInterrupted
         from lorafleet.training import parse_config, train
-        from lorafleet.training.report import SUMMARY_FILE, write_summary
+        from lorafleet.training.report import SUMMARY_FILE, record_data_scrub, write_summary
 
         try:
             config = parse_config(spec["config"], source="job config")
@@ -270,6 +270,9 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
             return EXIT_CANCELLED
         except LorafleetError as err:  # a data file missing or bad, a setting the device cannot honour, ...
             return _failed(events, err)
+        scrubbed = record_data_scrub(result.adapter_dir, config.data)
+        if scrubbed is not None:  # a recipe with data.scrub: the version keeps its report's summary
+            result.summary["data_scrub"] = scrubbed
         probe = spec.get("probe", True)
         if suites or probe:
             count = f"{len(suites)} suite{'' if len(suites) == 1 else 's'}"
