@@ -265,14 +265,12 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
             result = train(
                 config, resume=spec.get("resume", False), show_progress=False, log=log, on_step=on_step
             )
+            record_data_scrub(result.adapter_dir, config.data)  # a recipe with data.scrub: into the card
         except TrainingInterrupted as err:
             events.emit("cancelled", message=str(err), durable=True)
             return EXIT_CANCELLED
         except LorafleetError as err:  # a data file missing or bad, a setting the device cannot honour, ...
             return _failed(events, err)
-        scrubbed = record_data_scrub(result.adapter_dir, config.data)
-        if scrubbed is not None:  # a recipe with data.scrub: the version keeps its report's summary
-            result.summary["data_scrub"] = scrubbed
         probe = spec.get("probe", True)
         if suites or probe:
             count = f"{len(suites)} suite{'' if len(suites) == 1 else 's'}"

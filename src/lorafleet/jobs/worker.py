@@ -379,7 +379,7 @@ class _EventTail:
 
 def _version_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The numbers a version keeps from its run's summary."""
-    keep = ("steps", "final_train_loss", "tokens", "train_seconds", "evaluation", "data_scrub")
+    keep = ("steps", "final_train_loss", "tokens", "train_seconds", "evaluation")
     return {key: summary[key] for key in keep if key in summary}
 
 
