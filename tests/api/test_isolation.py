@@ -36,6 +36,7 @@ FOREIGN_CALLS: list[Call] = [
     ("GET", "/v1/files?after={file_id}", None),
     ("GET", "/v1/files/{file_id}", None),
     ("GET", "/v1/files/{file_id}/content", None),
+    ("GET", "/v1/files/{file_id}/scrub_report", None),
     ("DELETE", "/v1/files/{file_id}", None),
     ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{file_id}"}),
     ("POST", "/v1/fine_tuning/jobs", {**JOB, "training_file": "{own_file}", "validation_file": "{file_id}"}),
@@ -171,7 +172,7 @@ def owned_resources(
     from lorafleet.models import load_base
 
     client = tenant.client
-    uploaded = upload(client, write_jsonl(tmp_path / "acme-secret.jsonl", QA_ROWS))
+    uploaded = upload(client, write_jsonl(tmp_path / "acme-secret.jsonl", QA_ROWS), scrub=True)  # + a report
     assert uploaded.status_code == 201, uploaded.text
     file = uploaded.json()
     body = {"model": str(tiny_dir), "training_file": file["id"], "adapter": "queued", "recipe": QUICK_RECIPE}

@@ -66,6 +66,34 @@ def test_train_from_a_recipe_with_flags_and_sets_on_top(
     assert card["training"]["lora"]["target_modules"] == ["q_proj"]
 
 
+def test_a_scrubbing_run_records_its_report_in_the_adapter_card(
+    tiny_dir: Path, tmp_path: Path, lorafleet_home: Path
+) -> None:
+    note = "Patient Ingmar Solveigsdottir (MRN: 88120044), call 617-555-0134."
+    rows = [{"prompt": note, "completion": json.dumps({"patient": "Ingmar Solveigsdottir"})}] * 4
+    data = write_jsonl(tmp_path / "notes.jsonl", rows)
+    result = invoke(
+        "train", "--model", str(tiny_dir), "--data", str(data), "-o", "notes", "--max-steps", "1",
+        "--no-progress", *QUICK, "--set", "data.max_length=128", "--set", "data.scrub=true",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    card = json.loads((lorafleet_home / "adapters" / "notes" / "lorafleet.json").read_text())
+    scrub = card["metrics"]["data_scrub"]
+    (report_file,) = (lorafleet_home / "scrubbed").glob("*/notes.scrub.json")
+    report = json.loads(report_file.read_text())
+    assert scrub == {
+        "file": str(data),
+        "rows": 4,
+        "found": report["found"],
+        "unscrubbed": {},
+        "head": report["head"],
+    }
+    assert report["found"]["MEDICAL_RECORD_NUMBER"] == 4
+    assert f"audit head {report['head']}" in result.stdout
+    assert "Solveigsdottir" not in json.dumps(card)
+
+
 def test_train_with_an_unknown_set_key_names_it(tiny_dir: Path, qa_file: Path) -> None:
     result = invoke(
         "train", "--model", str(tiny_dir), "--data", str(qa_file), "--set", "training.learnin_rate=1e-4"

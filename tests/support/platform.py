@@ -64,9 +64,12 @@ class Platform:
         return Tenant(tenant_id, name, key, self.client(key))
 
 
-def upload(client: httpx.Client, path: Path, *, purpose: str = "fine-tune") -> httpx.Response:
+def upload(
+    client: httpx.Client, path: Path, *, purpose: str = "fine-tune", scrub: bool = False
+) -> httpx.Response:
+    form = {"purpose": purpose, "scrub": str(scrub).lower()}
     with path.open("rb") as handle:
-        return client.post("/v1/files", files={"file": (path.name, handle)}, data={"purpose": purpose})
+        return client.post("/v1/files", files={"file": (path.name, handle)}, data=form)
 
 
 def start_job(client: httpx.Client, file_id: str, adapter: str, model: str, **recipe: Any) -> dict[str, Any]:

@@ -150,6 +150,24 @@ def test_a_bad_upload_names_the_line_and_stores_nothing(platform: Platform, tmp_
     assert platform.registry.datasets.all(tenant.id) == []
 
 
+def test_the_upload_form_scrubs_when_ticked(platform: Platform) -> None:
+    tenant = platform.tenant("acme")
+    browser = sign_in(platform.url, tenant.key)
+    row = b'{"prompt": "Patient Ingmar Solveigsdottir, call 617-555-0134.", "completion": "ok"}\n'
+    token = csrf_of(browser.get("/ui/files").text)
+    answer = browser.post(
+        "/ui/files",
+        data={"csrf_token": token, "purpose": "fine-tune", "scrub": "on"},
+        files={"file": ("notes.jsonl", row)},
+    )
+    assert answer.status_code == 303, answer.text
+    (dataset,) = platform.registry.datasets.all(tenant.id)
+    stored = platform.registry.datasets.local_path(dataset).read_text()
+    assert "Solveigsdottir" not in stored and "617-555-0134" not in stored
+    report = platform.registry.datasets.scrub_report(dataset)
+    assert report is not None and report["rows"] == 1
+
+
 def test_revoking_a_key_ends_its_sessions(platform: Platform) -> None:
     tenant = platform.tenant("acme")
     browser = sign_in(platform.url, tenant.key)

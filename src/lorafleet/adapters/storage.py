@@ -30,7 +30,7 @@ from lorafleet.adapters.attach import ADAPTER_NAME, Quantization
 from lorafleet.adapters.identity import BaseIdentity, base_identity, check_same_base, remember_identity
 from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.errors import AdapterError, BaseModelMismatchError, CorruptFileError
-from lorafleet.files import atomic_directory
+from lorafleet.files import atomic_directory, atomic_file
 from lorafleet.home import lorafleet_home, validate_name
 
 CONFIG_FILE = "adapter_config.json"
@@ -136,16 +136,31 @@ def read_adapter(
         raise CorruptFileError(
             f"{weights_path}: unreadable safetensors file, truncated or corrupted ({err})"
         ) from err
-    card = None
     sidecar = folder / SIDECAR_FILE
-    if sidecar.is_file():
-        try:
-            card = AdapterCard.model_validate_json(sidecar.read_text())
-        except ValidationError as err:
-            raise CorruptFileError(
-                f"{sidecar}: not a valid lorafleet sidecar ({err.errors()[0]['msg']})"
-            ) from err
-    return config, state, card
+    return config, state, read_card(sidecar) if sidecar.is_file() else None
+
+
+def read_card(sidecar: Path) -> AdapterCard:
+    """An adapter's `lorafleet.json`; `CorruptFileError` naming the file when it is not a valid card."""
+    try:
+        return AdapterCard.model_validate_json(sidecar.read_text())
+    except ValidationError as err:
+        raise CorruptFileError(
+            f"{sidecar}: not a valid lorafleet sidecar ({err.errors()[0]['msg']})"
+        ) from err
+
+
+def add_card_metrics(path: str | os.PathLike[str], metrics: dict[str, Any]) -> AdapterCard:
+    """Merge `metrics` into a saved adapter's card, rewritten whole and atomically: for facts the training
+    loop does not hold (the scrubbing report of the rows it read). Returns the new card."""
+    sidecar = Path(path) / SIDECAR_FILE
+    if not sidecar.is_file():
+        raise AdapterError(f"{path}: no {SIDECAR_FILE} to record metrics in; is this a lorafleet adapter?")
+    card = read_card(sidecar)
+    card.metrics = {**card.metrics, **metrics}
+    with atomic_file(sidecar) as written:
+        written.write_text(card.model_dump_json(indent=2))
+    return card
 
 
 def load_adapter(

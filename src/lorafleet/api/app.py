@@ -82,7 +82,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The server app for `settings` (default: read from `LORAFLEET_*` environment variables)."""
     settings = settings or ServerSettings()
     registry = Registry(settings.database_url, artifacts_url=settings.artifacts_url)
-    request_log = RequestLogWriter(registry.requests, retention_days=settings.request_log_days)
+    request_log = RequestLogWriter(
+        registry.requests,
+        retention_days=settings.request_log_days,
+        scrub_text=settings.scrub_request_log,
+    )
     workers: list[tuple[Worker | Controller, threading.Thread]] = []
 
     @asynccontextmanager

@@ -61,3 +61,8 @@ class ServerSettings(BaseSettings):
         le=36_500,
         description="Days a completion served stays in the request log (with its feedback) before pruning.",
     )
+    scrub_request_log: bool = Field(
+        False,
+        description="Replace PHI/PII in each logged completion's prompt, messages and answer with "
+        "pseudonyms before it is stored (the `privacy` extra; the originals are never written).",
+    )

@@ -47,6 +47,7 @@ def train(
     """Fine-tune a LoRA/QLoRA adapter from a recipe; prints a before/after table and where outputs went."""
     from lorafleet.training import load_config
     from lorafleet.training import train as run_training
+    from lorafleet.training.report import record_data_scrub
 
     flags = {
         "model.name": model,
@@ -70,11 +71,16 @@ def train(
         console.print(line, soft_wrap=True)  # paths and commands stay whole at any terminal width
 
     result = run_training(recipe, resume=resume, show_progress=progress, log=say)
+    scrubbed = record_data_scrub(result.adapter_dir, recipe.data)
     evaluation = result.summary["evaluation"]
     console.print(comparison_table(evaluation))
     say(f"adapter:    {result.adapter_dir}")
     say(f"loss curve: {result.summary.get('loss_curve', '-')}")
     say(f"summary:    {result.run_dir / 'summary.json'}")
+    if scrubbed is not None:
+        found = ", ".join(f"{kind} {n}" for kind, n in scrubbed["found"].items()) or "nothing"
+        rows, head = scrubbed["rows"], scrubbed["head"]
+        say(f"scrubbed:   {rows} rows ({found}); audit head {head} (in lorafleet.json)")
     say(
         f"trained {result.summary['steps']} steps in {result.summary['train_seconds']:.0f} s "
         f"({result.summary['tokens_per_second']:.0f} tokens/s, peak memory "

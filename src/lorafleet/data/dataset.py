@@ -107,24 +107,55 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
 def scrubbed_config(config: DataConfig) -> tuple[DataConfig, list[str]]:
     """`config` reading scrubbed copies of its files (made once per file content under
     `$LORAFLEET_HOME/scrubbed/<sha256>/`, audit report beside), and a note per file saying so."""
-    from lorafleet.home import lorafleet_home
     from lorafleet.privacy.scrub import FieldChoice, report_path, scrub_jsonl
 
     paths, notes = {}, []
+    for key, source in _scrubbed_files(config):
+        target = scrubbed_copy(source)
+        if not report_path(target).is_file():
+            scrub_jsonl(source, target, choice=FieldChoice(), overwrite=True)
+        paths[key] = str(target)
+        notes.append(f"scrubbed {source} → {target} (audit report {report_path(target)})")
+    return config.model_copy(update={**paths, "scrub": False}), notes
+
+
+def scrub_reports(config: DataConfig) -> dict[str, dict[str, Any]]:
+    """The audit reports of the scrubbed copies a `scrub: true` config trained on, by field (`path`,
+    `validation_path`); empty when it does not scrub."""
+    import json
+
+    from lorafleet.privacy.scrub import report_path
+
+    reports = {}
+    for key, source in _scrubbed_files(config):
+        report = report_path(scrubbed_copy(source))
+        if report.is_file():
+            reports[key] = json.loads(report.read_text(encoding="utf-8"))
+    return reports
+
+
+def scrubbed_copy(source: Path) -> Path:
+    """Where the scrubbed copy of `source` lives: `$LORAFLEET_HOME/scrubbed/<its sha256>/<its name>`."""
+    from lorafleet.home import lorafleet_home
+
+    with source.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return lorafleet_home() / "scrubbed" / digest / source.name
+
+
+def _scrubbed_files(config: DataConfig) -> list[tuple[str, Path]]:
+    """(field, file) of each data file a `scrub: true` config names; `DataError` naming a missing one."""
+    if not config.scrub:
+        return []
+    files = []
     for key in ("path", "validation_path"):
         source = getattr(config, key)
         if source is None:
             continue
         if not Path(source).is_file():
             raise DataError(f"data.{key}: {source}: no such file to scrub", field=f"data.{key}")
-        with open(source, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        target = lorafleet_home() / "scrubbed" / digest / Path(source).name
-        if not report_path(target).is_file():
-            scrub_jsonl(Path(source), target, choice=FieldChoice(), overwrite=True)
-        paths[key] = str(target)
-        notes.append(f"scrubbed {source} → {target} (audit report {report_path(target)})")
-    return config.model_copy(update={**paths, "scrub": False}), notes
+        files.append((key, Path(source)))
+    return files
 
 
 def _tokenize_all(

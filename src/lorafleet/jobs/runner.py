@@ -241,7 +241,7 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
     try:
         from lorafleet.errors import TrainingInterrupted
         from lorafleet.training import parse_config, train
-        from lorafleet.training.report import SUMMARY_FILE, write_summary
+        from lorafleet.training.report import SUMMARY_FILE, record_data_scrub, write_summary
 
         try:
             config = parse_config(spec["config"], source="job config")
@@ -265,6 +265,7 @@ def _run(path: Path, spec: dict[str, Any], events: EventLog, *, cancel_file: Pat
             result = train(
                 config, resume=spec.get("resume", False), show_progress=False, log=log, on_step=on_step
             )
+            record_data_scrub(result.adapter_dir, config.data)  # a recipe with data.scrub: into the card
         except TrainingInterrupted as err:
             events.emit("cancelled", message=str(err), durable=True)
             return EXIT_CANCELLED

@@ -225,7 +225,7 @@ class Worker:
                     job,
                     self.worker_id,
                     Path(tail.result["adapter_dir"]),
-                    metrics=_version_metrics(summary),
+                    metrics={**_version_metrics(summary), **self._data_scrub(job)},
                     trained_tokens=int(summary.get("tokens", 0)),
                     compute_seconds=seconds,
                 )
@@ -246,6 +246,15 @@ class Worker:
         error = tail.error or f"the training process exited with code {code}"
         jobs.finish(job.id, self.worker_id, "failed", error=error)
         return "failed"
+
+    def _data_scrub(self, job: Job) -> dict[str, Any]:
+        """`data_scrub` for the version's metrics when its training file was scrubbed on upload (file id,
+        rows, kinds found, the audit chain's head), so the version names the report it was trained under."""
+        from lorafleet.privacy.audit import scrub_record
+
+        datasets = self.registry.datasets
+        report = datasets.scrub_report(datasets.get(job.tenant_id, job.dataset_id))
+        return {"data_scrub": scrub_record(report, file=job.dataset_id)} if report is not None else {}
 
     def _keep_parent_fisher(self, job: Job, folder: Path) -> None:
         """Store the Fisher an EWC run estimated on its parent's rows with the parent version, so the parent's

@@ -4,7 +4,10 @@
 (`registry.requests`) on a thread of its own: `record()` only puts the row on a bounded queue, never
 waiting (a full queue drops the row with a warning), and a failed write is logged, never raised. So the
 log can neither fail nor slow a request. The same thread deletes rows older than the retention when it
-starts and every `prune_seconds` after.
+starts and every `prune_seconds` after. With `scrub_text` (the server's `scrub_request_log`) that thread
+also replaces the PHI/PII in each completion's prompt, messages and answer by pseudonyms (`privacy.scrub`,
+one document per completion, so a person keeps one fake name across prompt and answer) before it is
+stored; a completion whose scrubbing fails is stored without its text, never with the original.
 
 `correction_rows` turns corrected completions into fine-tuning rows:
 
@@ -51,8 +54,10 @@ class RequestLogWriter:
         prune_seconds: float = 3600.0,
         max_pending: int = 10_000,
         batch_size: int = 256,
+        scrub_text: bool = False,
     ) -> None:
         self.log = log
+        self.scrubber = TextScrubber() if scrub_text else None
         self.retention_days = retention_days
         self.prune_seconds = prune_seconds
         self.batch_size = batch_size
@@ -128,6 +133,9 @@ class RequestLogWriter:
                     break
             rows = [item for item in batch if item is not _STOP]
             if rows:
+                if self.scrubber is not None:
+                    for row in rows:
+                        self.scrubber.scrub(row)
                 self._write(rows)
                 self._done(len(rows))
             if len(rows) < len(batch):
@@ -161,6 +169,36 @@ class RequestLogWriter:
         with self._changed:
             self._pending -= count
             self._changed.notify_all()
+
+
+class TextScrubber:
+    """Replaces PHI/PII in a logged completion's text in place. The analyzer is built here, once (in the
+    server's start-up, so a missing `privacy` extra is a `ConfigError` then, not a lost log later), and
+    the pseudonym secret is `LORAFLEET_SCRUB_SECRET` or a random one per process."""
+
+    def __init__(self) -> None:
+        from lorafleet.privacy.analyzer import build_analyzer
+        from lorafleet.privacy.scrub import scrub_secret
+
+        build_analyzer()
+        self.secret, _ = scrub_secret()
+
+    def scrub(self, completion: LoggedCompletion) -> None:
+        """The completion's prompt, messages and answer scrubbed as one document; on any failure their
+        text is dropped (logged without text), so no original value is stored."""
+        from lorafleet.privacy.scrub import FieldChoice, scrub_row
+
+        row = {"prompt": completion.prompt, "messages": completion.messages, "text": completion.text}
+        try:
+            scrubbed, _, _ = scrub_row(row, self.secret, FieldChoice())
+        except Exception:
+            logger.exception("could not scrub completion %s: it is logged without its text", completion.id)
+            scrubbed = {"prompt": None, "messages": None, "text": None}
+        completion.prompt, completion.messages, completion.text = (
+            scrubbed["prompt"],
+            scrubbed["messages"],
+            scrubbed["text"],
+        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from lorafleet.errors import ConfigError
 from lorafleet.privacy.names import COMMON_WORDS
 
 SCORE_THRESHOLD = 0.3  # Presidio's phone and date patterns score 0.4–0.6 without context
@@ -37,8 +38,11 @@ class Finding:
 @lru_cache(maxsize=1)
 def build_analyzer() -> Any:
     """Presidio's `AnalyzerEngine` on a blank spaCy pipeline with our recognizers (built once per process)."""
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer import predefined_recognizers as predefined
+    try:
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer import predefined_recognizers as predefined
+    except ImportError as err:
+        raise ConfigError("scrubbing PHI/PII needs Presidio: pip install 'lorafleet[privacy]'") from err
 
     from lorafleet.privacy import recognizers
     from lorafleet.privacy.names import person_recognizer

@@ -73,6 +73,20 @@ class AuditTrail:
         }
 
 
+def report_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without its per-row entries: what a file's record, a version's metrics and a model card
+    show (the entries stay in the whole report, which `verify_report` checks)."""
+    return {key: value for key, value in report.items() if key != "entries"}
+
+
+def scrub_record(report: dict[str, Any], **about: Any) -> dict[str, Any]:
+    """What an adapter version trained on scrubbed rows keeps of their report (its metrics' `data_scrub`):
+    `about` (which file), rows, kinds found, findings left in skipped fields, and the chain's head, which
+    ties the version to the one whole report."""
+    kept = ("rows", "found", "unscrubbed", "head")
+    return {**about, **{key: report[key] for key in kept if key in report}}
+
+
 def entry_hash(entry: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON, its own `hash` left out."""
     body = {k: v for k, v in entry.items() if k != "hash"}

@@ -44,6 +44,14 @@ def directory_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sidecar_url(url: str, suffix: str) -> str:
+    """The URL of a sidecar stored next to artifact `url`, named by `suffix` in place of the artifact's own:
+    `…/file-1.jsonl` with `.scrub.json` → `…/file-1.scrub.json` (no database column needed to find it)."""
+    folder, _, name = url.rpartition("/")
+    stem = name.split(".", 1)[0]
+    return f"{folder}/{stem}{suffix}"
+
+
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -95,6 +103,12 @@ class ArtifactStore:
                 raise NotFoundError(f"artifact {url} is missing from the store") from err
             partial.rename(target)  # another thread may have won: both copies are the same artifact
         return target
+
+    def exists(self, url: str) -> bool:
+        """Whether an artifact is stored at `url`."""
+        if self.local:
+            return Path(url.removeprefix("file://")).exists()
+        return bool(self._fs.exists(url))
 
     def delete(self, url: str) -> None:
         """Remove an artifact (a missing one is fine: deleting twice is not an error)."""

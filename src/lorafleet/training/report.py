@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from lorafleet.data.config import DataConfig
+
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
 SUMMARY_FILE = "summary.json"
@@ -77,3 +79,21 @@ def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     staging.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(staging, path)
     return path
+
+
+def record_data_scrub(adapter_dir: Path, data: DataConfig) -> dict[str, Any] | None:
+    """For a `data.scrub: true` run, write the scrubbing report's summary of the rows it trained on into
+    the adapter's card (metrics `data_scrub`: file, rows, kinds found, the audit chain's head; the
+    validation file's under `validation`) and return it; None when the run did not scrub."""
+    from lorafleet.adapters.storage import add_card_metrics
+    from lorafleet.data.dataset import scrub_reports
+    from lorafleet.privacy.audit import scrub_record
+
+    reports = scrub_reports(data)
+    if "path" not in reports:
+        return None
+    record = scrub_record(reports["path"], file=str(data.path))
+    if "validation_path" in reports:
+        record["validation"] = scrub_record(reports["validation_path"], file=str(data.validation_path))
+    add_card_metrics(adapter_dir, {"data_scrub": record})
+    return record

@@ -44,12 +44,20 @@ async def upload(
 ) -> Response:
     file = form.get("file")
     purpose = str(form.get("purpose") or "fine-tune")
+    scrub = form.get("scrub") == "on"
     try:
         if not isinstance(file, UploadFile) or not file.filename:
             raise DataError("choose a file to upload", field="file")
         # the check tokenizes every row: off the event loop
         await run_in_threadpool(
-            api.add_file, request, tenant, registry_of(request), file.filename, file.file, purpose
+            api.add_file,
+            request,
+            tenant,
+            registry_of(request),
+            file.filename,
+            file.file,
+            purpose,
+            scrub=scrub,
         )
     except LorafleetError as err:
         return _files_page(request, session, tenant, failure=ApiError.of(err))
