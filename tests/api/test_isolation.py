@@ -32,6 +32,19 @@ MODELS = ("{name}", "{name}@1", "{name}:production")  # every way `model` can na
 JOB = {"model": "{base}", "recipe": QUICK_RECIPE}
 EXPERIMENT = {"model": "{name}", "arms": [{"target": "{name}@1", "percent": 100}]}
 POLICY = {"triggers": {"drift": {"p_value": 0.01, "window": 50}}, "canary": {"percent": 10}}
+_INTERVAL = {"mean": 0.5, "low": 0.4, "high": 0.6}
+FAIRNESS_REPORT: dict[str, Any] = {  # a valid report, so a foreign version answers 404, not 400
+    "metric": "json_fields",
+    "rows": 2,
+    "skipped_rows": 0,
+    "interval": 0.95,
+    "groups": {"a": _INTERVAL, "b": _INTERVAL},
+    "baseline": {"a": {"gap": _INTERVAL, "similarity": _INTERVAL}},
+    "baseline_gap": 0.0,
+    "pairs": [{"a": "a", "b": "b", "gap": _INTERVAL, "similarity": _INTERVAL, "significant": False}],
+    "max_gap": 0.0,
+    "max_significant_gap": 0.0,
+}
 FOREIGN_CALLS: list[Call] = [
     ("GET", "/v1/files?after={file_id}", None),
     ("GET", "/v1/files/{file_id}", None),
@@ -59,6 +72,8 @@ FOREIGN_CALLS: list[Call] = [
     ("PUT", "/v1/adapters/{name}/gate", {"policy": {"max_forgetting": 0.1}}),
     ("GET", "/v1/adapters/{name}/gate", None),
     ("GET", "/v1/adapters/{name}/versions/{version}/gate", None),
+    ("GET", "/v1/adapters/{name}/versions/{version}/card", None),
+    ("PUT", "/v1/adapters/{name}/versions/{version}/fairness", FAIRNESS_REPORT),
     ("GET", "/v1/adapters/{name}/canary", None),
     ("PUT", "/v1/adapters/{name}/canary", {"target": "{name}@1", "percent": 10}),
     ("DELETE", "/v1/adapters/{name}/canary", None),
