@@ -70,7 +70,8 @@ class Jobs:
         """Queue a job; `NotFoundError` for another tenant's file, `QuotaExceededError` past a quota."""
         validate_name(adapter_name, what="adapter name")
         with self.db.session() as session:
-            tenant = session.get_one(Tenant, tenant_id)
+            # Locked: the quota's count and the new row are one step, even for replicas creating at once
+            tenant = session.get_one(Tenant, tenant_id, with_for_update=True)
             for file_id in filter(None, (dataset_id, validation_dataset_id)):
                 owned(session, Dataset, file_id, tenant_id, what="file")
             if parent_version_id is not None:
