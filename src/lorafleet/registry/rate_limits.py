@@ -33,7 +33,7 @@ class RateLimits:
         self.clock = clock  # wall-clock seconds; tests pass a hand-moved one
 
     def take(self, key_id: str, per_minute: int) -> None:
-        """Count one request of `key_id`; `QuotaExceededError` (with `retry_after`) when the bucket is empty."""
+        """Count one request of `key_id`; `QuotaExceededError` (with `retry_after`) once it is used up."""
         moment = self.clock()
         with self.db.session() as session:
             bucket = _locked_bucket(session, key_id, full=float(per_minute), moment=moment)
