@@ -213,7 +213,9 @@ def test_two_stores_on_one_s3_bucket_read_what_the_other_wrote(
     rows = tmp_path / "train.jsonl"
     rows.write_text('{"prompt": "a"}\n')
     file_url = writer.put_file(rows, "tenants/t1/files/file-1.jsonl")
-    assert reader.local_path(file_url).read_text() == '{"prompt": "a"}\n'
+    cached = reader.local_path(file_url)
+    assert cached.read_text() == '{"prompt": "a"}\n'
+    assert cached.name == "file-1.jsonl"  # its suffix says its format to the data loader
     reader.delete(file_url)
     with pytest.raises(NotFoundError, match="missing"):
         ArtifactStore(s3_artifacts_url, cache_dir=tmp_path / "third").local_path(file_url)

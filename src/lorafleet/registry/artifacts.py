@@ -90,24 +90,32 @@ class ArtifactStore:
             if not path.exists():
                 raise NotFoundError(f"artifact {url} is missing from the store")
             return path
-        target = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
-        if not target.exists():
-            partial = target.with_name(f".{target.name}.{uuid4().hex[:8]}")
-            try:
-                self._fs.get(url, str(partial), recursive=True)
-            except FileNotFoundError as err:
-                raise NotFoundError(f"artifact {url} is missing from the store") from err
-            partial.rename(target)  # another thread may have won: both copies are the same artifact
+        return self._cached_copy(url)
+
+    def _cached_copy(self, url: str) -> Path:
+        """The artifact downloaded once into the cache, under its own name (a file keeps its suffix,
+        which tells readers its format): `cache_dir/<sha256 of url>/<name>`."""
+        target = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32] / url.rsplit("/", 1)[-1]
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid4().hex[:8]}")
+        try:
+            self._fs.get(url, str(partial), recursive=True)
+        except FileNotFoundError as err:
+            raise NotFoundError(f"artifact {url} is missing from the store") from err
+        try:
+            partial.rename(target)
+        except OSError:  # another thread won (a directory cannot be renamed over): the same artifact
+            if not target.exists():
+                raise
+            _remove_local(partial)
         return target
 
     def delete(self, url: str) -> None:
         """Remove an artifact (a missing one is fine: deleting twice is not an error)."""
         if self.local:
-            path = Path(url.removeprefix("file://"))
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            _remove_local(Path(url.removeprefix("file://")))
         elif self._fs.exists(url):
             self._fs.rm(url, recursive=True)
 
@@ -154,6 +162,13 @@ class ArtifactStore:
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
             self._fs.put_file(str(file), f"{final_url}/{file.relative_to(source).as_posix()}")
         return final_url
+
+
+def _remove_local(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
