@@ -26,7 +26,7 @@ from lorafleet.registry import Registry
 from tests.support.platform import ADMIN_KEY, QA_ROWS, QUICK_RECIPE, start_job, wait_for_job
 from tests.support.postgres import drop_database, fresh_database
 from tests.support.s3 import S3_CREDENTIALS
-from tests.support.server import free_port, run_server_process
+from tests.support.server import ServerCommand, free_port, run_server_processes
 from tests.ui.conftest import sign_in
 
 pytestmark = pytest.mark.integration
@@ -91,29 +91,19 @@ def replicas(
     }
     ports = (free_port(), free_port())
     urls = (f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
+    commands = [
+        ServerCommand(
+            replica_argv(tiny_dir, port),
+            _replica_env(shared, tmp_path_factory.mktemp(f"replica-{i}")),
+            f"{url}/readyz",
+        )
+        for i, (port, url) in enumerate(zip(ports, urls, strict=True))
+    ]
     try:
-        with (
-            run_server_process(
-                replica_argv(tiny_dir, ports[0]),
-                env=_replica_env(shared, tmp_path_factory.mktemp("replica-a")),
-                ready_url=f"{urls[0]}/readyz",
-                timeout=180,
-            ) as first,
-            run_server_process(
-                replica_argv(tiny_dir, ports[1]),
-                env=_replica_env(shared, tmp_path_factory.mktemp("replica-b")),
-                ready_url=f"{urls[1]}/readyz",
-                timeout=180,
-            ) as second,
-        ):
-            yield Replicas(
-                urls,
-                (first.pid, second.pid),
-                database_url,
-                shared["LORAFLEET_ARTIFACTS_URL"],
-                s3,
-                str(tiny_dir),
-            )
+        # started at once on the empty database, as a deployment's replicas are: they migrate it in turn
+        with run_server_processes(commands, timeout=180) as processes:
+            pids = (processes[0].pid, processes[1].pid)
+            yield Replicas(urls, pids, database_url, shared["LORAFLEET_ARTIFACTS_URL"], s3, str(tiny_dir))
     finally:
         drop_database(postgres_server, "replicas")
 
