@@ -180,9 +180,10 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
 
 def lock_tenant(session: Session, tenant_id: str) -> Tenant:
     """The tenant's row, locked until the transaction ends: a quota's check and the row it admits are one
-    step, even for replicas admitting work at once (PostgreSQL `FOR UPDATE`; SQLite's `BEGIN IMMEDIATE`
-    already holds the write lock)."""
-    return session.get_one(Tenant, tenant_id, with_for_update=True)
+    step, even for replicas admitting work at once. PostgreSQL's `FOR NO KEY UPDATE` still lets other
+    transactions insert rows that reference the tenant (usage, the request log); SQLite's
+    `BEGIN IMMEDIATE` already holds the write lock."""
+    return session.get_one(Tenant, tenant_id, with_for_update={"key_share": True})
 
 
 def check_storage(session: Session, tenant: Tenant, *, new_bytes: int, new_adapter: bool) -> None:
