@@ -5,7 +5,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= qlora,postgres,edge,federated,fairness,privacy,dev
+EXTRAS      ?= qlora,postgres,s3,edge,federated,fairness,privacy,dev
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.lorafleet-setup
 

@@ -11,7 +11,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.platform"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.platform", "tests.support.s3"]
 
 
 @pytest.fixture(autouse=True)

@@ -80,7 +80,6 @@ def test_concurrent_jobs_quota_is_freed_by_cancelling(
     assert second.status_code == 200, second.text
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the limiter is in memory
 def test_rate_limit_is_per_key(make_platform: Callable[..., Platform]) -> None:
     platform = make_platform()
     tenant = platform.tenant("acme")

@@ -184,3 +184,38 @@ def test_memory_store_round_trips_a_file(memory_store: ArtifactStore, tmp_path: 
 def test_memory_store_reports_a_missing_artifact(memory_store: ArtifactStore) -> None:
     with pytest.raises(NotFoundError, match="missing"):
         memory_store.local_path(f"{memory_store.url}/nothing/here")
+
+
+@pytest.mark.integration
+def test_two_stores_on_one_s3_bucket_read_what_the_other_wrote(
+    s3_artifacts_url: str, make_adapter_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Two replicas' stores on moto's S3 server: each reads what the other wrote (no stale listing), and
+    writing a key again replaces all of its files, not nests a copy under it."""
+    writer = ArtifactStore(s3_artifacts_url, cache_dir=tmp_path / "writer-cache")
+    reader = ArtifactStore(s3_artifacts_url, cache_dir=tmp_path / "reader-cache")
+    assert reader._fs.find(reader.url) == []  # the reader looked before anything was there
+    source = make_adapter_dir("one", weights=b"one")
+    url = writer.put_directory(source, "tenants/t1/adapters/a/av-1")
+    assert url == f"{s3_artifacts_url}/tenants/t1/adapters/a/av-1"
+    assert directory_sha256(reader.local_path(url)) == directory_sha256(source)
+
+    again = writer.put_directory(make_adapter_dir("two", weights=b"two"), "tenants/t1/adapters/a/av-1")
+    stored = sorted(path.removeprefix(writer._root_path) for path in writer._fs.find(again))
+    assert stored == [
+        "/tenants/t1/adapters/a/av-1/adapter_config.json",
+        "/tenants/t1/adapters/a/av-1/adapter_model.safetensors",
+        "/tenants/t1/adapters/a/av-1/extra/notes.txt",
+    ]
+    fresh = ArtifactStore(s3_artifacts_url, cache_dir=tmp_path / "fresh-cache")
+    assert (fresh.local_path(again) / "adapter_model.safetensors").read_bytes() == b"two"
+
+    rows = tmp_path / "train.jsonl"
+    rows.write_text('{"prompt": "a"}\n')
+    file_url = writer.put_file(rows, "tenants/t1/files/file-1.jsonl")
+    cached = reader.local_path(file_url)
+    assert cached.read_text() == '{"prompt": "a"}\n'
+    assert cached.name == "file-1.jsonl"  # its suffix says its format to the data loader
+    reader.delete(file_url)
+    with pytest.raises(NotFoundError, match="missing"):
+        ArtifactStore(s3_artifacts_url, cache_dir=tmp_path / "third").local_path(file_url)

@@ -13,6 +13,7 @@ from lorafleet.errors import ConflictError, NotFoundError, QuotaExceededError
 from lorafleet.registry import Quotas, Registry
 from lorafleet.registry.artifacts import file_sha256
 from lorafleet.registry.tables import Dataset, Tenant
+from tests.registry.contention import contend_before
 
 
 def stored_files(artifacts_dir: Path) -> list[Path]:
@@ -132,3 +133,27 @@ def test_storage_quota_refuses_a_file_that_does_not_fit(
     assert len(stored_files(artifacts_dir)) == 1
     registry.datasets.delete(tenant.id, first.id)  # frees the space
     registry.datasets.add(tenant.id, source, filename="b.jsonl", format="f", rows=5, tokens=50)
+
+
+def test_storage_quota_holds_for_two_replicas_storing_at_once(
+    registry: Registry,
+    open_registry: Callable[[], Registry],
+    make_dataset_file: Callable[..., Path],
+    artifacts_dir: Path,
+) -> None:
+    """Another replica stores a file while this one's, which takes the last of the quota, is about to
+    commit: it was let through before its upload, but is refused when it records the file (the tenant's
+    row is locked until this one commits), and its uploaded copy is removed."""
+    source = make_dataset_file(rows=5)
+    size = source.stat().st_size
+    tenant = registry.tenants.create("small", quotas=Quotas(max_storage_bytes=size + size // 2))
+    other = open_registry()
+
+    def contender() -> None:
+        other.datasets.add(tenant.id, source, filename="b.jsonl", format="f", rows=5, tokens=50)
+
+    with contend_before(registry.db.engine, contender, "INSERT INTO datasets") as errors:
+        first = registry.datasets.add(tenant.id, source, filename="a.jsonl", format="f", rows=5, tokens=50)
+    assert [type(error) for error in errors] == [QuotaExceededError]
+    assert [d.id for d in registry.datasets.all(tenant.id)] == [first.id]
+    assert len(stored_files(artifacts_dir)) == 1

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from lorafleet.errors import ConflictError, NotFoundError, QuotaExceededError
 from lorafleet.registry import Quotas, Registry
 from lorafleet.registry.tables import Dataset, Job, Tenant, UsageRecord
+from tests.registry.contention import contend_at_commit
 
 
 @pytest.fixture
@@ -474,3 +475,25 @@ def test_concurrent_jobs_quota(registry: Registry, tenant: Tenant, queue: Callab
     assert registry.jobs.active_count(tenant.id) == 2
     registry.jobs.finish(first.id, "worker-a", "succeeded")
     assert queue("three").status == "queued"
+
+
+def test_concurrent_jobs_quota_holds_for_two_replicas_creating_at_once(
+    registry: Registry,
+    tenant: Tenant,
+    dataset: Dataset,
+    open_registry: Callable[[], Registry],
+    queue: Callable[..., Job],
+) -> None:
+    """Another replica creates a job while this one's creation, which took the last place, is about to
+    commit: it waits for that commit (the tenant's row is locked) and is refused, not let in too."""
+    registry.tenants.set_quotas(tenant.id, Quotas(max_concurrent_jobs=2))
+    queue("one")
+    other = open_registry()
+
+    def contender() -> None:
+        other.jobs.create(tenant.id, adapter_name="three", dataset_id=dataset.id, base_model="tiny-llama")
+
+    with contend_at_commit(registry.db.engine, contender, after="INSERT INTO jobs") as errors:
+        queue("two")
+    assert [type(error) for error in errors] == [QuotaExceededError]
+    assert registry.jobs.active_count(tenant.id) == 2

@@ -9,8 +9,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 import httpx
@@ -92,6 +93,46 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
     proc.wait()
 
 
+@dataclass(frozen=True)
+class ServerCommand:
+    """A server to start: its command line, its whole environment (None inherits ours), the URL that
+    answers 200 once it is ready."""
+
+    argv: list[str]
+    env: Mapping[str, str] | None
+    ready_url: str
+
+
+@contextmanager
+def run_server_processes(
+    commands: Sequence[ServerCommand], *, timeout: float = 60.0, stop_timeout: float = 10.0
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start every command at once, each in its own process group (their startups overlap); yield the
+    processes once every `ready_url` said 200, all within `timeout` seconds.
+
+    Each one's output goes to a temporary file, whose tail is in the error when it dies or is not ready
+    in time. On exit every group gets SIGTERM, then SIGKILL after `stop_timeout` seconds.
+    """
+    with ExitStack() as stack:
+        started = []
+        for command in commands:
+            log = stack.enter_context(tempfile.TemporaryFile())
+            proc = subprocess.Popen(
+                command.argv,
+                env=None if command.env is None else dict(command.env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            stack.callback(_stop, proc, stop_timeout)
+            started.append((command, proc, log))
+        deadline = time.monotonic() + timeout
+        for command, proc, log in started:
+            _wait_until_ready(command, proc, log, deadline, timeout)
+        yield [proc for _, proc, _ in started]
+
+
 @contextmanager
 def run_server_process(
     argv: list[str],
@@ -101,41 +142,34 @@ def run_server_process(
     timeout: float = 60.0,
     stop_timeout: float = 10.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `argv` (e.g. `lorafleet serve ...`) in its own process group; yield it once `ready_url` says 200.
+    """Start `argv` (e.g. `lorafleet serve ...`) and yield it once `ready_url` says 200
+    (`run_server_processes` with one command)."""
+    command = ServerCommand(argv, env, ready_url)
+    with run_server_processes([command], timeout=timeout, stop_timeout=stop_timeout) as [proc]:
+        yield proc
 
-    `env` is the child's whole environment, as for `subprocess.Popen` (None inherits ours). Its output goes
-    to a temporary file, whose tail is in the error when the process dies or is not ready within `timeout`.
-    On exit the group gets SIGTERM, then SIGKILL after `stop_timeout` seconds.
-    """
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            argv,
-            env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            with httpx.Client(timeout=2.0) as client:
-                while True:
-                    code = proc.poll()
-                    if code is not None:
-                        raise RuntimeError(
-                            f"{argv[0]} exited with {code} before {ready_url} answered:\n{_tail(log)}"
-                        )
-                    try:
-                        if client.get(ready_url).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"{ready_url} did not answer 200 within {timeout:g} s; "
-                            f"output of {argv[0]}:\n{_tail(log)}"
-                        )
-                    time.sleep(0.1)
-            yield proc
-        finally:
-            _stop(proc, stop_timeout)
+
+def _wait_until_ready(
+    command: ServerCommand, proc: subprocess.Popen[bytes], log: IO[bytes], deadline: float, timeout: float
+) -> None:
+    """Poll `command.ready_url` until it answers 200; an error with the output if the process exits first
+    or `deadline` passes."""
+    name = command.argv[0]
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{name} exited with {code} before {command.ready_url} answered:\n{_tail(log)}"
+                )
+            try:
+                if client.get(command.ready_url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{command.ready_url} did not answer 200 within {timeout:g} s; "
+                    f"output of {name}:\n{_tail(log)}"
+                )
+            time.sleep(0.1)

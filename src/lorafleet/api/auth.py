@@ -1,40 +1,18 @@
-"""Who calls: bearer keys → `Caller`, the admin key, and each key's rate limit (token bucket per minute)."""
+"""Who calls: bearer keys → `Caller`, the admin key, and each key's rate limit (`registry.rate_limits`: a
+token bucket per key in the database, shared by every replica of the server)."""
 
 from __future__ import annotations
 
 import hmac
-import threading
-import time
 
 from fastapi import Request
 
 from lorafleet.api.deps import Caller
 from lorafleet.api.errors import PermissionDeniedError
-from lorafleet.errors import AuthenticationError, QuotaExceededError
+from lorafleet.errors import AuthenticationError
 from lorafleet.registry import Registry
 
 TENANT_HEADER = "X-Lorafleet-Tenant"
-
-
-class RateLimiter:
-    """At most `per_minute` requests per key, refilled continuously; a refusal says when to retry."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id → (tokens left, last refill time)
-
-    def take(self, key_id: str, per_minute: int) -> None:
-        with self._lock:
-            moment = time.monotonic()
-            tokens, last = self._buckets.get(key_id, (float(per_minute), moment))
-            tokens = min(float(per_minute), tokens + (moment - last) * per_minute / 60.0)
-            if tokens < 1.0:
-                self._buckets[key_id] = (tokens, moment)
-                raise QuotaExceededError(
-                    f"rate limit of {per_minute} requests per minute reached for this API key",
-                    retry_after=(1.0 - tokens) * 60.0 / per_minute,
-                )
-            self._buckets[key_id] = (tokens - 1.0, moment)
 
 
 class Authenticator:
@@ -44,7 +22,6 @@ class Authenticator:
         self.registry = registry
         self.admin_key = admin_key
         self.default_per_minute = default_per_minute
-        self.limiter = RateLimiter()
 
     def __call__(self, request: Request) -> Caller:
         header = request.headers.get("authorization", "")
@@ -59,7 +36,7 @@ class Authenticator:
         key, tenant = self.registry.tenants.key_and_tenant(secret)
         per_minute = tenant.requests_per_minute or self.default_per_minute
         if per_minute is not None:
-            self.limiter.take(key.id, per_minute)
+            self.registry.rate_limits.take(key.id, per_minute)
         return Caller(tenant_id=key.tenant_id, key_id=key.id)
 
     def is_admin_key(self, secret: str) -> bool:

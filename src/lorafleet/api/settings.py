@@ -19,7 +19,10 @@ class ServerSettings(BaseSettings):
         None, description="SQLAlchemy URL; default SQLite at $LORAFLEET_HOME/registry.db."
     )
     artifacts_url: str | None = Field(
-        None, description="Where datasets and adapters are stored: a directory or fsspec URL (s3://…)."
+        None,
+        description="Where datasets and adapters are stored: a directory or fsspec URL (s3://bucket/prefix; "
+        "an S3-compatible endpoint and its keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY).",
     )
     admin_key: str | None = Field(
         None,

@@ -52,7 +52,7 @@ from lorafleet.registry.tables import (
     now,
     owned,
 )
-from lorafleet.registry.usage import check_storage, record_usage
+from lorafleet.registry.usage import check_storage, lock_tenant, record_usage
 
 DEFAULT_ALIAS = "production"
 
@@ -97,6 +97,9 @@ class Adapters:
         url = self.artifacts.put_directory(source, f"tenants/{tenant_id}/adapters/{name}/{version_id}")
         try:
             with self.db.session() as session:
+                check_storage(
+                    session, lock_tenant(session, tenant_id), new_bytes=size, new_adapter=exists is None
+                )
                 adapter = self._adapter(session, tenant_id, name, create=True)
                 adapter.latest_version += 1
                 version = AdapterVersion(

@@ -2,8 +2,12 @@
 
 Writing is all-or-nothing. On a local disk a file or directory is written under a temporary name,
 every file and the directories are fsynced, then it is renamed into place: a crash leaves either
-nothing or the whole artifact. On an object store (S3, …) it is uploaded under a temporary name and
-moved. The registry commits a row naming an artifact only after `put_*` returned.
+nothing or the whole artifact. On an object store (S3, …) each file is one object, uploaded to its
+final key (a PUT is atomic). The registry commits a row naming an artifact only after `put_*` returned.
+
+Several servers (replicas) may share one object store, so its listings are never cached here: a
+replica must see the artifact another one wrote a moment ago. An S3-compatible store other than AWS
+is reached through botocore's own settings, `AWS_ENDPOINT_URL` and the credentials variables.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class ArtifactStore:
             import fsspec
 
             try:
-                self._fs, self._root_path = fsspec.core.url_to_fs(self.url)
+                self._fs, self._root_path = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
             except (ImportError, ValueError) as err:
                 raise ConfigError(f"artifacts URL {self.url!r}: {err}") from err
 
@@ -94,14 +98,26 @@ class ArtifactStore:
             if not path.exists():
                 raise NotFoundError(f"artifact {url} is missing from the store")
             return path
-        target = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
-        if not target.exists():
-            partial = target.with_name(f".{target.name}.{uuid4().hex[:8]}")
-            try:
-                self._fs.get(url, str(partial), recursive=True)
-            except FileNotFoundError as err:
-                raise NotFoundError(f"artifact {url} is missing from the store") from err
-            partial.rename(target)  # another thread may have won: both copies are the same artifact
+        return self._cached_copy(url)
+
+    def _cached_copy(self, url: str) -> Path:
+        """The artifact downloaded once into the cache, under its own name (a file keeps its suffix,
+        which tells readers its format): `cache_dir/<sha256 of url>/<name>`."""
+        target = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32] / url.rsplit("/", 1)[-1]
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid4().hex[:8]}")
+        try:
+            self._fs.get(url, str(partial), recursive=True)
+        except FileNotFoundError as err:
+            raise NotFoundError(f"artifact {url} is missing from the store") from err
+        try:
+            partial.rename(target)
+        except OSError:  # another thread won (a directory cannot be renamed over): the same artifact
+            if not target.exists():
+                raise
+            _remove_local(partial)
         return target
 
     def exists(self, url: str) -> bool:
@@ -113,11 +129,7 @@ class ArtifactStore:
     def delete(self, url: str) -> None:
         """Remove an artifact (a missing one is fine: deleting twice is not an error)."""
         if self.local:
-            path = Path(url.removeprefix("file://"))
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            _remove_local(Path(url.removeprefix("file://")))
         elif self._fs.exists(url):
             self._fs.rm(url, recursive=True)
 
@@ -146,11 +158,31 @@ class ArtifactStore:
                 self.delete(str(temporary))
                 raise
             return str(final)
+        return self._upload(source, key, directory=directory)
+
+    def _upload(self, source: Path, key: str, *, directory: bool) -> str:
+        """Upload to an object store, one object per file, straight to the final key.
+
+        Each object appears whole (a PUT is atomic) and the registry records the key only after this
+        returns, so a crash leaves at most unrecorded objects. Objects are named one by one, not through
+        fsspec's recursive put/mv, whose target depends on whether the prefix already exists.
+        """
         final_url = f"{self.url}/{key}"
-        temporary_url = f"{self.url}/.tmp/{uuid4().hex}"
-        self._fs.put(str(source), temporary_url, recursive=directory)
-        self._fs.mv(temporary_url, final_url, recursive=directory)
+        if not directory:
+            self._fs.put_file(str(source), final_url)
+            return final_url
+        if self._fs.exists(final_url):  # an older try of the same key that never got its row
+            self._fs.rm(final_url, recursive=True)
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            self._fs.put_file(str(file), f"{final_url}/{file.relative_to(source).as_posix()}")
         return final_url
+
+
+def _remove_local(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

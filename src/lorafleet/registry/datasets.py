@@ -19,7 +19,7 @@ from lorafleet.errors import ConflictError
 from lorafleet.registry.artifacts import ArtifactStore, file_sha256, sidecar_url
 from lorafleet.registry.database import Database
 from lorafleet.registry.tables import Adapter, Dataset, EvalSuite, Job, Tenant, new_id, owned
-from lorafleet.registry.usage import check_storage, record_usage
+from lorafleet.registry.usage import check_storage, lock_tenant, record_usage
 
 SCRUB_REPORT = ".scrub.json"  # the sidecar holding a scrubbed file's audit report (`privacy.audit`)
 
@@ -70,6 +70,7 @@ class Datasets:
                 artifact=url,
             )
             with self.db.session() as session:
+                check_storage(session, lock_tenant(session, tenant_id), new_bytes=size, new_adapter=False)
                 session.add(dataset)
                 record_usage(session, tenant_id, "storage", storage_bytes=size)
         except BaseException:

@@ -38,11 +38,10 @@ from lorafleet.registry.tables import (
     Dataset,
     Job,
     JobEvent,
-    Tenant,
     now,
     owned,
 )
-from lorafleet.registry.usage import check_concurrent_jobs, check_monthly_tokens, check_storage
+from lorafleet.registry.usage import check_concurrent_jobs, check_monthly_tokens, check_storage, lock_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class Jobs:
         """Queue a job; `NotFoundError` for another tenant's file, `QuotaExceededError` past a quota."""
         validate_name(adapter_name, what="adapter name")
         with self.db.session() as session:
-            tenant = session.get_one(Tenant, tenant_id)
+            tenant = lock_tenant(session, tenant_id)
             for file_id in filter(None, (dataset_id, validation_dataset_id)):
                 owned(session, Dataset, file_id, tenant_id, what="file")
             if parent_version_id is not None:

@@ -16,6 +16,7 @@ from lorafleet.registry.datasets import Datasets
 from lorafleet.registry.evaluation import Evaluations
 from lorafleet.registry.exports import Exports
 from lorafleet.registry.jobs import Jobs
+from lorafleet.registry.rate_limits import RateLimits
 from lorafleet.registry.requests import RequestLog
 from lorafleet.registry.routing import Routing
 from lorafleet.registry.tables import AdapterVersion, Job
@@ -26,8 +27,9 @@ from lorafleet.registry.usage import Usage, record_usage
 class Registry:
     """Everything the server stores: `tenants`, `datasets`, `jobs`, `adapters` (versions, aliases, events),
     `routing` (canaries, A/B experiments, and the router that applies them), `evaluation` (eval suites,
-    gate policies, gate reports), `usage`, `requests` (the request log: completions served and their
-    feedback), `adaptation` (adaptation policies and their rollouts), `exports` (export jobs of versions).
+    gate policies, gate reports), `usage`, `rate_limits` (each API key's bucket of requests per minute),
+    `requests` (the request log: completions served and their feedback), `adaptation` (adaptation
+    policies and their rollouts), `exports` (export jobs of versions).
 
     `database_url` defaults to `$LORAFLEET_DATABASE_URL` or SQLite under `$LORAFLEET_HOME`;
     `artifacts_url` to `$LORAFLEET_ARTIFACTS_URL` or `$LORAFLEET_HOME/artifacts`. The schema is migrated
@@ -44,6 +46,7 @@ class Registry:
         self.routing = Routing(self.db)
         self.evaluation = Evaluations(self.db)
         self.usage = Usage(self.db)
+        self.rate_limits = RateLimits(self.db)
         self.requests = RequestLog(self.db)
         self.adaptation = Adaptation(self.db)
         self.exports = Exports(self.db, self.artifacts)

@@ -87,6 +87,16 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(default=None)
 
 
+class RateBucket(Base):
+    """An API key's rate-limit token bucket (`registry.rate_limits`): shared by every server replica."""
+
+    __tablename__ = "rate_buckets"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)  # requests the key may still make now (may be fractional)
+    counted_at: Mapped[float] = mapped_column(Float)  # wall-clock time `tokens` was computed at
+
+
 class Dataset(Base):
     """An uploaded training file, validated on upload (OpenAI's "file" with purpose fine-tune)."""
 

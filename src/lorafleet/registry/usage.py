@@ -2,8 +2,10 @@
 
 A tenant's quotas (columns of `Tenant`, None = unlimited) are checked where the work is admitted:
 concurrent jobs and monthly tokens when a job is created, monthly tokens before a completion,
-stored adapters and bytes when a version is registered. Each refusal is a `QuotaExceededError`
-with the seconds after which trying again can succeed (HTTP 429 + Retry-After).
+stored adapters and bytes when a version or file is stored (before its upload, and again under the
+tenant's lock when its row is recorded: uploads racing each other cannot pass the quota). Each refusal
+is a `QuotaExceededError` with the seconds after which trying again can succeed (HTTP 429 +
+Retry-After). Every count is read from the database, so the quotas hold across server replicas.
 """
 
 from __future__ import annotations
@@ -174,6 +176,14 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
         select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.tenant_id == tenant_id)
     )
     return int(versions or 0) + int(datasets or 0)
+
+
+def lock_tenant(session: Session, tenant_id: str) -> Tenant:
+    """The tenant's row, locked until the transaction ends: a quota's check and the row it admits are one
+    step, even for replicas admitting work at once. PostgreSQL's `FOR NO KEY UPDATE` still lets other
+    transactions insert rows that reference the tenant (usage, the request log); SQLite's
+    `BEGIN IMMEDIATE` already holds the write lock."""
+    return session.get_one(Tenant, tenant_id, with_for_update={"key_share": True})
 
 
 def check_storage(session: Session, tenant: Tenant, *, new_bytes: int, new_adapter: bool) -> None:
