@@ -45,6 +45,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/lora_overhead.py
+	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/continual.py
