@@ -45,6 +45,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/lora_overhead.py
+	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/continual.py
@@ -52,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/ui_pages.py
 	$(BIN)/python bench/federated.py
 	$(BIN)/python bench/scrub.py
+	$(BIN)/python bench/fairness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorafleet.data import IGNORE_INDEX, Example, Message, read_examples, tokenize_example
+from lorafleet.data.tokenize import tokenize_examples
 from lorafleet.errors import DataError
 from lorafleet.models import tiny_tokenizer
 
@@ -143,3 +144,22 @@ def test_template_errors_name_the_row() -> None:
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(DataError, match=r"rows.jsonl:1: the chat template failed on this row: .*alternate"):
         tokenize_example(CHAT, tokenizer, max_length=512)
+
+
+def test_a_batch_equals_its_rows_one_by_one_and_keeps_a_bad_rows_error_in_place() -> None:
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['content'] == 'BAD' %}{{ raise_exception('no BAD here') }}{% endif %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    bad = Example("rows.jsonl:3", messages=(Message("user", "BAD"), Message("assistant", "x")))
+    rows = [CHAT, Example("rows.jsonl:2", text="plain text"), bad, Example("rows.jsonl:4", text="")]
+
+    batch = tokenize_examples(rows, tokenizer, max_length=64)
+
+    assert batch[:2] + batch[3:] == [
+        tokenize_example(row, tokenizer, max_length=64) for row in rows if row is not bad
+    ]
+    assert isinstance(batch[2], DataError)
+    assert str(batch[2]).startswith("rows.jsonl:3: the chat template failed on this row: no BAD here")

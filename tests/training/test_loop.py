@@ -70,6 +70,27 @@ def test_loss_falls(recipe: RecipeFactory) -> None:
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
 
 
+@pytest.mark.skipif(not training_loop.cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+def test_bf16_on_a_cpu_with_bf16_instructions_trains_close_to_fp32(recipe: RecipeFactory) -> None:
+    settings = ("training.max_steps=6", "lora.target_modules=[q_proj, v_proj, lm_head]")
+    full, full_records = run(recipe(*settings, "output.name=fp32", "training.mixed_precision=no"))
+    half, half_records = run(recipe(*settings, "output.name=bf16", "training.mixed_precision=bf16"))
+
+    assert full is not None and half is not None
+    assert (full.summary["mixed_precision"], half.summary["mixed_precision"]) == ("no", "bf16")
+    full_losses = torch.tensor([r["loss"] for r in full_records])
+    half_losses = torch.tensor([r["loss"] for r in half_records])
+    assert not torch.equal(full_losses, half_losses)  # bf16 matmuls really ran
+    torch.testing.assert_close(half_losses, full_losses, rtol=0.02, atol=0)
+
+
+def test_fp16_on_a_cpu_fails_naming_the_field(recipe: RecipeFactory) -> None:
+    with pytest.raises(
+        ConfigError, match=r"training.mixed_precision: fp16 needs a CUDA device \(running on cpu"
+    ):
+        run(recipe("training.max_steps=1", "training.mixed_precision=fp16", "model.device=cpu"))
+
+
 def test_qlora_trains_on_cpu(recipe: RecipeFactory, tiny_dir: Path) -> None:
     config = recipe("quantization.method=nf4", "training.max_steps=8", "training.learning_rate=2e-2")
 

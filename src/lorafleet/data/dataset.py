@@ -15,7 +15,7 @@ import torch
 from lorafleet.data.config import DataConfig
 from lorafleet.data.formats import Example, read_examples, with_system_prompt
 from lorafleet.data.packing import PackedSequence, collate, pack_examples
-from lorafleet.data.tokenize import TokenizedExample, tokenize_example
+from lorafleet.data.tokenize import TokenizedExample, tokenize_examples
 from lorafleet.errors import DataError
 
 GROUP_BATCHES = 32  # length grouping sorts windows of this many batches' worth of shuffled examples
@@ -165,20 +165,18 @@ def _tokenize_all(
     kept: list[TokenizedExample] = []
     failed: set[str] = set()
     dropped = 0
-    for example in rows:
-        try:
-            tokenized = tokenize_example(
-                example, tokenizer, max_length=config.max_length, train_on_inputs=config.train_on_inputs
-            )
-        except DataError:
+    tokenized = tokenize_examples(
+        rows, tokenizer, max_length=config.max_length, train_on_inputs=config.train_on_inputs
+    )
+    for example, result in zip(rows, tokenized, strict=True):
+        if isinstance(result, DataError):
             if not config.skip_bad_rows:
-                raise
+                raise result
             failed.add(example.source)
-            continue
-        if tokenized.label_tokens == 0:
+        elif result.label_tokens == 0:
             dropped += 1
         else:
-            kept.append(tokenized)
+            kept.append(result)
     return kept, failed, dropped
 
 

@@ -20,6 +20,7 @@ Rows longer than `max_length` keep their first `max_length` tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,22 +60,72 @@ def tokenize_example(
     example: Example, tokenizer: Any, *, max_length: int, train_on_inputs: bool = False
 ) -> TokenizedExample:
     """Token ids and labels of `example`, cut to `max_length`; raise `DataError` naming the row's source."""
+    (result,) = tokenize_examples(
+        [example], tokenizer, max_length=max_length, train_on_inputs=train_on_inputs
+    )
+    if isinstance(result, DataError):
+        raise result
+    return result
+
+
+def tokenize_examples(
+    examples: Sequence[Example], tokenizer: Any, *, max_length: int, train_on_inputs: bool = False
+) -> list[TokenizedExample | DataError]:
+    """`tokenize_example` of every row, in order, with the row's `DataError` in place of a row that fails.
+
+    All the rows' texts are encoded by one batch call of the tokenizer (the fast tokenizer encodes a
+    batch on all cores, and per-call overhead was half of tokenizing: 6,000 calls for 2,000 tickets).
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise DataError(f"{example.source}: the tokenizer has no EOS token, so an answer cannot end")
-    spans: list[tuple[list[int], bool]]  # (ids, is the answer)
+        return [
+            DataError(f"{e.source}: the tokenizer has no EOS token, so an answer cannot end")
+            for e in examples
+        ]
+    planned: list[list[tuple[str | list[int], bool]] | DataError] = []
+    for example in examples:
+        try:
+            planned.append(_spans(example, tokenizer, eos))
+        except DataError as err:
+            planned.append(err)
+    texts = [
+        part
+        for plan in planned
+        if not isinstance(plan, DataError)
+        for part, _ in plan
+        if isinstance(part, str)
+    ]
+    encoded = iter(_encode_batch(tokenizer, texts))
+    results: list[TokenizedExample | DataError] = []
+    for example, plan in zip(examples, planned, strict=True):
+        if isinstance(plan, DataError):
+            results.append(plan)
+            continue
+        spans = [(next(encoded) if isinstance(part, str) else part, answer) for part, answer in plan]
+        results.append(_assemble(example, spans, eos, max_length=max_length, train_on_inputs=train_on_inputs))
+    return results
+
+
+def _spans(example: Example, tokenizer: Any, eos: int) -> list[tuple[str | list[int], bool]]:
+    """The row as (text to encode, or ids; is the answer) spans, in order."""
     if example.text is not None:
-        ids = [*_special_prefix(tokenizer), *_encode(tokenizer, example.text)]
-        spans = [(ids if ids[-1:] == [eos] else [*ids, eos], True)]
-    elif getattr(tokenizer, "chat_template", None):
-        spans = [(_encode(tokenizer, text), answer) for text, answer in _template_spans(example, tokenizer)]
-    else:
-        spans = _plain_spans(example.messages, tokenizer, eos)
+        return [(_special_prefix(tokenizer), True), (example.text, True)]
+    if getattr(tokenizer, "chat_template", None):
+        return [(text, answer) for text, answer in _template_spans(example, tokenizer)]
+    return [(ids, answer) for ids, answer in _plain_spans(example.messages, tokenizer, eos)]
+
+
+def _assemble(
+    example: Example, spans: list[tuple[list[int], bool]], eos: int, *, max_length: int, train_on_inputs: bool
+) -> TokenizedExample:
+    """Concatenate the encoded spans into ids and labels (-100 off the answers), cut to `max_length`."""
     input_ids: list[int] = []
     labels: list[int] = []
     for ids, answer in spans:
         input_ids += ids
         labels += ids if answer or train_on_inputs else [IGNORE_INDEX] * len(ids)
+    if example.text is not None and input_ids[-1:] != [eos]:  # plain text ends with EOS, labelled
+        input_ids, labels = [*input_ids, eos], [*labels, eos]
     truncated = len(input_ids) > max_length
     return TokenizedExample(input_ids[:max_length], labels[:max_length], example.source, truncated)
 
@@ -133,6 +184,13 @@ def _plain_spans(messages: tuple[Message, ...], tokenizer: Any, eos: int) -> lis
             prompt = []
         spans.append(([*_encode(tokenizer, message.content), eos], message.trained))
     return [(ids, answer) for ids, answer in spans if ids]
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """`_encode` of each text, in one call of the tokenizer."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

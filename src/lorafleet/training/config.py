@@ -90,7 +90,9 @@ class TrainingConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, le=1e6, description="Gradient clipping norm (0: off).")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on CUDA where supported, else fp16 with loss scaling; fp32 on CPU."
+        "auto",
+        description="auto: bf16 on CUDA where supported, else fp16 with loss scaling; fp32 on CPU. bf16 also "
+        "runs on a CPU with bf16 instructions (AVX512-BF16 or AMX).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation, shuffling and dropout.")
@@ -107,6 +109,13 @@ class TrainingConfig(BaseModel):
     liger_kernels: bool = Field(
         True, description="Apply Liger kernels when CUDA and liger-kernel (extra 'gpu') are present."
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `no` (`mixed_precision: no`, `--set training.mixed_precision=no`) as
+        false; it means "no"."""
+        return "no" if value is False else value
 
 
 class EvalConfig(BaseModel):

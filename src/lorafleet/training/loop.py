@@ -115,9 +115,11 @@ def train(
     lora = _lora_settings(config, parent)
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
+    precision = _mixed_precision(config, device)
+    _forget_other_precision(precision)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
-        mixed_precision=_mixed_precision(config, device),
+        mixed_precision=precision,
         log_with=None if config.training.tracker == "none" else config.training.tracker,
         project_dir=str(run_dir),
     )
@@ -577,14 +579,37 @@ def _replace_earlier_run(run_dir: Path, *, resume: bool) -> None:
 
 
 def _mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
+    """The autocast precision: `auto` is bf16 or fp16 on CUDA and fp32 elsewhere; bf16 on a CPU only when
+    asked and the CPU has bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs its matmuls natively."""
     choice = config.training.mixed_precision
-    if choice != "auto":
-        if choice != "no" and device.type != "cuda":
-            raise ConfigError(f"training.mixed_precision: {choice} needs a CUDA device (running on {device})")
+    if choice == "auto":
+        if device.type != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "no" or device.type == "cuda":
         return choice
-    if device.type != "cuda":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "bf16" and device.type == "cpu" and cpu_has_bf16():
+        return choice
+    raise ConfigError(
+        f"training.mixed_precision: {choice} needs a CUDA device"
+        + (" or a CPU with bf16 instructions (AVX512-BF16 or AMX)" if choice == "bf16" else "")
+        + f" (running on {device})"
+    )
+
+
+def _forget_other_precision(precision: str) -> None:
+    """Let a second run in this process use another precision: accelerate keeps the first run's in a
+    process-wide state and refuses a different one. The distributed (process-group) state is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", precision)) != precision:
+        AcceleratorState._reset_state()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (oneDNN's own check: AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _scheduler(config: FinetuneConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
