@@ -9,7 +9,9 @@ EXTRAS      ?= qlora,postgres,s3,edge,federated,fairness,privacy,dev
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.lorafleet-setup
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup test test-fast lint format demo demo-healthcare demo-legal demo-finance bench clean
+
+DOMAINS     := healthcare legal finance
 
 setup: $(STAMP)
 
@@ -42,6 +44,12 @@ demo: setup
 	$(BIN)/lorafleet models pull default
 	$(BIN)/lorafleet data example data/support_tickets
 	$(BIN)/lorafleet train configs/default.yaml --overwrite
+
+# make demo-healthcare (or -legal, -finance): the domain's generated task, trained and scored by its recipe.
+$(addprefix demo-,$(DOMAINS)): demo-%: setup
+	$(BIN)/lorafleet models pull default
+	$(BIN)/lorafleet data example data/$* --task $*
+	$(BIN)/lorafleet train configs/$*.yaml --overwrite
 
 bench: setup
 	$(BIN)/python bench/lora_overhead.py

@@ -1,4 +1,4 @@
-"""The three bundled tasks together: reproducible held-out files, records of exactly the task's keys,
+"""The bundled tasks together: reproducible held-out files, records of exactly the task's keys,
 tasks that differ from each other, the support tickets unchanged by the refactor, and the CLI's `--task`."""
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def files(task: ExampleTask, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return task.write(tmp_path_factory.mktemp(task.name))
 
 
-def test_the_registry_names_three_tasks_and_refuses_others() -> None:
-    assert list(TASKS) == ["support_tickets", "invoices", "meeting_notes"] and DEFAULT_TASK in TASKS
+def test_the_registry_names_six_tasks_and_refuses_others() -> None:
+    names = ["support_tickets", "invoices", "meeting_notes", "healthcare", "legal", "finance"]
+    assert list(TASKS) == names and DEFAULT_TASK in TASKS
     assert all(name == task.name for name, task in TASKS.items())
-    with pytest.raises(ConfigError, match=r"'bogus'.*support_tickets, invoices, meeting_notes"):
+    with pytest.raises(ConfigError, match=r"'bogus'.*" + ", ".join(names)):
         example_task("bogus")
 
 
@@ -88,6 +89,9 @@ def test_every_optional_field_is_sometimes_null_and_sometimes_set(
         "support_tickets": ("order_id", "amount"),
         "invoices": ("currency", "due_date"),
         "meeting_notes": ("deadline",),
+        "healthcare": ("follow_up",),
+        "legal": ("deadline",),
+        "finance": (),
     }
 
     for key in optional[task.name]:

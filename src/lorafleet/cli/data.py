@@ -74,7 +74,10 @@ def example(
         str,
         typer.Option(
             help="Which task: support_tickets (tickets → type, customer, order_id, amount, date), "
-            "invoices (→ vendor, total, currency, due_date) or meeting_notes (→ owner, action, deadline)."
+            "invoices (→ vendor, total, currency, due_date), meeting_notes (→ owner, action, deadline), "
+            "healthcare (clinical notes with synthetic PHI → patient, dob, mrn, diagnosis, medication, "
+            "follow_up), legal (contract clauses → clause_type, parties, obligation, deadline) or finance "
+            "(bank messages → category, amount, risk_flag)."
         ),
     ] = "support_tickets",
     train_rows: Annotated[int, typer.Option(min=1, help="Rows in train.jsonl.")] = 1000,

@@ -1,17 +1,26 @@
 """The bundled example tasks by name: what `lorafleet data example --task NAME` writes.
 
-Three generated extraction tasks with different instructions and JSON keys, all scored by the
-`json_fields` metric, so a sequence of tasks (for continual learning) runs offline.
+Generated extraction tasks with different instructions and JSON keys, all scored by the `json_fields`
+metric: three general ones (a sequence for continual learning, offline) and one per domain recipe
+(`configs/healthcare.yaml`, `legal.yaml`, `finance.yaml` train and score theirs).
 """
 
 from __future__ import annotations
 
-from lorafleet.data import invoices, meeting_notes, support_tickets
+from lorafleet.data import finance, healthcare, invoices, legal, meeting_notes, support_tickets
 from lorafleet.data.task_generation import ExampleTask
 from lorafleet.errors import ConfigError
 
 TASKS: dict[str, ExampleTask] = {
-    task.name: task for task in (support_tickets.TASK, invoices.TASK, meeting_notes.TASK)
+    task.name: task
+    for task in (
+        support_tickets.TASK,
+        invoices.TASK,
+        meeting_notes.TASK,
+        healthcare.TASK,
+        legal.TASK,
+        finance.TASK,
+    )
 }
 DEFAULT_TASK = "support_tickets"
 

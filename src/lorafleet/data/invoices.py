@@ -134,10 +134,7 @@ _SIGNOFFS = (
 
 def make_invoice(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """One invoice text and its reference record."""
-    suffix = rng.choice(_VENDOR_SUFFIXES)
-    vendor = " ".join(
-        part for part in (rng.choice(_VENDOR_HEADS), rng.choice(_VENDOR_TRADES), suffix) if part
-    )
+    vendor = company_name(rng)
     currency = rng.choice(CURRENCIES)
     total = rng.randint(500, 900_000) if currency == "JPY" else _draw_total(rng)
     bare = rng.random() < 0.1
@@ -185,6 +182,12 @@ def write_example_dataset(
 ) -> tuple[Path, Path]:
     """Write `train.jsonl` and `test.jsonl` (held-out) into `directory`; same seed, same files."""
     return TASK.write(directory, train_rows=train_rows, test_rows=test_rows, seed=seed)
+
+
+def company_name(rng: random.Random) -> str:
+    """A made-up company, e.g. "Northwind Supplies Ltd" (the suffix is drawn first, as it always was)."""
+    suffix = rng.choice(_VENDOR_SUFFIXES)
+    return " ".join(part for part in (rng.choice(_VENDOR_HEADS), rng.choice(_VENDOR_TRADES), suffix) if part)
 
 
 def _draw_total(rng: random.Random) -> int | float:
