@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python bench/ui_pages.py
 	$(BIN)/python bench/federated.py
 	$(BIN)/python bench/scrub.py
+	$(BIN)/python bench/scrub_adapter.py
 	$(BIN)/python bench/fairness.py
 
 clean:

@@ -153,6 +153,15 @@ def fill(rng: random.Random, template: str) -> str:
 
 def make_note(rng: random.Random, sources: PhiSources = DEFAULT_PHI) -> tuple[str, dict[str, Any]]:
     """One clinical note with identifiers drawn from `sources`, and its reference record."""
+    text, record, _ = note_with_phi(rng, sources)
+    return text, record
+
+
+def note_with_phi(
+    rng: random.Random, sources: PhiSources = DEFAULT_PHI
+) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """`make_note`'s note and record, and its identifiers as the note writes them: name, dob, mrn, phone,
+    address (what a check for leaked PHI looks for)."""
     name = f"{rng.choice(sources.first_names)} {rng.choice(sources.last_names)}"
     dob = random_date(rng, 1935, 2005)
     mrn = fill(rng, rng.choice(sources.mrn_formats))
@@ -191,7 +200,7 @@ def make_note(rng: random.Random, sources: PhiSources = DEFAULT_PHI) -> tuple[st
         "medication": medication,
         "follow_up": None if follow_up is None else iso(follow_up),
     }
-    return text, record
+    return text, record, phi
 
 
 def healthcare_task(sources: PhiSources = DEFAULT_PHI) -> ExampleTask:
