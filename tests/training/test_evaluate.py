@@ -161,3 +161,16 @@ def test_answers_are_the_generated_text_in_the_examples_order() -> None:
     expected = [str(tokenizer.decode(t, skip_special_tokens=True)).strip() for t in tokens]
     assert answers == expected
     assert sum(progress) == len(examples)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {},
+        {"prompt": "hi", "prompt_ids": [1, 2]},
+        {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi"},
+    ],
+)
+def test_a_request_takes_exactly_one_of_prompt_messages_and_prompt_ids(inputs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="exactly one of prompt, messages and prompt_ids"):
+        Request(**inputs)
