@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from lorafleet.adapters.identity import base_identity
 from lorafleet.errors import AdapterError, ConfigError, LorafleetError, QueueFullError
 from lorafleet.models import eos_token_ids
 from lorafleet.serving.cache import AdapterCache, AdapterSource, linear_shapes
@@ -149,8 +150,6 @@ class Engine:
         """An engine serving `model` with adapters from `source` (directories by default) through an
         `AdapterCache` of at most `max_adapters`, built from the model before the engine takes it over.
         `options` are the engine's own (`max_batch`, `max_slots`, `queue_size`, `merged`, ...)."""
-        from lorafleet.adapters.identity import base_identity
-
         cache = AdapterCache(
             base_identity(model),
             source=source,
