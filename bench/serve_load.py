@@ -69,11 +69,11 @@ from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from lorafleet.adapters import LoraSettings, attach, base_identity, save_adapter
+from lorafleet.adapters import LoraSettings, attach, save_adapter
 from lorafleet.models import load_base
 from lorafleet.models.bundled import pull_default
 from lorafleet.registry import Registry
-from lorafleet.serving.cache import AdapterCache, DirectorySource, linear_shapes
+from lorafleet.serving.cache import DirectorySource
 from lorafleet.serving.engine import Engine
 from lorafleet.serving.generate import SamplingSettings
 from lorafleet.serving.requests import Request
@@ -156,9 +156,10 @@ def engine_alone(
 ) -> dict[str, float]:
     """The peer: the engine in this process on `--reference-requests` requests of the load's mix, all
     submitted at once (so every step decodes a full batch, as the server's does under load)."""
-    shapes, source = linear_shapes(base), DirectorySource({f"a{i}": p for i, p in enumerate(adapters)})
-    cache = AdapterCache(base_identity(base), source=source, module_shapes=shapes)
-    engine = Engine(copy.deepcopy(base), tokenizer, cache=cache, max_batch=args.max_batch, max_slots=32)
+    source = DirectorySource({f"a{i}": p for i, p in enumerate(adapters)})
+    engine = Engine.for_model(
+        copy.deepcopy(base), tokenizer, source=source, max_batch=args.max_batch, max_slots=32
+    )
 
     def requests(count: int) -> list[Request]:
         return [

@@ -284,9 +284,15 @@ def measure(args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
     room = max(64, max(counts))
 
     def new_engine(merged: str | None = None) -> Engine:
-        cache = AdapterCache(identity, source=source, module_shapes=shapes, max_adapters=room)
-        model = copy.deepcopy(base)
-        return Engine(model, tokenizer, cache=cache, max_batch=args.max_batch, max_slots=room, merged=merged)
+        return Engine.for_model(
+            copy.deepcopy(base),
+            tokenizer,
+            source=source,
+            max_adapters=room,
+            max_batch=args.max_batch,
+            max_slots=room,
+            merged=merged,
+        )
 
     reference = PeftModel.from_pretrained(copy.deepcopy(base), str(paths["a0"]), adapter_name="a0").eval()
     for name in list(paths)[1:]:

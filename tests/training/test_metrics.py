@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lorafleet.training import json_field_scores
-from lorafleet.training.metrics import exact_match_scores, parse_record, same_value
+from lorafleet.training.metrics import could_be_record, exact_match_scores, parse_record, same_value
 
 TICKET = json.dumps(
     {"type": "refund", "customer": "Ana Kim", "order_id": "QX-48213", "amount": 45.1, "date": "2024-03-05"}
@@ -156,3 +156,21 @@ def test_exact_match_compares_whole_answers_with_whitespace_normalised_and_case_
     assert scores.as_dict() == {"rows": 4, "exact_match": 0.5}
     with pytest.raises(ValueError, match="3 predictions for 4 references"):
         exact_match_scores(predictions[:3], references)
+
+
+@pytest.mark.parametrize(
+    ("text", "possible"),
+    [
+        ("", True),
+        ("  {", True),
+        ('{"a": 1}', True),
+        ("`", True),
+        ("```js", True),
+        ("```json\n{", True),
+        ("Here is", False),
+        ("JSON:", False),
+        ("1", False),
+    ],
+)
+def test_could_be_record(text: str, possible: bool) -> None:
+    assert could_be_record(text) is possible

@@ -242,15 +242,12 @@ class InferenceService:
         device: str | None = None,
     ) -> InferenceService:
         """Load base model `model_spec` (as `load_base`), serve adapters from `source`, start the engine."""
-        from lorafleet.adapters.identity import base_identity
         from lorafleet.models import load_base
-        from lorafleet.serving.cache import AdapterCache, linear_shapes
         from lorafleet.serving.engine import Engine
 
         model, tokenizer = load_base(model_spec, device=device)
-        cache = AdapterCache(base_identity(model), source=source, module_shapes=linear_shapes(model))
-        engine = Engine(
-            model, tokenizer, cache=cache, max_batch=max_batch, max_slots=max_slots, queue_size=queue_size
+        engine = Engine.for_model(
+            model, tokenizer, source=source, max_batch=max_batch, max_slots=max_slots, queue_size=queue_size
         )
         engine.start()
         return cls(engine, base_name=base_name, route=route, on_usage=on_usage)
@@ -279,9 +276,8 @@ class InferenceService:
             inputs = {"prompt": body.text}
         try:
             route = self.route_for(caller, body)
-            if route.target is not None and self.engine.merged is None:
-                # read it now: a broken adapter fails here, with its reason
-                self.engine.cache.get(route.target)
+            if route.target is not None:  # read it now: a broken adapter fails here, with its reason
+                self.engine.read_adapter(route.target)
         except (ConfigError, AdapterError) as err:  # not a model name, an unknown or a broken adapter
             raise ApiError.of(err, param="model") from err
         request = validated(

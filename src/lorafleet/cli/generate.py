@@ -118,16 +118,16 @@ def run_batch(
     batch: int,
 ) -> None:
     """Check every row of `input_file`, then run them all through the engine and write the results."""
-    from lorafleet.adapters import base_identity
     from lorafleet.models import load_base
-    from lorafleet.serving.cache import AdapterCache, DirectorySource, linear_shapes
+    from lorafleet.serving.cache import DirectorySource
     from lorafleet.serving.engine import Engine
 
     source = DirectorySource(parse_adapters(adapters))
     requests = read_requests(input_file, settings, source)
     base, tokenizer = load_base(model, device=device, dtype=dtype)
-    cache = AdapterCache(base_identity(base), source=source, module_shapes=linear_shapes(base))
-    engine = Engine(base, tokenizer, cache=cache, max_batch=batch, queue_size=max(len(requests), 1))
+    engine = Engine.for_model(
+        base, tokenizer, source=source, max_batch=batch, queue_size=max(len(requests), 1)
+    )
     completions = engine.generate(requests)
     lines = [
         json.dumps(

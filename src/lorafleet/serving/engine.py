@@ -19,6 +19,12 @@ Rows never see each other (per-row attention mask and positions, per-row LoRA), 
 tokens are the same whatever else shares its batch. In merged mode the engine serves one adapter
 folded into the base weights (W₀ + s·B·A) with no LoRA work at all. On a CPU in fp32 the large base
 linears are packed for oneDNN once (`serving.packed`), for merged and multi-adapter serving alike.
+Joiners of one adapter whose prompts begin alike (a system prompt) prefill that prefix once; its keys
+and values are kept and start later prefills of prompts that begin with it (`serving.kv.PrefixKV`).
+
+`Engine.for_model` builds an engine and its adapter cache for a base model (serving, `lorafleet
+generate`, the benches); `Engine.borrowing` runs a model as it is, its own PEFT adapter included, for a
+while and hands it back unchanged (evaluation, which scores answers generated here: one decoder).
 Drive it with `step()` / `run_until_idle()` in one thread, or `start()` a background thread and consume
 handles from others.
 """
@@ -28,7 +34,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +43,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from lorafleet.adapters.identity import base_identity
 from lorafleet.errors import AdapterError, ConfigError, LorafleetError, QueueFullError
 from lorafleet.models import eos_token_ids
-from lorafleet.serving.cache import AdapterCache
+from lorafleet.serving.cache import AdapterCache, AdapterSource, linear_shapes
 from lorafleet.serving.generate import encode_prompt
-from lorafleet.serving.kv import BatchKV, check_batchable
+from lorafleet.serving.kv import BatchKV, PrefixKV, check_batchable, shared_prefix_length
 from lorafleet.serving.multilora import AdapterSlots, LoraBatch, MultiLoraLinear, merge_into, wrap_linears
-from lorafleet.serving.packed import pack_linears
+from lorafleet.serving.packed import pack_linears, packed_for_inference
 from lorafleet.serving.queue import FairQueue
 from lorafleet.serving.requests import Completion, FinishReason, Request, RequestHandle
 from lorafleet.serving.sampling import SamplingError, TextStream, TokenChooser, choose_tokens
@@ -67,9 +75,11 @@ class Engine:
 
     The engine takes over `model`: it wraps its linear layers (all but the output head, or `targets`)
     in place, or, with `merged=REF`, adds that adapter into the weights. Build `cache` (its base identity
-    and module shapes) from the model before making the engine. `max_batch` rows run at once; the device
+    and module shapes) from the model before making the engine (`for_model` does both); without a cache
+    the model runs as it is and requests name no adapter. `max_batch` rows run at once; the device
     tier holds at most `max_slots` adapters (and `max_slot_bytes` of factors); `queue_size` requests wait.
     `pack_weights` packs the large fp32 linears for oneDNN where the device allows (see `serving.packed`).
+    `share_prefixes` prefills a prefix that joiners share once (see the module docstring).
     """
 
     def __init__(
@@ -77,7 +87,7 @@ class Engine:
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        cache: AdapterCache,
+        cache: AdapterCache | None,
         max_batch: int = 32,
         max_slots: int = 64,
         max_slot_bytes: int | None = None,
@@ -85,9 +95,12 @@ class Engine:
         merged: str | None = None,
         targets: list[str] | None = None,
         pack_weights: bool = True,
+        share_prefixes: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1 (got {max_batch})")
+        if cache is None and merged is not None:
+            raise ConfigError(f"merged={merged!r} needs an adapter cache to read the adapter from")
         if any(isinstance(m, MultiLoraLinear) for m in model.modules()):
             raise ConfigError("this model is already served by another engine; load a fresh copy")
         check_batchable(getattr(model, "config", None))
@@ -105,9 +118,12 @@ class Engine:
         self.pad_id = int(pad or 0)
         self.slots: AdapterSlots | None = None
         self.routing: LoraBatch | None = None
+        self.share_prefixes = share_prefixes
+        self._prefix: PrefixKV | None = None  # the last shared prefix prefilled, to start later prefills
         if merged is not None:
+            assert cache is not None
             merge_into(model, cache.get(merged))
-        else:
+        elif cache is not None:
             layers = wrap_linears(model, targets)
             self.routing = next(iter(layers.values())).batch
             self.slots = AdapterSlots(layers, max_slots=max_slots, max_bytes=max_slot_bytes)
@@ -120,6 +136,44 @@ class Engine:
         self._tokenizer_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        source: AdapterSource | None = None,
+        max_adapters: int = 64,
+        **options: Any,
+    ) -> Engine:
+        """An engine serving `model` with adapters from `source` (directories by default) through an
+        `AdapterCache` of at most `max_adapters`, built from the model before the engine takes it over.
+        `options` are the engine's own (`max_batch`, `max_slots`, `queue_size`, `merged`, ...)."""
+        cache = AdapterCache(
+            base_identity(model),
+            source=source,
+            module_shapes=linear_shapes(model),
+            max_adapters=max_adapters,
+        )
+        return cls(model, tokenizer, cache=cache, **options)
+
+    @classmethod
+    @contextmanager
+    def borrowing(
+        cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, max_batch: int, queue_size: int = 256
+    ) -> Iterator[Engine]:
+        """An engine running `model` as it is (a base, or a PEFT model with its adapter merged or not)
+        inside the block; after it, the model has its own linear layers and training mode back."""
+        was_training = model.training
+        engine = cls(
+            model, tokenizer, cache=None, max_batch=max_batch, queue_size=queue_size, pack_weights=False
+        )
+        try:
+            with packed_for_inference(model, rows=max_batch):
+                yield engine
+        finally:
+            model.train(was_training)
 
     # --- submitting --------------------------------------------------------------------------------------
 
@@ -149,6 +203,13 @@ class Engine:
             while not all(handle.done for handle in handles):
                 self.step()
         return [handle.result() for handle in handles]
+
+    def read_adapter(self, ref: str) -> None:
+        """Read adapter `ref` into the CPU tier now, so a broken one raises here (in the caller's thread)
+        and the engine's loop never waits on a disk read; a merged engine checks `ref` at admission."""
+        if self.slots is not None:
+            assert self.cache is not None, "an engine with adapter slots has a cache"
+            self.cache.get(ref)
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -240,24 +301,55 @@ class Engine:
             joiners.append(_Row(handle, slot, chooser, text))
         if not joiners:
             return
-        ids, mask, positions = BatchKV.prefill_inputs(
-            [row.handle.prompt_ids for row in joiners], self.pad_id, self.device
-        )
-        cache = DynamicCache(config=getattr(self.model, "config", None))
-        if self.routing is not None:
-            self.routing.route([row.slot for row in joiners], token_mask=mask)
         try:
-            logits = self._forward(ids, mask, positions, cache)  # (J, V)
+            logits, kv = self._prefill(joiners)  # (J, V)
         except Exception as err:  # the running rows' cache is untouched: only the joiners fail
             self._fail(joiners, err)
             return
-        kv = BatchKV(cache, mask)
         if self._kv is None:
             self._kv = kv
         else:
             self._kv.merge(kv)
         self._rows += joiners
         self._advance(joiners, choose_tokens(logits, [row.chooser for row in joiners]))
+
+    def _prefill(self, joiners: list[_Row]) -> tuple[torch.Tensor, BatchKV]:
+        """The joiners' first logits (J, V) and KV cache, their shared prefix (if any) computed once."""
+        prompts = [row.handle.prompt_ids for row in joiners]
+        prefix = self._prefix_for(prompts, joiners)
+        config = getattr(self.model, "config", None)
+        cache = prefix.cache_for(len(joiners), config) if prefix is not None else DynamicCache(config=config)
+        shared = len(prefix) if prefix is not None else 0
+        ids, mask, positions = BatchKV.after_prefix(prompts, shared, self.pad_id, self.device)
+        if self.routing is not None:
+            self.routing.route([row.slot for row in joiners], token_mask=mask)
+        logits = self._forward(ids, mask, positions, cache)  # (J, V)
+        return logits, BatchKV(cache, mask)
+
+    def _prefix_for(self, prompts: list[list[int]], joiners: list[_Row]) -> PrefixKV | None:
+        """The kept prefix when every prompt begins with it, else a new one the prompts share (prefilled
+        here and kept), else None. Only joiners of one adapter share a prefix."""
+        adapters = {row.handle.request.adapter for row in joiners}
+        if not self.share_prefixes or len(adapters) > 1:
+            return None
+        adapter = adapters.pop()
+        if self._prefix is not None and self._prefix.starts(prompts, adapter):
+            return self._prefix
+        length = shared_prefix_length(prompts)
+        if not length:
+            return None
+        ids = prompts[0][:length]
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        if self.routing is not None:
+            self.routing.route([joiners[0].slot])
+        self._forward(
+            torch.tensor([ids], device=self.device),
+            torch.ones((1, length), dtype=torch.long, device=self.device),
+            torch.arange(length, device=self.device)[None],
+            cache,
+        )
+        self._prefix = PrefixKV(ids, adapter, cache)
+        return self._prefix
 
     def _decode(self) -> None:
         assert self._kv is not None
@@ -311,6 +403,8 @@ class Engine:
                 row.finish = "stop"
             elif len(row.tokens) >= settings.max_tokens or full:
                 row.finish = "length"
+            elif handle.request.stop_when is not None and handle.request.stop_when(row.text.text):
+                row.finish = "stop"
 
     def _retire(self) -> None:
         """Complete the finished (or cancelled) rows and drop them from the batch and its KV cache."""
@@ -344,6 +438,8 @@ class Engine:
     def _pin_adapter(self, ref: str | None) -> int | None:
         """The slot serving `ref` (0 = base), pinned for the request; None when every slot is in use."""
         if self.slots is None:
+            if ref is not None and self.merged is None:
+                raise AdapterError(f"adapter {ref!r} is not served here: this engine runs its model as given")
             if ref is not None and ref != self.merged:
                 raise AdapterError(
                     f"adapter {ref!r} is not served here: this engine serves only {self.merged!r}, merged"
@@ -351,6 +447,7 @@ class Engine:
             return 0
         if ref is None:
             return 0
+        assert self.cache is not None, "an engine with adapter slots has a cache"
         loaded = None if self.slots.slot_of(ref) is not None else self.cache.get(ref)
         return self.slots.acquire(ref, loaded)
 
@@ -360,6 +457,17 @@ class Engine:
             self.slots.release(ref)
 
     def _encode(self, request: Request) -> list[int]:
+        prompt = request.prompt_ids if request.prompt_ids is not None else self._tokenize(request)
+        if not prompt:
+            raise ConfigError(f"request {request.request_id}: the prompt is empty (no tokens)")
+        if self.max_positions is not None and len(prompt) >= self.max_positions:
+            raise ConfigError(
+                f"request {request.request_id}: the prompt has {len(prompt)} tokens; the model takes at most "
+                f"{self.max_positions - 1} before generating"
+            )
+        return prompt
+
+    def _tokenize(self, request: Request) -> list[int]:
         with self._tokenizer_lock:
             if request.messages is None:
                 ids = encode_prompt(self.tokenizer, request.prompt or "", chat=request.sampling.chat)
@@ -370,13 +478,6 @@ class Engine:
             else:
                 raise ConfigError("request has chat messages, but the tokenizer has no chat template")
         prompt: list[int] = ids["input_ids"][0].tolist()
-        if not prompt:
-            raise ConfigError(f"request {request.request_id}: the prompt is empty (no tokens)")
-        if self.max_positions is not None and len(prompt) >= self.max_positions:
-            raise ConfigError(
-                f"request {request.request_id}: the prompt has {len(prompt)} tokens; the model takes at most "
-                f"{self.max_positions - 1} before generating"
-            )
         return prompt
 
     def _complete(

@@ -11,6 +11,14 @@ tokens), so padding changes nothing a row computes. Requests joining between ste
 together (left-padded among themselves), then merged in: the side with fewer columns is padded on the
 left. Finished rows are dropped with `index_select`, and columns that became padding in every row
 are trimmed from the left.
+
+A prefix that joiners share (a system prompt, an instruction) is prefilled once as a `PrefixKV`, whose
+keys and values start every later prefill of prompts that begin with it (for the same adapter); only
+the rest of each prompt is prefilled, after the prefix columns:
+
+    column:      0    1    2    3    4
+    row 0        s0   s1   ·    p0   p1      (s = the shared prefix, computed once)
+    row 1        s0   s1   p0   p1   p2
 """
 
 from __future__ import annotations
@@ -44,6 +52,42 @@ def check_batchable(config: object) -> None:
             )
 
 
+def shared_prefix_length(rows: list[list[int]], minimum: int = 8) -> int:
+    """How many leading tokens every row shares, each row keeping at least one of its own; 0 under
+    `minimum` (too short to be worth a forward pass of its own) or for a single row."""
+    if len(rows) < 2:
+        return 0
+    first, shortest = rows[0], min(len(row) for row in rows)
+    length = 0
+    while length < shortest - 1 and all(row[length] == first[length] for row in rows):
+        length += 1
+    return length if length >= minimum else 0
+
+
+class PrefixKV:
+    """The keys and values (1, heads, P, head_dim) per layer of one prompt prefix under one adapter."""
+
+    def __init__(self, ids: list[int], adapter: str | None, cache: DynamicCache) -> None:
+        self.ids = ids
+        self.adapter = adapter
+        self.states = [_states(layer) for layer in cache.layers]  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def starts(self, rows: list[list[int]], adapter: str | None) -> bool:
+        """Whether every row begins with this prefix (and goes on after it) under the same adapter."""
+        n = len(self.ids)
+        return adapter == self.adapter and all(len(row) > n and row[:n] == self.ids for row in rows)
+
+    def cache_for(self, rows: int, config: object) -> DynamicCache:
+        """A new cache of `rows` rows, each holding this prefix."""
+        cache = DynamicCache(config=config)  # type: ignore[arg-type]
+        for index, (keys, values) in enumerate(self.states):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), index)
+        return cache
+
+
 class BatchKV:
     """KV cache, attention mask (B, L) and next positions (B,) of the rows running together."""
 
@@ -64,6 +108,16 @@ class BatchKV:
 
     def __len__(self) -> int:
         return self.mask.shape[0]
+
+    @staticmethod
+    def after_prefix(
+        rows: list[list[int]], prefix: int, pad_id: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`prefill_inputs` of what follows the first `prefix` tokens of each row, the mask (B, prefix + T)
+        covering the prefix's columns too, and positions counted from the prefix's end."""
+        ids, mask, positions = BatchKV.prefill_inputs([row[prefix:] for row in rows], pad_id, device)
+        mask = torch.cat([mask.new_ones(len(rows), prefix), mask], dim=1)  # (B, prefix + T)
+        return ids, mask, positions + prefix
 
     @property
     def columns(self) -> int:

@@ -10,11 +10,16 @@ Each row's result no longer depends on how many rows share the product. Weights 
 values, where a call's fixed cost dominates, are left to `F.linear`.
 
 The packed copy is frozen: pack after any change to the weights (merging an adapter, quantizing), and
-only for inference. The private `torch.ops.mkldnn` kernels are the ones torch's own compiler emits for
-frozen CPU linears; `pack_linears` packs nothing where the build has no oneDNN.
+only for inference. `packed_for_inference` packs a model for a while and puts its own linears back
+after, for scoring a model that then trains on or unmerges its adapter. The private `torch.ops.mkldnn`
+kernels are the ones torch's own compiler emits for frozen CPU linears; `pack_linears` packs nothing
+where the build has no oneDNN.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -49,14 +54,38 @@ def pack_linears(model: nn.Module, *, rows: int = 32, min_weights: int | None = 
     `min_weights` defaults to `MIN_WEIGHTS`. Wrapped layers count too (a `MultiLoraLinear`'s base layer).
     Returns the names of the layers packed.
     """
+    return [name for name, _, _, _ in _swap_in_packed(model, rows, min_weights)]
+
+
+@contextmanager
+def packed_for_inference(model: nn.Module, *, rows: int = 32) -> Iterator[list[str]]:
+    """`model` with its large linears packed (as `pack_linears`) inside the block, its own linears after.
+
+    The originals are held meanwhile (the packed copies add their size in memory until the block ends).
+    """
+    swaps = _swap_in_packed(model, rows, None)
+    try:
+        yield [name for name, _, _, _ in swaps]
+    finally:
+        for _, parent, child_name, linear in swaps:
+            setattr(parent, child_name, linear)
+
+
+def _swap_in_packed(
+    model: nn.Module, rows: int, min_weights: int | None
+) -> list[tuple[str, nn.Module, str, nn.Linear]]:
+    """Pack every linear worth it in place; (name, parent, attribute, original linear) for each."""
     min_weights = MIN_WEIGHTS if min_weights is None else min_weights
-    packed = []
+    swaps = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or child.weight.numel() < min_weights:
                 continue
+            if "lora_" in parent_name:  # a PEFT adapter's own factors: PEFT reads their weights
+                continue
             if not can_pack(child.weight.device, child.weight.dtype):
                 continue
             setattr(parent, child_name, PackedLinear(child, rows))
-            packed.append(f"{parent_name}.{child_name}" if parent_name else child_name)
-    return packed
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            swaps.append((name, parent, child_name, child))
+    return swaps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 from uuid import uuid4
 
@@ -28,17 +28,26 @@ class Request(BaseModel):
         None,
         description="Chat messages ({role, content}) rendered with the chat template, instead of prompt.",
     )
+    prompt_ids: list[int] | None = Field(
+        None, description="Token ids given to the model as they are, instead of prompt or messages."
+    )
     adapter: str | None = Field(None, description="Adapter reference (name, path, registry id); None = base.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="How to pick tokens.")
     tenant: str = Field("default", min_length=1, max_length=128, description="Who asks, for fair queueing.")
     request_id: str = Field(
         default_factory=lambda: uuid4().hex, description="Identifies the request in results."
     )
+    stop_when: Callable[[str], bool] | None = Field(
+        None,
+        exclude=True,
+        description="Ends the completion (finish 'stop') as soon as its text so far makes this true: "
+        "evaluation stops an answer its metric can no longer accept.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> Request:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt and messages")
+        if sum(given is not None for given in (self.prompt, self.messages, self.prompt_ids)) != 1:
+            raise ValueError("give exactly one of prompt, messages and prompt_ids")
         return self
 
 

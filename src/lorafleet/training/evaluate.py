@@ -1,8 +1,10 @@
 """Evaluation: validation loss and perplexity, and task metrics scored on generated answers.
 
-Generation is greedy and batched: prompts are rendered with the chat template (as in training),
-left-padded, and each row stops at EOS or `max_new_tokens`. The same function scores a base model
-and the same base with an adapter, so a before/after comparison uses one code path.
+Generation is greedy, through the serving engine (`Engine.borrowing`: packed linears, continuous
+batching, a shared system prompt prefilled once): prompts are rendered with the chat template (as in
+training), and each answer stops at EOS, at `max_new_tokens`, or as soon as the metric could no longer
+accept it. The same function scores a base model and the same base with an adapter, so a
+before/after comparison uses one code path, and it is the path that serves.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from lorafleet.data import Example, TokenizedExample, batches, render_chat
-from lorafleet.training.greedy import greedy_decode
+from lorafleet.errors import LorafleetError
 from lorafleet.training.loss import causal_lm_loss
 from lorafleet.training.metrics import could_be_record, exact_match_scores, json_field_scores
 
@@ -78,25 +80,39 @@ def generate_answers(
     """Greedy answers to each example's prompt turns (in order), without special tokens.
 
     With a task metric, an answer stops as soon as the metric could no longer accept it (for
-    `json_fields`: once it starts with anything but a JSON object), which scores the same.
+    `json_fields`: once it starts with anything but a JSON object), which scores the same. `batch_size`
+    answers are generated at once; `on_batch` is called with how many finished after each decoding step.
     """
-    was_training = model.training
-    model.eval()
-    prompts = [_prompt_ids(example, tokenizer) for example in examples]
+    from lorafleet.serving.engine import Engine
+    from lorafleet.serving.generate import SamplingSettings
+    from lorafleet.serving.requests import Request
+
     hopeless = (lambda text: not could_be_record(text)) if metric == "json_fields" else None
-    try:
-        outputs = greedy_decode(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            hopeless=hopeless,
-            on_batch=on_batch,
-        )
-    finally:
-        model.train(was_training)
-    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in outputs]
+    greedy = SamplingSettings(max_tokens=max_new_tokens)
+    prompts = [_prompt_ids(example, tokenizer) for example in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths prefill together
+    requests = [Request(prompt_ids=prompts[i], sampling=greedy, stop_when=hopeless) for i in order]
+    with Engine.borrowing(model, tokenizer, max_batch=batch_size, queue_size=max(len(requests), 1)) as engine:
+        handles = [engine.submit(request) for request in requests]
+        _step_until_done(engine, handles, on_batch)
+    answers = [""] * len(prompts)
+    for row, handle in zip(order, handles, strict=True):
+        completion = handle.result()
+        if completion.finish_reason == "error":
+            raise LorafleetError(f"generating the answer to row {row + 1} failed: {completion.error}")
+        answers[row] = completion.text.strip()
+    return answers
+
+
+def _step_until_done(engine: Any, handles: Sequence[Any], on_batch: Callable[[int], None] | None) -> None:
+    """Step `engine` until it is idle, telling `on_batch` how many answers finished at each step."""
+    reported, busy = 0, True
+    while busy:
+        busy = engine.step()
+        done = sum(handle.done for handle in handles)
+        if on_batch is not None and done > reported:
+            on_batch(done - reported)
+        reported = done
 
 
 def score_task(metric: str, answers: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
