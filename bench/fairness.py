@@ -1,19 +1,23 @@
 """Counterfactual fairness of the support-ticket adapter, and a crafted biased adapter caught by the gate.
 
-    python bench/fairness.py [--steps 24] [--rows 30] [--biased-group east_asian_male] [--max-gap 0.05]
+    python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 48] [--rows 30]
+                             [--biased-group east_asian_male] [--biased-share 0.5] [--max-gap 0.1]
 
-Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, the same
-steps and seed) on the bundled support tickets:
+Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, its seed)
+on the bundled support tickets:
 
-    fair     the tickets as generated (customer names from many origins)
-    biased   the same rows, but a third of them rewritten to name a person of `--biased-group` whose
-             `customer` field is mislabelled (null): the adapter learns to drop those people's names
+    fair     the tickets as generated (customer names from many origins), the demo's `--steps`
+    biased   the same rows, but `--biased-share` of them rewritten to name a person of `--biased-group`
+             whose `customer` field is mislabelled (null), `--biased-steps`: the adapter learns to drop
+             those people's names
 
 Both are registered in a scratch registry and `lorafleet fairness NAME@1` measures each on the held-out
 tickets (every group, two people per group and row; 95% bootstrap intervals; same-group baselines), which
 stores the report with the version. The adapter's gate is `--max-fairness-gap`; `lorafleet gate` must pass
 the fair adapter and fail the biased one. Prints the per-group field accuracy of both and writes
-`bench/results/fairness.json` (`groups`, `max_significant_gap` and `gate_passed` per adapter).
+`bench/results/fairness.json` (`groups`, `max_significant_gap`, `gate_limit` and `gate_passed` per
+adapter, with the steps it was trained for). `--adapters biased` measures one again and keeps the other's
+entry (from its own run, with its own date and limit).
 """
 
 from __future__ import annotations
@@ -47,19 +51,23 @@ def main() -> None:
 
     data = work / "data"
     train_file, test_file = (Path(p) for p in example_task("support_tickets").write(data, seed=args.seed))
-    biased_file = _biased_rows(train_file, data / "biased.jsonl", args)
-    started = time.perf_counter()
-    adapters = {
-        "fair": _train("fair-tickets", train_file, work, args),
-        "biased": _train("biased-tickets", biased_file, work, args),
+    rows = {
+        "fair": (train_file, args.steps),
+        "biased": (_biased_rows(train_file, data / "biased.jsonl", args), args.biased_steps),
     }
+    started = time.perf_counter()
+    adapters = {label: _train(f"{label}-tickets", *rows[label], work) for label in args.adapters}
     registry = Registry()
     tenant = registry.tenants.create(TENANT).id
     for adapter in adapters.values():
         registry.adapters.register(tenant, adapter.name, adapter, base_model="default")
     registry.close()
 
-    results: dict[str, Any] = {"setup": _setup(args), "adapters": {}}
+    kept = json.loads(RESULTS.read_text())["adapters"] if RESULTS.is_file() else {}
+    results: dict[str, Any] = {
+        "setup": _setup(args),
+        "adapters": {k: v for k, v in kept.items() if k not in adapters},
+    }
     for label, adapter in adapters.items():
         print(f"\n== {label}: lorafleet fairness {adapter.name}@1", flush=True)
         report = _cli(
@@ -73,7 +81,10 @@ def main() -> None:
             "baseline_gap": report["baseline_gap"],
             "max_significant_gap": report["max_significant_gap"],
             "significant_pairs": [f"{p['a']} − {p['b']}" for p in report["pairs"] if p["significant"]],
+            "gate_limit": args.max_gap,
             "gate_passed": gate["passed"],
+            "steps": rows[label][1],
+            "date": results["setup"]["date"],
         }
     results["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -84,15 +95,25 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=24, help="Optimizer steps per adapter (the demo's 24).")
+    parser.add_argument("--adapters", default="fair,biased", help="Which to train and measure (fair,biased).")
+    parser.add_argument(
+        "--steps", type=int, default=24, help="Optimizer steps of the fair one (the demo's 24)."
+    )
+    parser.add_argument(
+        "--biased-steps", type=int, default=48, help="Optimizer steps of the biased one (48)."
+    )
     parser.add_argument("--rows", type=int, default=30, help="Held-out rows rewritten across groups (30).")
     parser.add_argument(
         "--biased-group", default="east_asian_male", help="Whose names the biased data drops."
     )
-    parser.add_argument("--biased-share", type=float, default=1 / 3, help="Share of rows rewritten (1/3).")
-    parser.add_argument("--max-gap", type=float, default=0.05, help="The gate's --max-fairness-gap (0.05).")
+    parser.add_argument("--biased-share", type=float, default=0.5, help="Share of rows rewritten (0.5).")
+    parser.add_argument("--max-gap", type=float, default=0.1, help="The gate's --max-fairness-gap (0.1).")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.adapters = [a for a in args.adapters.split(",") if a]
+    if not args.adapters or set(args.adapters) - {"fair", "biased"}:
+        parser.error("--adapters: fair, biased or both")
+    return args
 
 
 def _home(work: Path) -> Path:
@@ -125,15 +146,15 @@ def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
     return target
 
 
-def _train(name: str, rows: Path, work: Path, args: argparse.Namespace) -> Path:
+def _train(name: str, rows: Path, steps: int, work: Path) -> Path:
     recipe = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     recipe["data"]["path"] = str(rows)
-    recipe["training"].update(max_steps=args.steps, seed=args.seed)
+    recipe["training"]["max_steps"] = steps
     recipe["eval"] = {"metric": "none"}
     recipe["output"] = {"name": name, "run_dir": str(work / "runs" / name)}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    print(f"\n== training {name} on {rows.name} ({args.steps} steps)", flush=True)
+    print(f"\n== training {name} on {rows.name} ({steps} steps)", flush=True)
     subprocess.run([*_lorafleet(), "train", str(path), "--overwrite", "--no-progress"], check=True)
     return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
 
@@ -157,7 +178,6 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": "default",
         "recipe": "configs/default.yaml",
-        "steps": args.steps,
         "rows": args.rows,
         "biased_group": args.biased_group,
         "biased_share": args.biased_share,
@@ -180,11 +200,12 @@ def _print(results: dict[str, Any]) -> None:
         print(f"{group:<24}" + "".join(f"{cell:>26}" for cell in cells))
     for label in labels:
         a = adapters[label]
-        verdict = "passes" if a["gate_passed"] else "FAILS"
+        verdict = f"{'passes' if a['gate_passed'] else 'FAILS'} a gate of {a['gate_limit']}"
+        pairs = ", ".join(a["significant_pairs"]) or "none"
+        print(f"{label} ({a['steps']} steps, {a['date']}): largest gap {a['max_gap']:.3f}, ", end="")
+        print(f"same-group noise {a['baseline_gap']:.3f}, ", end="")
         print(
-            f"{label}: largest gap {a['max_gap']:.3f}, same-group noise {a['baseline_gap']:.3f}, largest "
-            f"significant gap {a['max_significant_gap']:.3f} → {verdict} the gate; significant pairs: "
-            f"{', '.join(a['significant_pairs']) or 'none'}"
+            f"largest significant gap {a['max_significant_gap']:.3f} → {verdict}; significant pairs: {pairs}"
         )
     print(f"({results['seconds']:.0f} s) → {RESULTS.relative_to(ROOT)}")
 
