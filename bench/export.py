@@ -49,6 +49,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchkit import lorafleet_command
 from lorafleet.export.checks import Reference, agreement, reference_answers
 from lorafleet.export.exporter import ExportReport, export_adapter, f16_weights, relogit
 from lorafleet.export.plan import ExportPlan
@@ -97,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-export-") as folder:
         work = Path(folder)
         data = work / "data"
-        subprocess.run([*lorafleet(), "data", "example", str(data)], check=True, capture_output=True)
+        subprocess.run([*lorafleet_command(), "data", "example", str(data)], check=True, capture_output=True)
         adapter = args.adapter or demo_adapter(work, data)
         exports: dict[str, ExportReport] = {}
         export_seconds: dict[str, float] = {}
@@ -122,11 +123,6 @@ def main() -> int:
     return 0 if all(results["goals"].values()) else 1
 
 
-def lorafleet() -> list[str]:
-    exe = Path(sys.executable).with_name("lorafleet")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lorafleet"]
-
-
 def demo_adapter(work: Path, data: Path) -> Path:
     """The demo's adapter from $LORAFLEET_HOME, or trained now with the demo's recipe (no scoring)."""
     import yaml
@@ -140,7 +136,7 @@ def demo_adapter(work: Path, data: Path) -> Path:
     recipe["output"] = {"name": "support-tickets", "run_dir": str(work / "run")}
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     console.print("training the demo adapter (configs/default.yaml) …")
-    subprocess.run([*lorafleet(), "train", str(work / "recipe.yaml"), "--overwrite"], check=True)
+    subprocess.run([*lorafleet_command(), "train", str(work / "recipe.yaml"), "--overwrite"], check=True)
     return existing
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from benchkit import lorafleet_command, scratch_home
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fairness.json"
 TENANT = "bench"
@@ -45,7 +46,7 @@ TENANT = "bench"
 def main() -> None:
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="lorafleet-fairness-"))
-    os.environ["LORAFLEET_HOME"] = str(_home(work))
+    scratch_home(work)
     from lorafleet.data.example_tasks import example_task
     from lorafleet.registry import Registry
 
@@ -116,15 +117,6 @@ def _arguments() -> argparse.Namespace:
     return args
 
 
-def _home(work: Path) -> Path:
-    """A scratch $LORAFLEET_HOME with the default model copied from the real one (no conversion again)."""
-    home = work / "home"
-    models = Path(os.environ.get("LORAFLEET_HOME", Path.home() / ".lorafleet")) / "models"
-    if models.is_dir():
-        shutil.copytree(models, home / "models")
-    return home
-
-
 def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
     """`source` with a share of rows about a person of the biased group, their customer field null."""
     from lorafleet.data import read_examples
@@ -155,21 +147,16 @@ def _train(name: str, rows: Path, steps: int, work: Path) -> Path:
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     print(f"\n== training {name} on {rows.name} ({steps} steps)", flush=True)
-    subprocess.run([*_lorafleet(), "train", str(path), "--overwrite", "--no-progress"], check=True)
+    subprocess.run([*lorafleet_command(), "train", str(path), "--overwrite", "--no-progress"], check=True)
     return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
 
 
 def _cli(*args: str, check: bool = True) -> Any:
-    command = [*_lorafleet(), *args, "--tenant", TENANT]
+    command = [*lorafleet_command(), *args, "--tenant", TENANT]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if check and done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
     return json.loads(done.stdout)
-
-
-def _lorafleet() -> list[str]:
-    exe = Path(sys.executable).with_name("lorafleet")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lorafleet"]
 
 
 def _setup(args: argparse.Namespace) -> dict[str, Any]:

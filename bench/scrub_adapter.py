@@ -30,15 +30,15 @@ import os
 import platform
 import random
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from benchkit import lorafleet_command, scratch_home
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "scrub_adapter.json"
@@ -49,7 +49,7 @@ KINDS = ("name", "mrn", "phone", "address", "dob")
 def main() -> None:
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="lorafleet-scrub-adapter-"))
-    os.environ["LORAFLEET_HOME"] = str(_home(work))
+    scratch_home(work)
     os.environ.setdefault("LORAFLEET_SCRUB_SECRET", f"bench-{args.seed}")
     notes = _notes(args.notes, args.seed)
     rows = work / "train.jsonl"
@@ -74,14 +74,6 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=48, help="Optimizer steps of batch 8 per adapter (48).")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def _home(work: Path) -> Path:
-    home = work / "home"
-    models = Path(os.environ.get("LORAFLEET_HOME", Path.home() / ".lorafleet")) / "models"
-    if models.is_dir():
-        shutil.copytree(models, home / "models")
-    return home
 
 
 def _notes(count: int, seed: int) -> list[dict[str, Any]]:
@@ -134,7 +126,7 @@ def _train(name: str, rows: Path, scrub: bool, work: Path, args: argparse.Namesp
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     print(f"\n== training {name} ({args.steps} steps, data.scrub {scrub})", flush=True)
-    subprocess.run([*_lorafleet(), "train", str(path), "--overwrite", "--no-progress"], check=True)
+    subprocess.run([*lorafleet_command(), "train", str(path), "--overwrite", "--no-progress"], check=True)
     return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
 
 
@@ -189,11 +181,6 @@ def _continue(model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
     with Engine.borrowing(model, tokenizer, max_batch=32) as engine:
         done = engine.generate([Request(prompt=p, sampling=settings) for p in prompts])
     return [completion.text for completion in done]
-
-
-def _lorafleet() -> list[str]:
-    exe = Path(sys.executable).with_name("lorafleet")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lorafleet"]
 
 
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
