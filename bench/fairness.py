@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import subprocess
@@ -34,9 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchkit import lorafleet_command, scratch_home
+from benchkit import lorafleet_command, scratch_home, train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fairness.json"
@@ -139,16 +136,10 @@ def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
 
 
 def _train(name: str, rows: Path, steps: int, work: Path) -> Path:
-    recipe = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    recipe["data"]["path"] = str(rows)
-    recipe["training"]["max_steps"] = steps
-    recipe["eval"] = {"metric": "none"}
-    recipe["output"] = {"name": name, "run_dir": str(work / "runs" / name)}
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
     print(f"\n== training {name} on {rows.name} ({steps} steps)", flush=True)
-    subprocess.run([*lorafleet_command(), "train", str(path), "--overwrite", "--no-progress"], check=True)
-    return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
+    return train_recipe(
+        ROOT / "configs" / "default.yaml", name, work, data={"path": str(rows)}, training={"max_steps": steps}
+    )
 
 
 def _cli(*args: str, check: bool = True) -> Any:

@@ -30,7 +30,6 @@ import os
 import platform
 import random
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from benchkit import lorafleet_command, scratch_home
+from benchkit import scratch_home, train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "scrub_adapter.json"
@@ -118,16 +117,14 @@ def _identifier_spans(text: str, phi: dict[str, str]) -> list[tuple[int, int]]:
 
 
 def _train(name: str, rows: Path, scrub: bool, work: Path, args: argparse.Namespace) -> Path:
-    recipe = yaml.safe_load((ROOT / "configs" / "healthcare.yaml").read_text())
-    recipe["data"].update(path=str(rows), scrub=scrub, validation_fraction=0)
-    recipe["training"].update(max_steps=args.steps, seed=args.seed, checkpoint_steps=1000)
-    recipe["eval"] = {"metric": "none"}
-    recipe["output"] = {"name": name, "run_dir": str(work / "runs" / name)}
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
     print(f"\n== training {name} ({args.steps} steps, data.scrub {scrub})", flush=True)
-    subprocess.run([*lorafleet_command(), "train", str(path), "--overwrite", "--no-progress"], check=True)
-    return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
+    return train_recipe(
+        ROOT / "configs" / "healthcare.yaml",
+        name,
+        work,
+        data={"path": str(rows), "scrub": scrub, "validation_fraction": 0},
+        training={"max_steps": args.steps, "seed": args.seed, "checkpoint_steps": 1000},
+    )
 
 
 def _probe(adapter: Path, notes: list[dict[str, Any]]) -> dict[str, Any]:
