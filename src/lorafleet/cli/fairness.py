@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,10 +83,15 @@ def fairness(
         raise ConfigError(f"--metric {metric!r}: choose json_fields or exact_match", field="metric")
     chosen = groups_named(groups)
     in_registry = "@" in adapter or ":" in adapter
-    with tempfile.TemporaryDirectory(prefix="lorafleet-fairness-") as scratch:
-        if in_registry:
-            with client_from_options(url, api_key, tenant, database_url) as client:
-                stored = fetch_version(client, adapter, Path(scratch))
+    with tempfile.TemporaryDirectory(prefix="lorafleet-fairness-") as scratch, ExitStack() as stack:
+        # one client for the whole command: fetch the version, then store its report
+        client = (
+            stack.enter_context(client_from_options(url, api_key, tenant, database_url))
+            if in_registry
+            else None
+        )
+        if client is not None:
+            stored = fetch_version(client, adapter, Path(scratch))
             folder, base, label = stored.folder, stored.base_model, f"{stored.name}@{stored.version}"
         else:
             from lorafleet.adapters.storage import adapter_path
@@ -104,9 +110,8 @@ def fairness(
             batch_size=batch_size,
             quiet=as_json,
         )
-    if in_registry:
-        path = f"/v1/adapters/{segment(stored.name)}/versions/{stored.version}/fairness"
-        with client_from_options(url, api_key, tenant, database_url) as client:
+        if client is not None:
+            path = f"/v1/adapters/{segment(stored.name)}/versions/{stored.version}/fairness"
             client.request("PUT", path, json=report)
     if output is not None:
         output.write_text(json.dumps(report, indent=2) + "\n")
