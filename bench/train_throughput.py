@@ -70,23 +70,15 @@ def recipe(args: argparse.Namespace, data_path: Path, model_dir: Path, work: Pat
 
 def step_rows(config: dict[str, Any]) -> list[dict[str, list[int]]]:
     """The rows of lorafleet's first `max_steps` batches, in order, as token ids and labels."""
-    from lorafleet.data import batches, prepare_data
+    from lorafleet.data import prepare_data
     from lorafleet.models import load_tokenizer
     from lorafleet.training.config import parse_config
+    from lorafleet.training.loop import epoch_batches
 
     parsed = parse_config(config)
     tokenizer = load_tokenizer(parsed.model.name)
     data = prepare_data(parsed.data, tokenizer)
-    epoch = batches(
-        data.train,
-        batch_size=parsed.training.batch_size,
-        pad_token_id=tokenizer.pad_token_id,
-        max_length=parsed.data.max_length,
-        packing=parsed.data.packing,
-        shuffle=True,
-        seed=parsed.data.seed + parsed.training.seed,
-        epoch=0,
-    )
+    epoch = epoch_batches(parsed, data, tokenizer, 0)
     if len(epoch) < (parsed.training.max_steps or 0):
         raise SystemExit(f"--rows gives {len(epoch)} batches, fewer than --steps {parsed.training.max_steps}")
     rows = []

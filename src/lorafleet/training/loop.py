@@ -468,7 +468,16 @@ def _epoch_batches(
             epoch=epoch,
         )
         return micro[first::every], mixed[first::every]
-    all_batches = batches(
+    mine = epoch_batches(config, data, tokenizer, epoch)[first::every]
+    return mine, [[] for _ in mine]
+
+
+def epoch_batches(
+    config: FinetuneConfig, data: PreparedData, tokenizer: Any, epoch: int
+) -> list[dict[str, torch.Tensor]]:
+    """Every micro-batch of `epoch` of the training rows alone, in the order the loop trains them (what a
+    side-by-side benchmark hands the peers, so all train on the same batches)."""
+    return batches(
         data.train,
         batch_size=config.training.batch_size,
         pad_token_id=tokenizer.pad_token_id,
@@ -478,8 +487,6 @@ def _epoch_batches(
         seed=config.data.seed + config.training.seed,
         epoch=epoch,
     )
-    mine = all_batches[first::every]
-    return mine, [[] for _ in mine]
 
 
 def _evaluate(
