@@ -1,23 +1,29 @@
 """Training throughput on the CPU: lorafleet's loop against HF `Trainer` + PEFT and TRL's `SFTTrainer`.
 
-All three train the same LoRA (r16, α32, dropout 0 on q/k/v/o_proj) on the same base (the bundled
+All train the same LoRA (r16, α32, dropout 0 on q/k/v/o_proj) on the same base (the bundled
 SmolLM2-135M-Instruct by default) over the same rows of the support-ticket example task, in the same
-order and batches, with the same AdamW, warmup + cosine schedule, clipping, steps and precision:
+order and batches, with the same AdamW, warmup + cosine schedule, clipping and steps:
 
     rows       the default recipe's (`configs/default.yaml`) tokenization of `--rows` generated tickets;
                lorafleet's epoch-0 batches (length-grouped, shuffled) are taken apart and handed to the
                peers in that order (`train_sampling_strategy="sequential"`), so each step sees the same
                tokens; the peers pad with their own collators (HF `DataCollatorForSeq2Seq`; TRL's
                completion-only loss from a `completion_mask` column, not packed, so batches match)
+    precision  each trainer's default, as a user gets it: lorafleet's `mixed_precision: auto` (bf16
+               autocast with the frozen base held in bf16 on a CPU with AVX512-BF16 or AMX, fp32
+               elsewhere; the run records which), HF `Trainer` and TRL in fp32. `hf_trainer_bf16` is HF
+               `Trainer` given `bf16=True` (its CPU autocast over the fp32 model), to show what the
+               peer gets from the same instructions
     tokens/s   real (non-padding) tokens of the trained rows, prompt and answer, over the seconds of the
                training loop (lorafleet: its `train_seconds`; peers: `on_train_begin` → `on_train_end`),
-               model load and data preparation left out for all three
+               model load and data preparation left out for all
     loss       mean training loss (per labelled token) of the last `--last` steps
     peak RSS   the child process's peak resident set (`ru_maxrss`): each run is a fresh spawned process
 
-Rounds are interleaved (lorafleet, HF, TRL, lorafleet, ...), so a busy machine slows all three alike;
-the ratios use the median of the rounds. Run: `.venv/bin/python bench/train_throughput.py` (flags:
---steps, --rounds, --precision, see --help). Prints a table and writes bench/results/train_throughput.json.
+Rounds are interleaved (lorafleet, HF, HF bf16, TRL, lorafleet, ...), so a busy machine slows all alike;
+the ratios use the median of the rounds and are against `hf_trainer` (and `trl_sft`). Run:
+`.venv/bin/python bench/train_throughput.py` (flags: --steps, --rounds, --only, see --help). Prints a
+table and writes bench/results/train_throughput.json.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from serve_load import machine_info
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 RECIPE = Path(__file__).parent.parent / "configs" / "default.yaml"
-RUNNERS = ("lorafleet", "hf_trainer", "trl_sft")
+RUNNERS = ("lorafleet", "hf_trainer", "hf_trainer_bf16", "trl_sft")
 
 
 def recipe(args: argparse.Namespace, data_path: Path, model_dir: Path, work: Path) -> dict[str, Any]:
@@ -59,7 +65,6 @@ def recipe(args: argparse.Namespace, data_path: Path, model_dir: Path, work: Pat
     values["training"] |= {
         "max_steps": args.steps,
         "batch_size": args.batch_size,
-        "mixed_precision": "bf16" if args.precision == "bf16" else "no",
         "checkpoint_steps": 0,
     }
     values["eval"] = {"metric": "none", "compare_base": False}
@@ -101,13 +106,14 @@ def run_lorafleet(config: dict[str, Any], home: str) -> dict[str, Any]:
     result = train(parse_config(config), show_progress=False, log=lambda _: None)
     losses = [m["loss"] for m in read_metrics(result.run_dir / "metrics.jsonl")]
     summary = result.summary
-    return _figures(summary["tokens"], summary["train_seconds"], losses)
+    return _figures(summary["tokens"], summary["train_seconds"], losses, summary["mixed_precision"])
 
 
 def run_peer(
     name: str, config: dict[str, Any], rows: list[dict[str, list[int]]], home: str
 ) -> dict[str, Any]:
-    """HF `Trainer` + PEFT (`hf_trainer`) or TRL's `SFTTrainer` (`trl_sft`) on the same rows in order."""
+    """HF `Trainer` + PEFT (`hf_trainer`, `hf_trainer_bf16`) or TRL's `SFTTrainer` (`trl_sft`) on the same
+    rows in order, in fp32 unless the name ends in `_bf16`."""
     os.environ["LORAFLEET_HOME"] = home
     from datasets import Dataset
     from peft import get_peft_model
@@ -130,7 +136,7 @@ def run_peer(
         "warmup_steps": round(training.warmup_ratio * steps),
         "weight_decay": training.weight_decay,
         "max_grad_norm": training.max_grad_norm,
-        "bf16": training.mixed_precision == "bf16",
+        "bf16": name.endswith("_bf16"),
         "use_cpu": True,
         "seed": training.seed,
         "logging_steps": 1,
@@ -141,7 +147,7 @@ def run_peer(
         "disable_tqdm": True,
     }
     clock = LoopClock()
-    if name == "hf_trainer":
+    if name.startswith("hf_trainer"):
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         columns = {"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]}
@@ -171,7 +177,8 @@ def run_peer(
         )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return _figures(sum(len(r["input_ids"]) for r in rows), clock.seconds, losses)
+    precision = "bf16" if common["bf16"] else "no"
+    return _figures(sum(len(r["input_ids"]) for r in rows), clock.seconds, losses, precision)
 
 
 class LoopClock(TrainerCallback):
@@ -186,9 +193,10 @@ class LoopClock(TrainerCallback):
         self.seconds = time.perf_counter() - self.started
 
 
-def _figures(tokens: int, seconds: float, losses: list[float]) -> dict[str, Any]:
+def _figures(tokens: int, seconds: float, losses: list[float], precision: str) -> dict[str, Any]:
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
+        "mixed_precision": precision,
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
@@ -207,12 +215,13 @@ def run_child(
         return pool.submit(run_peer, name, config, rows, home).result()
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], last: int) -> dict[str, dict[str, float]]:
+def summarise(runs: dict[str, list[dict[str, Any]]], last: int) -> dict[str, dict[str, Any]]:
     """Median over rounds of tokens/s and peak RSS, and of the final loss (mean of the last steps)."""
     out = {}
     for name, rounds in runs.items():
         out[name] = {
             "tokens": rounds[0]["tokens"],
+            "mixed_precision": rounds[0]["mixed_precision"],
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rounds),
             "final_loss": statistics.median(statistics.fmean(r["losses"][-last:]) for r in rounds),
@@ -220,14 +229,24 @@ def summarise(runs: dict[str, list[dict[str, Any]]], last: int) -> dict[str, dic
     return out
 
 
-def print_table(summary: dict[str, dict[str, float]], title: str) -> None:
+def print_table(summary: dict[str, dict[str, Any]], title: str) -> None:
     hf = summary["hf_trainer"]
     table = Table(title=title)
-    for column in ("trainer", "tokens/s", "vs HF", "final loss", "vs HF", "peak RSS MB", "vs HF"):
-        table.add_column(column, justify="left" if column == "trainer" else "right")
+    for column in (
+        "trainer",
+        "precision",
+        "tokens/s",
+        "vs HF",
+        "final loss",
+        "vs HF",
+        "peak RSS MB",
+        "vs HF",
+    ):
+        table.add_column(column, justify="left" if column in ("trainer", "precision") else "right")
     for name, s in summary.items():
         table.add_row(
             name,
+            {"no": "fp32"}.get(s["mixed_precision"], s["mixed_precision"]),
             f"{s['tokens_per_s']:.0f}",
             f"{s['tokens_per_s'] / hf['tokens_per_s']:.2f}×",
             f"{s['final_loss']:.4f}",
@@ -245,7 +264,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three trainers")
     parser.add_argument("--rows", type=int, default=1000, help="generated training tickets")
     parser.add_argument("--last", type=int, default=4, help="steps averaged into the final loss")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="same for all three")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS), help="trainers to run")
     args = parser.parse_args()
 
@@ -273,7 +291,9 @@ def main() -> None:
         counts = {name: s["tokens"] for name, s in summary.items()}
         print(f"warning: the trainers counted different tokens: {counts}")
     title = (
-        f"{args.steps} steps × {args.batch_size} rows, LoRA r16 q/k/v/o, {args.precision}, "
+        f"{args.steps} steps × {args.batch_size} rows, LoRA r16 q/k/v/o, lorafleet "
+        f"{runs['lorafleet'][0]['mixed_precision'] if 'lorafleet' in runs else '-'}, peers fp32 "
+        "(hf_trainer_bf16: bf16), "
         f"{args.rounds} rounds"
     )
     results: dict[str, Any] = {

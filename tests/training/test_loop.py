@@ -14,10 +14,11 @@ import torch
 
 from lorafleet.adapters import load_adapter, read_adapter
 from lorafleet.errors import AlreadyExistsError, ConfigError, TrainingInterrupted
-from lorafleet.models import tiny_model
+from lorafleet.models import load_base, tiny_model
 from lorafleet.training import FinetuneConfig, TrainResult, load_config, train
 from lorafleet.training import loop as training_loop
 from lorafleet.training.checkpoint import ADAPTER_DIR, STATE_FILE
+from lorafleet.training.precision import cpu_has_bf16
 from tests.training.conftest import RecipeFactory, write_jsonl
 
 RECIPES = Path(__file__).parents[2] / "configs"
@@ -70,7 +71,7 @@ def test_loss_falls(recipe: RecipeFactory) -> None:
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
 
 
-@pytest.mark.skipif(not training_loop.cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
 def test_bf16_on_a_cpu_with_bf16_instructions_trains_close_to_fp32(recipe: RecipeFactory) -> None:
     settings = ("training.max_steps=6", "lora.target_modules=[q_proj, v_proj, lm_head]")
     full, full_records = run(recipe(*settings, "output.name=fp32", "training.mixed_precision=no"))
@@ -82,6 +83,41 @@ def test_bf16_on_a_cpu_with_bf16_instructions_trains_close_to_fp32(recipe: Recip
     half_losses = torch.tensor([r["loss"] for r in half_records])
     assert not torch.equal(full_losses, half_losses)  # bf16 matmuls really ran
     torch.testing.assert_close(half_losses, full_losses, rtol=0.02, atol=0)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+def test_auto_precision_on_a_bf16_cpu_trains_a_bf16_base_and_scores_the_exact_fp32_one(
+    recipe: RecipeFactory, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_dtypes: list[torch.dtype] = []
+    scored_dtypes: list[torch.dtype] = []
+    forward, evaluate = training_loop.causal_lm_loss, training_loop.evaluate_model
+
+    def spy_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        base_dtypes.append(model.get_base_model().model.embed_tokens.weight.dtype)
+        return forward(model, batch)
+
+    def spy_score(model: Any, *args: Any, **kwargs: Any) -> Any:  # what a projection computes in
+        layer = model.get_base_model().model.layers[0].mlp.down_proj
+        hook = layer.register_forward_hook(lambda _m, _i, out: scored_dtypes.append(out.dtype))
+        model(torch.tensor([[1, 2, 3]]))
+        hook.remove()
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(training_loop, "causal_lm_loss", spy_step)
+    monkeypatch.setattr(training_loop, "evaluate_model", spy_score)
+    config = recipe("training.max_steps=2", "lora.target_modules=[q_proj, v_proj]")
+
+    result, _ = run(config)
+
+    assert result is not None and result.summary["mixed_precision"] == "bf16"
+    assert set(base_dtypes) == {torch.bfloat16}  # the steps ran on the bf16 copy of the base
+    assert scored_dtypes == [torch.float32]  # and the adapter was scored on the fp32 base, no autocast
+    # load_adapter refuses an adapter of another base: this one names the fp32 base
+    model = load_adapter(load_base(str(tiny_dir), device="cpu")[0], result.adapter_dir)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    assert any(bool(p.abs().sum()) for n, p in lora.items() if "lora_B" in n)  # the steps trained it
 
 
 def test_fp16_on_a_cpu_fails_naming_the_field(recipe: RecipeFactory) -> None:
@@ -393,6 +429,7 @@ def test_gradient_accumulation_averages_over_every_token_of_the_step(
         "training.learning_rate=1.0",
         "training.max_grad_norm=0",
         "lora.init=random",
+        "training.mixed_precision=no",  # fp32: bf16 rounds batches of 4 and of 2 differently
     )
 
     one, _ = run(recipe(*common, "training.batch_size=4", "output.name=one"))

@@ -37,7 +37,9 @@ class ModelConfig(BaseModel):
     name: str = Field("default", min_length=1, description="'default', a HF directory, a .gguf or a hub id.")
     device: Literal["cpu", "cuda", "mps"] | None = Field(None, description="Default: the best present.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="Weights dtype; default fp32 on CPU, bf16 (or fp16) on CUDA, fp16 on MPS."
+        None,
+        description="Weights dtype; default fp32 on CPU (held in bf16 for bf16 steps, see "
+        "training.mixed_precision), bf16 (or fp16) on CUDA, fp16 on MPS. A dtype named here is kept.",
     )
     parent: str | None = Field(
         None,
@@ -91,8 +93,9 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0.0, le=1e6, description="Gradient clipping norm (0: off).")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 on CUDA where supported, else fp16 with loss scaling; fp32 on CPU. bf16 also "
-        "runs on a CPU with bf16 instructions (AVX512-BF16 or AMX).",
+        description="auto: bf16 on CUDA where supported, else fp16 with loss scaling; on a CPU with bf16 "
+        "instructions (AVX512-BF16 or AMX) bf16, its frozen base held in bf16 for the steps (scored in "
+        "fp32); fp32 on other CPUs. no: fp32 everywhere.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation, shuffling and dropout.")

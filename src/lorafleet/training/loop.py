@@ -70,6 +70,13 @@ from lorafleet.training.orthogonal import (
     save_served_sum,
 )
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
+from lorafleet.training.precision import (
+    bf16_frozen_weights,
+    forget_other_precision,
+    mixed_precision,
+    restore_weights,
+    trains_base_in_bf16,
+)
 from lorafleet.training.progress import TrainingProgress
 from lorafleet.training.rehearsal import rehearsal_rows
 from lorafleet.training.replay import read_replay_rows, replay_batches
@@ -115,8 +122,8 @@ def train(
     lora = _lora_settings(config, parent)
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
-    precision = _mixed_precision(config, device)
-    _forget_other_precision(precision)
+    precision = mixed_precision(config, device)
+    forget_other_precision(precision)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision=precision,
@@ -145,6 +152,7 @@ def train(
             show_progress=show_progress and main,
         )
     _apply_liger(config, model, accelerator.device, say)
+    frozen = bf16_frozen_weights(model) if trains_base_in_bf16(config, device, precision) else {}
     peft_model, subspace = _attach(config, model, lora, parent, say)
     penalty = subspace.penalty if subspace is not None else None
     if parent is not None and config.continual.strategy == "ewc":
@@ -267,7 +275,8 @@ def train(
         raise
     train_seconds = time.perf_counter() - train_started
 
-    model_out = _unwrap(accelerator, peft_model)
+    model_out = _unwrap(accelerator, peft_model, finished=True)
+    restore_weights(frozen, lambda: load_base(config.model.name, device=str(accelerator.device))[0])
     with _merged(model_out, quantized=config.quantization.method != "none"):
         evaluations["adapter"] = _evaluate(
             config,
@@ -585,40 +594,6 @@ def _replace_earlier_run(run_dir: Path, *, resume: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
-    """The autocast precision: `auto` is bf16 or fp16 on CUDA and fp32 elsewhere; bf16 on a CPU only when
-    asked and the CPU has bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs its matmuls natively."""
-    choice = config.training.mixed_precision
-    if choice == "auto":
-        if device.type != "cuda":
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if choice == "no" or device.type == "cuda":
-        return choice
-    if choice == "bf16" and device.type == "cpu" and cpu_has_bf16():
-        return choice
-    raise ConfigError(
-        f"training.mixed_precision: {choice} needs a CUDA device"
-        + (" or a CPU with bf16 instructions (AVX512-BF16 or AMX)" if choice == "bf16" else "")
-        + f" (running on {device})"
-    )
-
-
-def _forget_other_precision(precision: str) -> None:
-    """Let a second run in this process use another precision: accelerate keeps the first run's in a
-    process-wide state and refuses a different one. The distributed (process-group) state is kept."""
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and str(state.get("_mixed_precision", precision)) != precision:
-        AcceleratorState._reset_state()
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls in hardware (oneDNN's own check: AVX512-BF16 or AMX)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def _scheduler(config: FinetuneConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     from transformers import get_scheduler
 
@@ -657,8 +632,11 @@ def _merged(model: PeftModel, *, quantized: bool) -> Iterator[None]:
         unmerge(model)
 
 
-def _unwrap(accelerator: Any, model: torch.nn.Module) -> PeftModel:
-    unwrapped: PeftModel = accelerator.unwrap_model(model)
+def _unwrap(accelerator: Any, model: torch.nn.Module, *, finished: bool = False) -> PeftModel:
+    """The PEFT model inside accelerate's wrapping. `finished`: the steps are over, so the forward that
+    runs under the steps' autocast (accelerate patches it in for mixed precision) is put back too, and
+    the adapter is scored as it is served."""
+    unwrapped: PeftModel = accelerator.unwrap_model(model, keep_fp32_wrapper=not finished)
     return unwrapped
 
 
