@@ -26,8 +26,11 @@ accuracy 0.33 against PyTorch's 0.91, where Q4_0 keeps 0.87).
 distributed as Q4_1 that is the base's own grid, so it is written back exactly (Q4_0 moves those weights
 by ~9% of their norm), and on any other base it is an ordinary 5-bit code. A matrix the adapter changed
 (`adapted=True`) is stored in Q5_0, whose grid is not the base's, so the update is not rounded away.
-The output head stays at Q8_0. On the demo adapter (the attention matrices adapted, the MLP not) the
-file is mostly Q4_1, and is labelled so (general.file_type): llama.cpp reads each tensor's own type.
+The output head stays at Q8_0. On the demo adapter (attention adapted, MLP not) it took both halves to
+come within 2 points of PyTorch's held-out field accuracy (0.906): q4_mix 0.908, where q4_0 gave 0.868,
+an exact MLP with Q4_0 attention 0.862, Q5_0 attention with a Q4_0 MLP 0.854, and q4_mix with its query
+and key projections in Q4_0 0.836 (100 tickets each). The file is mostly Q4_1 and is labelled so
+(general.file_type); llama.cpp reads each tensor's own type.
 """
 
 from __future__ import annotations
