@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorafleet.errors import ExportError
 from lorafleet.export import checks, exporter
@@ -26,6 +27,38 @@ def test_every_gguf_variant_is_written_checked_and_described(
     assert lora.max_abs_logit_diff is not None and lora.max_abs_logit_diff <= 1e-2  # on the f16 base
     assert f16.tokens_per_s > 0 and f16.size_bytes == (out / "rand-f16.gguf").stat().st_size
     assert json.loads((out / MANIFEST).read_text())["variants"][1]["file"] == "rand-lora.gguf"
+
+
+def test_q4_mix_stores_the_adapters_matrices_apart(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """The adapter (q_proj and v_proj) changed those matrices: Q5_0; the others the base's grid, Q4_1."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    out = tmp_path / "out"
+    export_adapter(
+        random_adapter, out, ExportPlan.parse("gguf", "q4_mix", check_tokens=0), base=str(tiny_dir)
+    )
+    types = {t.name: t.tensor_type for t in GGUFReader(out / "rand-q4_mix.gguf").tensors}
+    for layer in (0, 1):
+        for name in ("attn_q", "attn_v"):
+            assert types[f"blk.{layer}.{name}.weight"] == GGMLQuantizationType.Q5_0
+        for name in ("attn_k", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+            assert types[f"blk.{layer}.{name}.weight"] == GGMLQuantizationType.Q4_1
+
+
+def test_adapted_parameters_name_the_merged_models_changed_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    from lorafleet.adapters import load_adapter
+    from lorafleet.models import load_base
+
+    base, _ = load_base(str(tiny_dir), device="cpu")
+    before = {name: weight.detach().clone() for name, weight in base.named_parameters()}
+    adapter = save_random_adapter(base, tmp_path / "a", target_modules=["k_proj", "down_proj"])
+    peft_model = load_adapter(base, adapter)
+    adapted = exporter.adapted_parameters(peft_model)
+    merged = peft_model.merge_and_unload()
+    changed = {name for name, weight in merged.named_parameters() if not torch.equal(weight, before[name])}
+    assert adapted == changed and len(changed) == 4  # k_proj and down_proj of both layers
 
 
 def test_a_target_keeps_one_variant_and_judges_each_against_every_profile(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, Keys
+from gguf.quants import dequantize, quantize
 from transformers import AutoModelForCausalLM
 
 from lorafleet.errors import ExportError
@@ -97,6 +98,53 @@ def test_tied_output_head_is_the_embedding_and_q4_0_keeps_it_at_q8_0(
     assert types["token_embd.weight"] == GGMLQuantizationType.Q8_0
     assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q4_0
     assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+
+
+def test_q4_mix_writes_a_q4_1_base_back_exactly_and_keeps_the_adapted_matrices_apart(
+    edge_llama: EdgeModel, tmp_path: Path
+) -> None:
+    """A base distributed as Q4_1 (here: every matrix snapped to Q4_1's grid) comes back bit for bit where
+    the adapter left it alone; the matrices it changed come back in Q5_0 with their update kept on average
+    (the stored change from the base, projected on the update, ≈ 1), where Q4_1 would round it away (≈ 0)."""
+    model, tokenizer = edge_llama
+    adapted = {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+    updates = {}
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.ndim == 2:
+                weight.copy_(torch.from_numpy(_round_trip(weight.numpy(), GGMLQuantizationType.Q4_1)))
+            if name in adapted:  # an update well under Q4_1's step: rounding onto its grid would erase it
+                updates[name] = 0.005 * weight.abs().max() * torch.randn(weight.shape, generator=generator)
+                weight.add_(updates[name])
+    path = write_gguf_model(model, tokenizer, tmp_path / "m.gguf", quant="q4_mix", adapted=adapted)
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    for name, weight in model.named_parameters():
+        gguf_name = str(gguf_tensor_name(name))
+        stored = tensors[gguf_name]
+        values = torch.from_numpy(np.array(dequantize(stored.data, stored.tensor_type))).reshape(weight.shape)
+        heads = rope_heads(gguf_name, model.config)
+        values = from_llama_cpp_rope_order(values, heads) if heads is not None else values
+        if name == "lm_head.weight":
+            assert stored.tensor_type == GGMLQuantizationType.Q8_0
+        elif name in adapted:
+            assert stored.tensor_type == GGMLQuantizationType.Q5_0, name
+            base = weight.detach() - updates[name]
+            assert 0.8 < _kept(values - base, updates[name]) < 1.2, name
+            in_q4_1 = torch.from_numpy(_round_trip(weight.detach().numpy(), GGMLQuantizationType.Q4_1))
+            assert _kept(in_q4_1 - base, updates[name]) < 0.2, name  # what q4_mix avoids
+        elif weight.ndim == 2:
+            assert stored.tensor_type == GGMLQuantizationType.Q4_1, name
+            torch.testing.assert_close(values, weight.detach(), rtol=0, atol=0, msg=name)
+
+
+def _round_trip(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    return dequantize(quantize(values, qtype), qtype)
+
+
+def _kept(change: torch.Tensor, update: torch.Tensor) -> float:
+    """The share of `update` that `change` holds: its projection on the update, ⟨change, u⟩ / ⟨u, u⟩."""
+    return float((change * update).sum() / (update * update).sum())
 
 
 def test_tokenizer_keys_are_copied_from_a_source_gguf(edge_llama: EdgeModel, tmp_path: Path) -> None:

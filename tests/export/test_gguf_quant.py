@@ -28,7 +28,32 @@ def test_tensor_type(shape: tuple[int, ...], quant: str, output_head: bool, expe
     assert tensor_type(shape, quant, output_head=output_head) == expected  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("qtype", "bound"), [(T.F16, 1e-3), (T.Q8_0, 1 / 127), (T.Q4_0, 1 / 7)])
+@pytest.mark.parametrize(
+    ("shape", "output_head", "adapted", "expected"),
+    [
+        ((64, 64), False, True, T.Q5_0),  # changed by the adapter: off the base's Q4_1 grid
+        ((64, 64), False, False, T.Q4_1),  # left alone: the base's own grid
+        ((64, 64), True, False, T.Q8_0),  # the output head, changed or not
+        ((64,), False, True, T.F32),
+        ((64, 48), False, False, T.F16),
+    ],
+)
+def test_q4_mix_stores_what_the_adapter_changed_apart(
+    shape: tuple[int, ...], output_head: bool, adapted: bool, expected: T
+) -> None:
+    assert tensor_type(shape, "q4_mix", output_head=output_head, adapted=adapted) == expected
+
+
+def test_only_q4_mix_tells_adapted_matrices_apart() -> None:
+    for quant in ("f32", "f16", "q8_0", "q4_0"):
+        both = {tensor_type((64, 64), quant, output_head=False, adapted=a) for a in (True, False)}  # type: ignore[arg-type]
+        assert len(both) == 1, quant
+
+
+@pytest.mark.parametrize(
+    ("qtype", "bound"),
+    [(T.F16, 1e-3), (T.Q8_0, 1 / 127), (T.Q4_0, 1 / 7), (T.Q5_0, 1 / 15), (T.Q4_1, 1 / 14)],
+)
 def test_encode_round_trips_within_the_format_error(qtype: T, bound: float) -> None:
     values = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     encoded = encode(values, qtype)

@@ -98,12 +98,15 @@ def test_q8_0_agrees_on_the_next_token(
     assert top1_agreement(runtime, model, tokenizer(TEXT)["input_ids"]) >= 0.9
 
 
-def test_q4_0_runs_what_transformers_reads_from_the_same_file(
-    edge_llama: EdgeModel, tmp_path: Path, runtimes: list[GgufRuntime]
+@pytest.mark.parametrize("quant", ["q4_0", "q4_mix"])
+def test_4_bit_runs_what_transformers_reads_from_the_same_file(
+    edge_llama: EdgeModel, tmp_path: Path, runtimes: list[GgufRuntime], quant: str
 ) -> None:
-    """A random tiny model is too fragile for 4 bits to keep its top-1; the file's own weights are not."""
+    """A random tiny model is too fragile for 4 bits to keep its top-1; the file's own weights are not.
+    (q4_mix: the attention as if adapted, in Q5_0; the MLP and embedding in Q4_1.)"""
     model, tokenizer = edge_llama
-    path = write_gguf_model(model, tokenizer, tmp_path / "m.gguf", quant="q4_0")
+    adapted = {name for name, _ in model.named_parameters() if "self_attn" in name}
+    path = write_gguf_model(model, tokenizer, tmp_path / "m.gguf", quant=quant, adapted=adapted)  # type: ignore[arg-type]
     dequantized = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     assert top1_agreement(_open(runtimes, path), dequantized, tokenizer(TEXT)["input_ids"]) >= 0.9
 

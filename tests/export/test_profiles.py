@@ -86,8 +86,8 @@ def test_a_target_nothing_fits_fails_naming_what_it_would_take() -> None:
     [
         (("gguf", None, None), ("q8_0",)),
         (("onnx", None, None), ("int8",)),
-        (("gguf", None, "mobile_cpu"), ("f16", "q8_0", "q4_0")),
-        (("gguf", "all", None), ("f16", "q8_0", "q4_0", "lora")),
+        (("gguf", None, "mobile_cpu"), ("f16", "q8_0", "q4_0", "q4_mix")),
+        (("gguf", "all", None), ("f16", "q8_0", "q4_0", "q4_mix", "lora")),
         (("gguf", "Q4_0, f16,q4_0", None), ("q4_0", "f16")),
         (("onnx", "fp32", "raspberry_pi"), ("fp32",)),
     ],
@@ -102,7 +102,7 @@ def test_a_plan_reads_the_variants_asked_for(
     ("words", "field", "message"),
     [
         (("tflite", None, None), "format", "gguf, onnx"),
-        (("gguf", "int8", None), "quant", "f16, q8_0, q4_0, lora"),
+        (("gguf", "int8", None), "quant", "f16, q8_0, q4_0, q4_mix, lora"),
         (("onnx", ",", None), "quant", "fp32, int8"),
         (("gguf", "lora", "mobile_cpu"), None, "merged variant"),
         (("gguf", None, "toaster"), None, "no device profile 'toaster'"),

@@ -43,9 +43,10 @@ def export(
         typer.Option(
             "--quant",
             "-q",
-            help="Variants to write, comma-separated, or all. gguf: f16, q8_0, q4_0 (the merged model) "
-            "and lora (the adapter alone, for llama.cpp --lora); onnx: fp32, int8. Default: q8_0 / int8, "
-            "or with --target every merged variant, of which the one that fits is kept.",
+            help="Variants to write, comma-separated, or all. gguf: f16, q8_0, q4_0, q4_mix (the merged "
+            "model; q4_mix: Q4_1 where the adapter left the base alone, Q5_0 where it changed it) and lora "
+            "(the adapter alone, for llama.cpp --lora); onnx: fp32, int8. Default: q8_0 / int8, or with "
+            "--target every merged variant, of which the one that fits is kept.",
         ),
     ] = None,
     target: Annotated[

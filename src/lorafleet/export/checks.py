@@ -43,6 +43,7 @@ BOUNDS = {
     "lora": Bound(max_abs_logit_diff=0.25, min_top1_agreement=0.99),  # llama.cpp applies it to the f16 base
     "q8_0": Bound(min_top1_agreement=0.99),
     "q4_0": Bound(min_top1_agreement=0.95),
+    "q4_mix": Bound(min_top1_agreement=0.95),
     "fp32": Bound(max_abs_logit_diff=1e-3),
     "int8": Bound(min_top1_agreement=0.95),
 }

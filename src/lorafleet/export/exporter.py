@@ -1,7 +1,7 @@
 """One export, start to end, written into its folder at once.
 
 read      the adapter and its card (the training rows the checks are drawn from) → base + adapter
-write     each asked variant into a staging folder: GGUF f16, q8_0, q4_0 of the merged model, or lora
+write     each asked variant into a staging folder: GGUF f16, q8_0, q4_0, q4_mix of the merged model, or lora
           (the adapter alone, for llama.cpp's --lora); ONNX fp32 or int8
 check     each variant in its real runtime against the merged PyTorch model (`checks`): one outside
           its bound fails the export, naming the figure; its speed on this machine
@@ -102,7 +102,9 @@ def export_adapter(
         if "lora" in plan.variants:  # llama.cpp applies the lora file to the f16 base: the same in PyTorch
             written.base_f16 = written.gguf(model, Path(scratch) / "base-f16.gguf", "f16")
             lora_reference = f16_weights(load_adapter(deepcopy(model), adapter)).merge_and_unload()
-        merged = load_adapter(model, adapter).merge_and_unload()
+        adapted = load_adapter(model, adapter)
+        written.adapted = adapted_parameters(adapted)
+        merged = adapted.merge_and_unload()
         assert isinstance(merged, PreTrainedModel)
         prompts = check_prompts(card.training if card else None, tokenizer)
         references = (
@@ -147,6 +149,7 @@ class Written:
     scratch: Path
     base_f16: Path | None = None  # the base alone as f16 GGUF, for the lora variant
     fp32_onnx: Path | None = None  # the merged model's fp32 ONNX once written: int8 quantizes it
+    adapted: frozenset[str] | None = None  # the merged model's parameters the adapter changed
 
     def onnx(self, model: PreTrainedModel, path: Path) -> Path:
         """Export `model` to ONNX at `path` once; int8 then reuses it instead of exporting again."""
@@ -158,7 +161,28 @@ class Written:
     def gguf(self, model: PreTrainedModel, path: Path, quant: str) -> Path:
         from lorafleet.export.gguf_model import write_gguf_model
 
-        return write_gguf_model(model, self.tokenizer, path, quant=quant, source_gguf=self.source_gguf)  # type: ignore[arg-type]
+        return write_gguf_model(
+            model,
+            self.tokenizer,
+            path,
+            quant=quant,  # type: ignore[arg-type]
+            source_gguf=self.source_gguf,
+            adapted=self.adapted,
+        )
+
+
+def adapted_parameters(model: PeftModel) -> frozenset[str]:
+    """The parameters an adapter changes, named as `model.merge_and_unload()` leaves them: the weight of
+    every module a tuner layer wraps (LoRA, DoRA) or PEFT trains a copy or rows of (`modules_to_save`,
+    trainable tokens). A q4_mix GGUF keeps these off the base's Q4_1 grid (`gguf_quant`)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return frozenset(
+        f"{name.removeprefix('base_model.model.')}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)
+    )
 
 
 def f16_weights(model: M) -> M:

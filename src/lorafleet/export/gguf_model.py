@@ -15,7 +15,7 @@ tensor is stored as `quant` asks (`gguf_quant`). The file also holds:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +44,22 @@ def write_gguf_model(
     quant: GgufQuant,
     source_gguf: Path | None = None,
     name: str | None = None,
+    adapted: Collection[str] | None = None,
 ) -> Path:
     """Write `model` (merged, no LoRA layers) and its tokenizer as one GGUF file at `path`; return it.
 
-    `quant`: f16, q8_0 or q4_0 (or f32: exact, a reference). `source_gguf`: the GGUF the base model
-    was converted from, whose tokenizer keys are copied (`models.loading.source_gguf`); without
+    `quant`: f16, q8_0, q4_0 or q4_mix (or f32: exact, a reference). `source_gguf`: the GGUF the base
+    model was converted from, whose tokenizer keys are copied (`models.loading.source_gguf`); without
     it the tokenizer is built from `tokenizer`. `name`: general.name (default: the model's
-    name_or_path). The file is written beside `path` and renamed onto it at the end, so a failure
-    leaves no partial file at `path`.
+    name_or_path). `adapted`: the parameters the merged adapter changed (`model.named_parameters()`
+    names), which q4_mix stores apart; None: every one. The file is written beside `path` and renamed
+    onto it at the end, so a failure leaves no partial file at `path`.
     """
     quant = check_quant(quant)
     config = model.config
     arch = architecture_of(config)
     _check_supported(config)
-    tensors = plan_tensors(model, quant)
+    tensors = plan_tensors(model, quant, adapted)
     vocab_size = int(config.vocab_size)
     title = name or Path(str(getattr(config, "name_or_path", "") or "model")).name or "model"
 
@@ -73,8 +75,12 @@ def write_gguf_model(
     return write_gguf_file(Path(path), arch=arch.name, metadata=metadata, tensors=tensors)
 
 
-def plan_tensors(model: PreTrainedModel, quant: GgufQuant) -> list[GgufTensor]:
-    """Every parameter of `model` as the GGUF tensor it becomes (name, shape, type), in model order."""
+def plan_tensors(
+    model: PreTrainedModel, quant: GgufQuant, adapted: Collection[str] | None = None
+) -> list[GgufTensor]:
+    """Every parameter of `model` as the GGUF tensor it becomes (name, shape, type), in model order.
+
+    `adapted`: the parameters the adapter changed (None: every one), see `write_gguf_model`."""
     config = model.config
     tied = bool(getattr(config, "tie_word_embeddings", False))
     planned = []
@@ -94,7 +100,9 @@ def plan_tensors(model: PreTrainedModel, quant: GgufQuant) -> list[GgufTensor]:
             GgufTensor(
                 name=name,
                 shape=shape,
-                qtype=tensor_type(shape, quant, output_head=output_head),
+                qtype=tensor_type(
+                    shape, quant, output_head=output_head, adapted=adapted is None or parameter in adapted
+                ),
                 values=_values(weight, rope_heads(name, config)),
             )
         )

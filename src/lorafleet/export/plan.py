@@ -10,7 +10,7 @@ from lorafleet.errors import ConfigError
 from lorafleet.export.profiles import profile
 
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "gguf": ("f16", "q8_0", "q4_0", "lora"),
+    "gguf": ("f16", "q8_0", "q4_0", "q4_mix", "lora"),
     "onnx": ("fp32", "int8"),
 }
 DEFAULT_VARIANT = {"gguf": "q8_0", "onnx": "int8"}

@@ -31,8 +31,8 @@ class ExportCreate(BaseModel):
     quant: str | None = Field(
         None,
         max_length=64,
-        description="Variants, comma-separated, or all. gguf: f16, q8_0, q4_0, lora; onnx: fp32, int8. "
-        "Default: q8_0 / int8, or with a target every merged variant (the one that fits is kept).",
+        description="Variants, comma-separated, or all. gguf: f16, q8_0, q4_0, q4_mix, lora; onnx: fp32, "
+        "int8. Default: q8_0 / int8, or with a target every merged variant (the one that fits is kept).",
     )
     target: str | None = Field(
         None, max_length=64, description="A device profile (mobile_cpu, embedded_npu, raspberry_pi)."
