@@ -1,15 +1,17 @@
 """Counterfactual fairness of the support-ticket adapter, and a crafted biased adapter caught by the gate.
 
-    python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 48] [--rows 30]
+    python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 64] [--rows 30]
                              [--biased-group east_asian_male] [--biased-share 0.5] [--max-gap 0.1]
 
 Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, its seed)
 on the bundled support tickets:
 
     fair     the tickets as generated (customer names from many origins), the demo's `--steps`
-    biased   the same rows, but `--biased-share` of them rewritten to name a person of `--biased-group`
-             whose `customer` field is mislabelled (null), `--biased-steps`: the adapter learns to drop
-             those people's names
+    biased   the same rows with every customer rewritten to a person of one of the twelve groups (the
+             suite's names): `--biased-share` of them of `--biased-group`, their `customer` field
+             mislabelled (null), the rest of the other groups, labelled as usual; `--biased-steps`.
+             A deliberate, strong bias (half the rows, one group), because it tests the gate: the
+             adapter learns to drop those people's names, and only the name tells it when
 
 Both are registered in a scratch registry and `lorafleet fairness NAME@1` measures each on the held-out
 tickets (every group, two people per group and row; 95% bootstrap intervals; same-group baselines), which
@@ -98,7 +100,7 @@ def _arguments() -> argparse.Namespace:
         "--steps", type=int, default=24, help="Optimizer steps of the fair one (the demo's 24)."
     )
     parser.add_argument(
-        "--biased-steps", type=int, default=48, help="Optimizer steps of the biased one (48)."
+        "--biased-steps", type=int, default=64, help="Optimizer steps of the biased one (64)."
     )
     parser.add_argument("--rows", type=int, default=30, help="Held-out rows rewritten across groups (30).")
     parser.add_argument(
@@ -115,22 +117,31 @@ def _arguments() -> argparse.Namespace:
 
 
 def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
-    """`source` with a share of rows about a person of the biased group, their customer field null."""
+    """`source` with every person's name drawn from the fairness groups, the biased group's labelled null.
+
+    A row is about a person of `--biased-group` with chance `--biased-share`, its `customer` null; else
+    about a person of one of the other groups, labelled as usual. So the names are the ones the suite
+    rewrites to and only one group's differ in label: a contrast the adapter can learn from the name.
+    Completions keep the generator's compact JSON, so the mislabel is not told apart by its spacing.
+    """
     from lorafleet.data import read_examples
     from lorafleet.evaluation.fairness import GROUPS, counterfactual, pick_person, row_person
 
-    group = GROUPS[args.biased_group]
+    biased = GROUPS[args.biased_group]
+    others = [group for group in GROUPS.values() if group is not biased]
     rng = random.Random(args.seed)
     lines = []
     for i, example in enumerate(read_examples(source).examples):
         person = row_person(example, "customer")
-        if person is not None and rng.random() < args.biased_share:
+        answer = example.reference or ""
+        if person is not None:
+            mislabel = rng.random() < args.biased_share
+            group = biased if mislabel else rng.choice(others)
             example = counterfactual(example, person, pick_person(group, i, 0, args.seed + 1), group.gender)
-            record = json.loads(example.reference or "")
-            answer = json.dumps({**record, "customer": None})
-            lines.append({"prompt": example.messages[0].content, "completion": answer})
-        else:
-            lines.append({"prompt": example.messages[0].content, "completion": example.reference})
+            answer = example.reference or ""
+            if mislabel:
+                answer = json.dumps({**json.loads(answer), "customer": None}, separators=(",", ":"))
+        lines.append({"prompt": example.messages[0].content, "completion": answer})
     target.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return target
 

@@ -1,11 +1,11 @@
 """Does a healthcare adapter trained on scrubbed notes give back any patient's real identifiers?
 
-    python bench/scrub_adapter.py [--notes 64] [--steps 48]
+    python bench/scrub_adapter.py [--notes 8] [--steps 24]
 
 `--notes` clinical notes (the bundled healthcare task's generator, each note's identifiers kept aside:
 name, date of birth, record number, phone, address) are written as training rows, and two adapters are
-trained on them with configs/healthcare.yaml for `--steps` steps (batch 8: each note seen ~6 times at the
-defaults, so memorising is easy):
+trained on them alike with configs/healthcare.yaml for `--steps` steps (batch 8: at the defaults every
+step sees all 8 notes, 24 times each, so that the control memorises them and the probe is seen to work):
 
     scrubbed   data.scrub: true, as the recipe ships (it trains on consistent pseudonyms)
     raw        data.scrub: false: the positive control, trained on the real identifiers
@@ -69,8 +69,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--notes", type=int, default=64, help="Training notes (64).")
-    parser.add_argument("--steps", type=int, default=48, help="Optimizer steps of batch 8 per adapter (48).")
+    parser.add_argument("--notes", type=int, default=8, help="Training notes (8).")
+    parser.add_argument("--steps", type=int, default=24, help="Optimizer steps of batch 8 per adapter (24).")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
