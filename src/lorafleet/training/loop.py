@@ -1,15 +1,16 @@
 """The fine-tuning loop: `train(config)` turns a recipe into a trained adapter and a run directory.
 
     setup     check outputs (and read the parent, `model.parent`) → load base → tokenize data (and the
-              replay rows) → (score base) → attach LoRA/QLoRA, or the parent's LoRA with its weights
+              replay rows) → (score base) → (bf16 steps on a CPU: the frozen base cast to bf16,
+              `precision`) → attach LoRA/QLoRA, or the parent's LoRA with its weights
               (`training.parent`), and its EWC anchor (`training.consolidation`), or the frozen parent
               beside a new adapter (`training.orthogonal`) → AdamW + schedule; only then, with
               everything the user gave checked, an earlier run's outputs go
     train     for each optimizer step: micro-batches of the step, loss averaged over every labelled
               token of the step (plus the EWC or orthogonal penalty), backward, clip, step; log,
               evaluate, checkpoint every N steps
-    finish    evaluate, save the adapter (PEFT files + lorafleet.json; orthogonal: parent + new adapter
-              summed into one), curves and summary
+    finish    (the base's fp32 weights loaded back) evaluate, save the adapter (PEFT files +
+              lorafleet.json; orthogonal: parent + new adapter summed into one), curves and summary
 
 Runs on `accelerate`: one process on CPU or one GPU, or several GPUs under `accelerate launch`
 (each process takes every n-th micro-batch). Data order depends only on (seed, epoch), and
