@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from lorafleet.home import lorafleet_home
+
 
 def lorafleet_command() -> list[str]:
     """The `lorafleet` command of this interpreter's environment (or `python -m lorafleet`)."""
@@ -22,7 +24,7 @@ def scratch_home(work: Path) -> Path:
     """A fresh $LORAFLEET_HOME under `work`, set for this process and its children, with the converted
     models copied from the current one (so the bundled model is not converted again)."""
     home = work / "home"
-    models = Path(os.environ.get("LORAFLEET_HOME", Path.home() / ".lorafleet")) / "models"
+    models = lorafleet_home() / "models"
     if models.is_dir():
         shutil.copytree(models, home / "models")
     os.environ["LORAFLEET_HOME"] = str(home)
@@ -40,4 +42,4 @@ def train_recipe(recipe: Path, name: str, work: Path, **sections: dict[str, Any]
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     subprocess.run([*lorafleet_command(), "train", str(path), "--overwrite", "--no-progress"], check=True)
-    return Path(os.environ["LORAFLEET_HOME"]) / "adapters" / name
+    return lorafleet_home() / "adapters" / name

@@ -50,7 +50,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchkit import lorafleet_command
+from benchkit import lorafleet_command, train_recipe
 from lorafleet.export.checks import Reference, agreement, reference_answers
 from lorafleet.export.exporter import ExportReport, export_adapter, f16_weights, relogit
 from lorafleet.export.plan import ExportPlan
@@ -127,19 +127,13 @@ def main() -> int:
 
 def demo_adapter(work: Path, data: Path) -> Path:
     """The demo's adapter from $LORAFLEET_HOME, or trained now with the demo's recipe (no scoring)."""
-    import yaml
-
     existing = lorafleet_home() / "adapters" / "support-tickets"
     if (existing / "adapter_model.safetensors").is_file():
         return existing
-    recipe = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    recipe["data"]["path"] = str(data / "train.jsonl")
-    recipe["eval"] = {"metric": "none"}
-    recipe["output"] = {"name": "support-tickets", "run_dir": str(work / "run")}
-    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     console.print("training the demo adapter (configs/default.yaml) …")
-    subprocess.run([*lorafleet_command(), "train", str(work / "recipe.yaml"), "--overwrite"], check=True)
-    return existing
+    return train_recipe(
+        ROOT / "configs" / "default.yaml", "support-tickets", work, data={"path": str(data / "train.jsonl")}
+    )
 
 
 def measure(

@@ -261,7 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three trainers")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the trainers")
     parser.add_argument("--rows", type=int, default=1000, help="generated training tickets")
     parser.add_argument("--last", type=int, default=4, help="steps averaged into the final loss")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS), help="trainers to run")
@@ -290,12 +290,7 @@ def main() -> None:
     if len({s["tokens"] for s in summary.values()}) != 1:
         counts = {name: s["tokens"] for name, s in summary.items()}
         print(f"warning: the trainers counted different tokens: {counts}")
-    title = (
-        f"{args.steps} steps × {args.batch_size} rows, LoRA r16 q/k/v/o, lorafleet "
-        f"{runs['lorafleet'][0]['mixed_precision'] if 'lorafleet' in runs else '-'}, peers fp32 "
-        "(hf_trainer_bf16: bf16), "
-        f"{args.rounds} rounds"
-    )
+    title = f"{args.steps} steps × {args.batch_size} rows, LoRA r16 q/k/v/o, {args.rounds} rounds"
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info() | {"torch_threads": torch.get_num_threads()},
