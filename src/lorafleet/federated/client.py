@@ -39,16 +39,13 @@ class LocalModel:
 
     @classmethod
     def load(cls, config: FinetuneConfig) -> LocalModel:
-        from accelerate import Accelerator
-
         from lorafleet.adapters import attach
         from lorafleet.models import load_base
         from lorafleet.models.devices import choose_device
-        from lorafleet.training.precision import forget_other_precision
+        from lorafleet.training.precision import accelerator_for
 
         device = choose_device(config.model.device)
-        forget_other_precision("no")  # a bf16 training run earlier in this process set accelerate's state
-        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+        accelerator = accelerator_for(device, "no")
         torch.manual_seed(config.training.seed)  # every process draws the same initial A (it is overwritten)
         base, tokenizer = load_base(
             config.model.name, device=str(accelerator.device), dtype=config.model.dtype

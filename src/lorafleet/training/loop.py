@@ -72,8 +72,8 @@ from lorafleet.training.orthogonal import (
 )
 from lorafleet.training.parent import ParentAdapter, attach_parent, child_settings, read_parent
 from lorafleet.training.precision import (
+    accelerator_for,
     bf16_frozen_weights,
-    forget_other_precision,
     mixed_precision,
     restore_weights,
     trains_base_in_bf16,
@@ -113,7 +113,6 @@ def train(
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Fine-tune `config.model` on `config.data` and save the adapter; see the module docstring."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
@@ -124,10 +123,9 @@ def train(
     set_seed(config.training.seed)
     device = choose_device(config.model.device)
     precision = mixed_precision(config, device)
-    forget_other_precision(precision)
-    accelerator = Accelerator(
-        cpu=device.type == "cpu",
-        mixed_precision=precision,
+    accelerator = accelerator_for(
+        device,
+        precision,
         log_with=None if config.training.tracker == "none" else config.training.tracker,
         project_dir=str(run_dir),
     )

@@ -3,6 +3,7 @@
     mixed_precision      `training.mixed_precision` resolved on the device: `auto` is bf16 where the
                          hardware computes it natively (a CUDA GPU that supports it, a CPU with
                          AVX512-BF16 or AMX), fp16 on other GPUs, fp32 elsewhere
+    accelerator_for      accelerate's `Accelerator` in that precision, also after a run in another one
     bf16_frozen_weights  on such a CPU the base's frozen weights are cast to bf16 for the steps: oneDNN
                          then multiplies bf16 by bf16 without casting a weight at every call, the weights
                          take half the memory, and so do the activations the backward pass keeps. The
@@ -16,6 +17,7 @@ A base loaded in a dtype the recipe names (`model.dtype`) is left as it is, and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,14 +46,17 @@ def mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
     )
 
 
-def forget_other_precision(precision: str) -> None:
-    """Let a second run in this process use another precision: accelerate keeps the first run's in a
-    process-wide state and refuses a different one. The distributed (process-group) state is kept."""
+def accelerator_for(device: torch.device, precision: str, **options: Any) -> Any:
+    """An `accelerate.Accelerator` on `device` in `precision` (`options` passed on). accelerate keeps
+    one process-wide state and refuses a second precision in the same process, so a state left by an
+    earlier run in another precision is reset first (the distributed process-group state is kept)."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     state = AcceleratorState._shared_state
     if state and str(state.get("_mixed_precision", precision)) != precision:
         AcceleratorState._reset_state()
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision, **options)
 
 
 def cpu_has_bf16() -> bool:
