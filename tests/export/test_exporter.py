@@ -23,7 +23,7 @@ def test_every_gguf_variant_is_written_checked_and_described(
     report = export_adapter(random_adapter, out, ExportPlan.parse("gguf", "f16,lora"), base=str(tiny_dir))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "rand-f16.gguf", "rand-lora.gguf"]
     f16, lora = report.variants
-    assert f16.max_abs_logit_diff is not None and f16.max_abs_logit_diff <= 1e-2 and f16.checked_tokens == 64
+    assert f16.max_abs_logit_diff is not None and f16.max_abs_logit_diff <= 1e-2 and f16.checked_tokens == 256
     assert lora.max_abs_logit_diff is not None and lora.max_abs_logit_diff <= 1e-2  # on the f16 base
     assert f16.tokens_per_s > 0 and f16.size_bytes == (out / "rand-f16.gguf").stat().st_size
     assert json.loads((out / MANIFEST).read_text())["variants"][1]["file"] == "rand-lora.gguf"
@@ -45,6 +45,38 @@ def test_q4_mix_stores_the_adapters_matrices_apart(
             assert types[f"blk.{layer}.{name}.weight"] == GGMLQuantizationType.Q5_0
         for name in ("attn_k", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
             assert types[f"blk.{layer}.{name}.weight"] == GGMLQuantizationType.Q4_1
+
+
+def test_q4_mix_fitted_to_a_target_gives_up_the_smallest_update_first(
+    random_adapter: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """A budget 1 byte under the plain q4_mix: the matrix with the smallest ‖ΔW‖/‖W‖ goes onto the base's
+    grid (Q4_1), the other adapted ones stay Q5_0, and the file fits."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from lorafleet.adapters import load_adapter
+    from lorafleet.export.gguf_layout import gguf_tensor_name
+    from lorafleet.models import load_base
+
+    plain_plan = ExportPlan.parse("gguf", "q4_mix", check_tokens=0)
+    plain = export_adapter(random_adapter, tmp_path / "plain", plain_plan, base=str(tiny_dir))
+    budget = plain.variants[0].size_bytes - 1
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(f"tight: {{size_mb: {budget / 1e6}, ms_per_token: 100000}}\n")
+    out = tmp_path / "out"
+    plan = ExportPlan.parse("gguf", "q4_mix", "tight", profiles_file=profiles, check_tokens=0)
+    report = export_adapter(random_adapter, out, plan, base=str(tiny_dir))
+    assert report.chosen == "gguf-q4_mix" and report.variants[0].size_bytes <= budget
+
+    base, _ = load_base(str(tiny_dir), device="cpu")
+    merged = load_adapter(load_base(str(tiny_dir), device="cpu")[0], random_adapter).merge_and_unload()
+    changes = exporter.relative_changes(merged, base)
+    assert len(changes) == 4  # q_proj and v_proj of both layers
+    smallest = min(changes, key=changes.__getitem__)
+    types = {t.name: t.tensor_type for t in GGUFReader(out / "rand-q4_mix.gguf").tensors}
+    for parameter in changes:
+        expected = GGMLQuantizationType.Q4_1 if parameter == smallest else GGMLQuantizationType.Q5_0
+        assert types[str(gguf_tensor_name(parameter))] == expected, parameter
 
 
 def test_adapted_parameters_name_the_merged_models_changed_weights(tiny_dir: Path, tmp_path: Path) -> None:

@@ -8,7 +8,14 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
 from lorafleet.errors import ExportError
-from lorafleet.export.gguf_quant import check_quant, encode, stored_shape, tensor_type
+from lorafleet.export.gguf_quant import (
+    base_grid_saving,
+    check_quant,
+    encode,
+    stored_shape,
+    tensor_bytes,
+    tensor_type,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +74,14 @@ def test_encode_round_trips_within_the_format_error(qtype: T, bound: float) -> N
 def test_unknown_quant_is_refused_with_the_choices() -> None:
     with pytest.raises(ExportError, match=r"q5_k.*f32, f16, q8_0, q4_0"):
         check_quant("q5_k")
+
+
+def test_tensor_bytes_is_what_the_encoder_writes() -> None:
+    values = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
+    for qtype in (T.F32, T.F16, T.Q8_0, T.Q5_0, T.Q4_1, T.Q4_0):
+        assert tensor_bytes(values.shape, qtype) == encode(values, qtype).nbytes, qtype.name
+
+
+def test_the_base_grid_saves_half_a_bit_per_weight_of_a_block_aligned_matrix() -> None:
+    assert base_grid_saving((64, 576)) == 64 * 576 // 16  # Q5_0 22 bytes, Q4_1 20 per 32 values
+    assert base_grid_saving((64, 40)) == 0  # rows not a multiple of 32: F16 either way

@@ -64,9 +64,11 @@ def test_the_target_keeps_the_most_faithful_export_that_fits() -> None:
     assert choose("raspberry_pi", profiles["raspberry_pi"], [F16, Q8, Q4]) == F16
     slow = Measured("gguf-q8_0", size_mb=145.0, ms_per_token=60.0)  # too slow for the NPU's 50 ms
     assert choose("embedded_npu", profiles["embedded_npu"], [F16, slow, Q4]) == Q4
-    faithful_q4 = Measured("gguf-q4_0", size_mb=80.0, ms_per_token=20.0, top1_agreement=0.98)
-    lossy_q8 = Measured("gguf-q8_0", size_mb=145.0, ms_per_token=25.0, top1_agreement=0.90)
+    faithful_q4 = Measured("gguf-q4_0", size_mb=80.0, ms_per_token=20.0, top1_agreement=0.98, mean_kl=0.01)
+    lossy_q8 = Measured("gguf-q8_0", size_mb=145.0, ms_per_token=25.0, top1_agreement=0.99, mean_kl=0.05)
     assert choose("embedded_npu", profiles["embedded_npu"], [lossy_q8, faithful_q4]) == faithful_q4
+    unchecked = Measured("gguf-f16", size_mb=150.0, ms_per_token=25.0)  # no KL: after the checked ones
+    assert choose("embedded_npu", profiles["embedded_npu"], [unchecked, lossy_q8]) == lossy_q8
     check = verdict("embedded_npu", profiles["embedded_npu"], slow)
     assert (check.fits_size, check.fits_speed, check.fits) == (True, False, False)
 

@@ -21,6 +21,7 @@ from lorafleet.cli.platform import (
     fetch_version,
     print_json,
 )
+from lorafleet.export.plan import DEFAULT_CHECK_TOKENS
 from lorafleet.home import lorafleet_home
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def export(
             help="PyTorch's greedy answer tokens each variant must agree with before it is kept "
             "(0: no check).",
         ),
-    ] = 64,
+    ] = DEFAULT_CHECK_TOKENS,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads of the runtimes.")] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
@@ -121,7 +122,7 @@ def export(
         print_json({"output": str(destination), **asdict(report)})
         return
     table = Table(title=f"{report.adapter} → {destination}")
-    for column in ("variant", "file", "MB", "tokens/s", "max |Δlogit|", "top-1"):
+    for column in ("variant", "file", "MB", "tokens/s", "max |Δlogit|", "top-1", "KL"):
         table.add_column(column, justify="left" if column in ("variant", "file") else "right")
     for v in report.variants:
         checked = v.checked_tokens > 0
@@ -132,6 +133,7 @@ def export(
             f"{v.tokens_per_s:.1f}",
             f"{v.max_abs_logit_diff:.2e}" if checked else "-",
             f"{v.top1_agreement:.1%}" if checked else "-",
+            f"{v.mean_kl:.2e}" if checked else "-",
         )
     plain_console().print(table)
     for line in verdict_lines(report):

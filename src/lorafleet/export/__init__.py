@@ -1,6 +1,6 @@
 """Edge export: an adapter merged into its base, written for llama.cpp (GGUF) or ONNX Runtime, and checked.
 
-- `gguf_model` writes the merged model as one GGUF file (F16, Q8_0, Q4_0) with the `gguf` package,
+- `gguf_model` writes the merged model as one GGUF file (F16, Q8_0, Q4_0, q4_mix) with the `gguf` package,
   llama.cpp's own writer, so no llama.cpp checkout is needed; `gguf_lora` writes the adapter alone
   as a GGUF LoRA for llama.cpp's `--lora`.
 - `onnx_model` exports the merged model with its KV cache through torch's exporter; `onnx_int8`

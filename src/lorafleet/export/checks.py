@@ -5,6 +5,10 @@ answers to them (teacher forcing: both models see the same prefix at every posit
 
     max |Δlogit|      max over positions t and vocabulary v of |z_export[t, v] − z_torch[t, v]|
     top-1 agreement   share of answer positions where the export's arg-max next token is PyTorch's
+    mean KL           mean over answer positions of KL(p_torch ‖ p_export), in nats, of the next-token
+                      distributions (softmax of the logits): what llama.cpp's perplexity tool reports
+                      as KLD; unlike top-1 it sees the whole distribution at every position, so it ranks
+                      two quantizations that pick the same tokens (`profiles.choose`)
 
 `BOUNDS` says which figure each variant must meet: quantized variants an agreement share (their logits
 move by design; what matters is whether they pick the same tokens), the others a logit bound as well.
@@ -65,6 +69,7 @@ class Agreement:
     max_abs_logit_diff: float
     top1_agreement: float
     answer_tokens: int
+    mean_kl: float = 0.0  # nats, over the answer positions
 
 
 def check_prompts(
@@ -116,15 +121,25 @@ def reference_answers(
 
 def agreement(runtime: EdgeRuntime, references: Sequence[Reference]) -> Agreement:
     """The export's figures over `references` (see the module docstring)."""
-    worst, agreeing, answered = 0.0, 0, 0
+    worst, agreeing, answered, divergence = 0.0, 0, 0, 0.0
     for reference in references:
         ours = runtime.logits(reference.ids)
         worst = max(worst, float(np.abs(ours - reference.logits).max()))
         # the logits at position t predict token t + 1: the answer's tokens are predicted from start − 1
         predicted = slice(reference.start - 1, len(reference.ids) - 1)
         agreeing += int((ours[predicted].argmax(-1) == reference.logits[predicted].argmax(-1)).sum())
+        divergence += float(kl_divergence(reference.logits[predicted], ours[predicted]).sum())
         answered += len(reference.ids) - reference.start
-    return Agreement(worst, agreeing / answered if answered else 1.0, answered)
+    if not answered:
+        return Agreement(worst, 1.0, 0)
+    return Agreement(worst, agreeing / answered, answered, divergence / answered)
+
+
+def kl_divergence(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """KL(softmax(reference) ‖ softmax(other)) in nats for each row of two (positions, vocab) logit arrays."""
+    p_log = torch.from_numpy(reference).double().log_softmax(-1)
+    q_log = torch.from_numpy(other).double().log_softmax(-1)
+    return torch.nn.functional.kl_div(q_log, p_log, reduction="none", log_target=True).sum(-1).numpy()
 
 
 def enforce(variant: str, figures: Agreement) -> None:

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorafleet.export.checks import Reference, agreement, check_prompts, enforce, reference_answers
 from lorafleet.export.plan import ExportPlan
-from lorafleet.export.profiles import Measured, choose, load_profiles, verdict
+from lorafleet.export.profiles import Measured, choose, load_profiles, profile, verdict
 from lorafleet.export.runtime import EdgeRuntime, tokens_per_second, torch_logits
 from lorafleet.files import atomic_directory
 
@@ -49,11 +49,14 @@ class VariantReport:
     sha256: str
     max_abs_logit_diff: float | None = None
     top1_agreement: float | None = None
+    mean_kl: float | None = None  # nats (`checks`)
     checked_tokens: int = 0
     tokens_per_s: float = 0.0
 
     def measured(self) -> Measured:
-        return Measured(self.name, self.size_bytes / 1e6, 1000 / self.tokens_per_s, self.top1_agreement)
+        return Measured(
+            self.name, self.size_bytes / 1e6, 1000 / self.tokens_per_s, self.top1_agreement, self.mean_kl
+        )
 
 
 @dataclass
@@ -97,7 +100,7 @@ def export_adapter(
     with atomic_directory(output, overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as scratch:
         say(f"loading {base} and the adapter {adapter}")
         model, tokenizer = load_base(base, device="cpu", dtype="float32")
-        written = Written(adapter, tokenizer, source_gguf(base), Path(scratch))
+        written = Written(adapter, tokenizer, source_gguf(base), Path(scratch), say)
         lora_reference = None
         if "lora" in plan.variants:  # llama.cpp applies the lora file to the f16 base: the same in PyTorch
             written.base_f16 = written.gguf(model, Path(scratch) / "base-f16.gguf", "f16")
@@ -106,6 +109,9 @@ def export_adapter(
         written.adapted = adapted_parameters(adapted)
         merged = adapted.merge_and_unload()
         assert isinstance(merged, PreTrainedModel)
+        if plan.target and "q4_mix" in plan.variants:  # q4_mix is fitted to the target's size budget
+            written.size_budget = int(profile(plan.target, plan.profiles_file).size_mb * 1e6)
+            written.changes = relative_changes(merged, load_base(base, device="cpu", dtype="float32")[0])
         prompts = check_prompts(card.training if card else None, tokenizer)
         references = (
             reference_answers(merged, tokenizer, prompts, plan.check_tokens) if plan.check_tokens else []
@@ -147,9 +153,12 @@ class Written:
     tokenizer: PreTrainedTokenizerBase
     source_gguf: Path | None  # the GGUF the base came from: its tokenizer metadata is copied
     scratch: Path
+    say: Callable[[str], None]
     base_f16: Path | None = None  # the base alone as f16 GGUF, for the lora variant
     fp32_onnx: Path | None = None  # the merged model's fp32 ONNX once written: int8 quantizes it
     adapted: frozenset[str] | None = None  # the merged model's parameters the adapter changed
+    size_budget: int | None = None  # bytes a q4_mix file must fit in (the target's)
+    changes: dict[str, float] | None = None  # adapted parameter → ‖ΔW‖/‖W‖, to fit q4_mix to the budget
 
     def onnx(self, model: PreTrainedModel, path: Path) -> Path:
         """Export `model` to ONNX at `path` once; int8 then reuses it instead of exporting again."""
@@ -159,16 +168,45 @@ class Written:
         return self.fp32_onnx
 
     def gguf(self, model: PreTrainedModel, path: Path, quant: str) -> Path:
-        from lorafleet.export.gguf_model import write_gguf_model
+        """Write `model` as a `quant` GGUF; a q4_mix over `size_budget` is written again with the fewest
+        adapted matrices on the base's grid that bring it within (`gguf_quant`)."""
+        from lorafleet.export.gguf_model import updates_to_give_up, write_gguf_model
 
-        return write_gguf_model(
-            model,
-            self.tokenizer,
-            path,
-            quant=quant,  # type: ignore[arg-type]
-            source_gguf=self.source_gguf,
-            adapted=self.adapted,
+        def write(adapted: frozenset[str] | None) -> Path:
+            return write_gguf_model(
+                model,
+                self.tokenizer,
+                path,
+                quant=quant,  # type: ignore[arg-type]
+                source_gguf=self.source_gguf,
+                adapted=adapted,
+            )
+
+        write(self.adapted)
+        if quant != "q4_mix" or self.size_budget is None or self.changes is None:
+            return path
+        excess = path.stat().st_size - self.size_budget
+        if excess <= 0:
+            return path
+        given_up = updates_to_give_up(model, self.changes, excess)
+        self.say(
+            f"q4_mix is {excess:,} bytes over the target's {self.size_budget:,}: storing "
+            f"{len(given_up)} of {len(self.changes)} adapted matrices on the base's grid, the smallest "
+            f"updates ({', '.join(given_up)})"
         )
+        return write(frozenset(self.adapted or self.changes).difference(given_up))
+
+
+def relative_changes(merged: PreTrainedModel, base: PreTrainedModel) -> dict[str, float]:
+    """‖W_merged − W_base‖ / ‖W_base‖ of every parameter the merge changed (all others are equal)."""
+    before = dict(base.named_parameters())
+    changes = {}
+    with torch.no_grad():
+        for name, weight in merged.named_parameters():
+            change = float((weight - before[name]).norm())
+            if change > 0:
+                changes[name] = change / max(float(before[name].norm()), 1e-12)
+    return changes
 
 
 def adapted_parameters(model: PeftModel) -> frozenset[str]:
@@ -235,6 +273,7 @@ def _check(
             figures = agreement(runtime, references)
             report.max_abs_logit_diff = figures.max_abs_logit_diff
             report.top1_agreement = figures.top1_agreement
+            report.mean_kl = figures.mean_kl
             report.checked_tokens = figures.answer_tokens
             enforce(variant, figures)
         report.tokens_per_s = tokens_per_second(runtime, speed_prompt, SPEED_TOKENS)
@@ -278,5 +317,9 @@ def _fit(export: ExportReport, plan: ExportPlan, staging: Path) -> None:
 def _line(report: VariantReport) -> str:
     figures = [f"{report.size_bytes / 1e6:.1f} MB", f"{report.tokens_per_s:.1f} tokens/s"]
     if report.checked_tokens:
-        figures += [f"max |Δlogit| {report.max_abs_logit_diff:.2e}", f"top-1 {report.top1_agreement:.1%}"]
+        figures += [
+            f"max |Δlogit| {report.max_abs_logit_diff:.2e}",
+            f"top-1 {report.top1_agreement:.1%}",
+            f"KL {report.mean_kl:.2e}",
+        ]
     return f"{report.name}: " + ", ".join(figures)

@@ -15,7 +15,7 @@ tensor is stored as `quant` asks (`gguf_quant`). The file also holds:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from lorafleet.export.gguf_layout import (
     rope_heads,
     to_llama_cpp_rope_order,
 )
-from lorafleet.export.gguf_quant import FILE_TYPES, GgufQuant, check_quant, tensor_type
+from lorafleet.export.gguf_quant import FILE_TYPES, GgufQuant, base_grid_saving, check_quant, tensor_type
 from lorafleet.export.gguf_tokenizer import add_tokenizer
 
 
@@ -95,7 +95,7 @@ def plan_tensors(
         if name is None:
             raise ExportError(f"{parameter}: llama.cpp's {config.model_type} architecture has no such tensor")
         shape = tuple(weight.shape)
-        output_head = name == "output.weight" or (tied and name == "token_embd.weight")
+        output_head = _is_output_head(name, tied)
         planned.append(
             GgufTensor(
                 name=name,
@@ -107,6 +107,30 @@ def plan_tensors(
             )
         )
     return planned
+
+
+def updates_to_give_up(model: PreTrainedModel, changes: Mapping[str, float], excess: int) -> list[str]:
+    """The adapted parameters a q4_mix export stores on the base's grid to come `excess` bytes smaller:
+    the smallest relative changes (`changes`: parameter → ‖ΔW‖/‖W‖) first, until the saving covers
+    `excess` or none is left (`gguf_quant` says why)."""
+    shapes = {name: tuple(weight.shape) for name, weight in model.named_parameters()}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    given_up, saved = [], 0
+    for parameter in sorted(changes, key=changes.__getitem__):
+        if saved >= excess:
+            break
+        name = gguf_tensor_name(parameter)
+        saving = base_grid_saving(shapes[parameter])
+        if name is None or _is_output_head(name, tied) or saving <= 0:
+            continue
+        given_up.append(parameter)
+        saved += saving
+    return given_up
+
+
+def _is_output_head(name: str, tied: bool) -> bool:
+    """Whether the GGUF tensor `name` computes the logits (`output`, or `token_embd` when tied)."""
+    return name == "output.weight" or (tied and name == "token_embd.weight")
 
 
 def _values(weight: torch.Tensor, heads: int | None) -> Callable[[], np.ndarray]:

@@ -29,9 +29,14 @@ by ~9% of their norm), and on any other base it is an ordinary 5-bit code. A mat
 The output head stays at Q8_0. On the demo adapter (attention adapted, MLP not) it took both halves to
 come within 2 points of PyTorch's held-out field accuracy (0.906): q4_mix 0.908, where q4_0 gave 0.868,
 an exact MLP with Q4_0 attention 0.862, Q5_0 attention with a Q4_0 MLP 0.854, and q4_mix with its query
-and key projections in Q4_0 0.836 (100 tickets each); 100.02 MB against q4_0's 91.7, so 21 kB over the
-shipped mobile_cpu budget. The file is mostly Q4_1 and is labelled so
-(general.file_type); llama.cpp reads each tensor's own type.
+and key projections in Q4_0 0.836 (100 tickets each); 100.02 MB against q4_0's 91.7. The file is mostly
+Q4_1 and is labelled so (general.file_type); llama.cpp reads each tensor's own type.
+
+A q4_mix export can be held to a size budget (`lorafleet export --target`): while the file is over it,
+the adapted matrix whose update is smallest against its weights (‖ΔW‖/‖W‖) is stored on the base's grid
+too, giving up that matrix's update for `base_grid_saving` bytes (0.5 bit per weight). The demo adapter
+gives up three of its 120 (two key projections and a query projection) to meet mobile_cpu's 100 MB, and
+keeps PyTorch's held-out field accuracy within 0.8 points (bench/export.py).
 """
 
 from __future__ import annotations
@@ -88,6 +93,20 @@ def tensor_type(
         wanted = (_MATRIX_TYPES if adapted else _UNCHANGED_TYPES)[quant]
     block, _ = GGML_QUANT_SIZES[wanted]
     return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16  # F32 and F16: block 1
+
+
+def tensor_bytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+    """How many bytes a tensor of numpy `shape` takes in the file as GGML type `qtype`."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
+
+
+def base_grid_saving(shape: tuple[int, ...]) -> int:
+    """Bytes a q4_mix export saves by storing an adapted matrix of `shape` as an unchanged one (Q4_1, the
+    base's grid, where the update is mostly rounded away) instead of Q5_0."""
+    adapted = tensor_type(shape, "q4_mix", output_head=False, adapted=True)
+    unchanged = tensor_type(shape, "q4_mix", output_head=False, adapted=False)
+    return tensor_bytes(shape, adapted) - tensor_bytes(shape, unchanged)
 
 
 def stored_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
