@@ -150,7 +150,8 @@ def _template_spans(example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
             if message.role != "assistant":
                 continue
             before = render_chat(messages[:i], tokenizer, generation=True)
-            through = render_chat(messages[: i + 1], tokenizer, generation=False)
+            last = i == len(messages) - 1  # then `through` is `full` (most rows: one answer at the end)
+            through = full if last else render_chat(messages[: i + 1], tokenizer, generation=False)
             if not (full.startswith(before) and full.startswith(through) and cursor <= len(before)):
                 raise DataError(
                     f"{example.source}: the chat template is not prefix-stable (rendering the first {i} "
