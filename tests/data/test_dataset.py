@@ -15,6 +15,7 @@ from lorafleet.data import (
     TokenizedExample,
     batches,
     dataset_stats,
+    packing_gain,
     prepare_data,
     split_indices,
 )
@@ -155,3 +156,13 @@ def test_batches_are_deterministic_per_epoch_and_cover_every_example() -> None:
     )
     in_order = epoch_batches(0, packing=False, shuffle=False)
     assert in_order[0]["input_ids"][0].tolist()[:2] == [0, 1] and in_order[0]["input_ids"].shape == (4, 5)
+
+
+def test_packing_gain_counts_the_positions_each_way_of_batching_computes() -> None:
+    """Three rows of 40 and three of 60 in batches of 2: by length [40 40] [40 60] [60 60] is 320 positions
+    (the middle batch pads a 40 to 60); packed into 100 they are three full rows, 300."""
+    rows = [fake(40), fake(60)] * 3
+    assert packing_gain(rows, batch_size=2, max_length=100) == pytest.approx(1 - 300 / 320)
+    same = [fake(60) for _ in range(16)]  # two never share a row of 100: packing saves nothing
+    assert packing_gain(same, batch_size=4, max_length=100) == 0.0
+    assert packing_gain([], batch_size=4, max_length=100) == 0.0

@@ -6,6 +6,7 @@ from lorafleet.data.dataset import (
     PreparedData,
     batches,
     dataset_stats,
+    packing_gain,
     prepare_data,
     split_indices,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "inspect_rows",
     "pack_examples",
     "packed_attention_mask",
+    "packing_gain",
     "prepare_data",
     "read_examples",
     "render_chat",

@@ -40,7 +40,8 @@ class DataConfig(BaseModel):
     packing: bool = Field(
         False,
         description="Pack short examples together into sequences of max_length tokens; attention stays "
-        "inside each example.",
+        "inside each example. Off by default (batches are grouped by length); training's data line says "
+        "what packing would save on these rows.",
     )
     train_on_inputs: bool = Field(
         False, description="Compute the loss on prompt tokens too, not only on completions / assistant turns."

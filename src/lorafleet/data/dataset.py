@@ -260,3 +260,28 @@ def batches(
         rows = [examples[i] for i in order]
         groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     return [collate(group, pad_token_id=pad_token_id) for group in groups]
+
+
+def packing_gain(examples: Sequence[TokenizedExample], *, batch_size: int, max_length: int) -> float:
+    """The share of token positions (padding included) that packing saves over batching by length, for one
+    epoch of `examples` in batches of `batch_size`: 0.3 means packing computes 30% fewer positions, a
+    negative value that it computes more (rows too long to share a sequence gain nothing from it and are
+    padded further). Positions are what a step's matrix products cost; packing's mask adds to that, so it
+    pays for itself only when this is clearly above zero."""
+    if not examples:
+        return 0.0
+
+    def positions(packing: bool) -> int:
+        epoch = batches(
+            examples,
+            batch_size=batch_size,
+            pad_token_id=0,
+            max_length=max_length,
+            packing=packing,
+            shuffle=True,
+            seed=0,
+            epoch=0,
+        )
+        return sum(batch["input_ids"].numel() for batch in epoch)
+
+    return 1.0 - positions(True) / positions(False)
