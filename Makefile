@@ -52,6 +52,7 @@ $(addprefix demo-,$(DOMAINS)): demo-%: setup
 	$(BIN)/lorafleet train configs/$*.yaml --overwrite
 
 bench: setup
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_throughput.py
