@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from lorafleet.export.checks import Reference, agreement, kl_divergence
+from lorafleet.export.checks import Reference, agreement, check_prompts, kl_divergence
 
 
 class _Logits:
@@ -42,3 +43,16 @@ def test_agreement_averages_the_kl_over_the_answer_positions_only() -> None:
     assert np.isclose(figures.mean_kl, expected)
     assert np.isclose(figures.max_abs_logit_diff, np.abs(export_logits - torch_logits).max())
     assert agreement(_Logits(torch_logits), [reference]).mean_kl == 0.0
+
+
+def test_check_prompts_say_when_the_training_file_is_not_here(tmp_path: Path) -> None:
+    from lorafleet.evaluation.probe import general_prompts
+    from lorafleet.models import tiny_tokenizer
+
+    said: list[str] = []
+    missing = str(tmp_path / "gone.jsonl")
+    prompts = check_prompts({"data": {"path": missing}}, tiny_tokenizer(), rows=3, say=said.append)
+    assert len(prompts) == min(3, len(general_prompts())) and all(prompts)
+    assert len(said) == 1 and missing in said[0] and "general probe" in said[0]
+    check_prompts(None, tiny_tokenizer(), rows=3, say=said.append)  # no file named: nothing to say
+    assert len(said) == 1

@@ -21,7 +21,7 @@ logits by 1 or more. So f16 and lora are held to 0.25 and 99% top-1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,15 @@ class Agreement:
 
 
 def check_prompts(
-    training: dict[str, Any] | None, tokenizer: PreTrainedTokenizerBase, rows: int = 8
+    training: dict[str, Any] | None,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: int = 8,
+    say: Callable[[str], None] = lambda _: None,
 ) -> list[list[int]]:
     """Token ids of prompts to check an export on: the adapter's own training rows where its card names a
-    readable file (with the recipe's system prompt, through the chat template), else the general probe's."""
+    readable file (with the recipe's system prompt, through the chat template), else the general probe's,
+    which `say` announces (the card keeps the path as the recipe gave it, often relative to where training
+    ran; on the probe's prose, quantized variants agree less with PyTorch than on the adapter's task)."""
     from lorafleet.data.formats import Message, read_examples, with_system_prompt
     from lorafleet.data.tokenize import render_chat
     from lorafleet.errors import DataError
@@ -94,6 +99,11 @@ def check_prompts(
                 prompt = with_system_prompt(example, data.get("system_prompt")).prompt_messages
                 texts.append(render_chat(prompt, tokenizer, generation=True))
     if not texts:
+        if data.get("path"):
+            say(
+                f"the adapter's training file {data['path']} has no chat rows readable from here: checking "
+                "on the general probe prompts (run from where it was trained to check on its own rows)"
+            )
         texts = [
             render_chat([Message("user", p)], tokenizer, generation=True) for p in general_prompts()[:rows]
         ]

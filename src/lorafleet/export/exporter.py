@@ -112,7 +112,7 @@ def export_adapter(
         if plan.target and "q4_mix" in plan.variants:  # q4_mix is fitted to the target's size budget
             written.size_budget = int(profile(plan.target, plan.profiles_file).size_mb * 1e6)
             written.changes = relative_changes(merged, load_base(base, device="cpu", dtype="float32")[0])
-        prompts = check_prompts(card.training if card else None, tokenizer)
+        prompts = check_prompts(card.training if card else None, tokenizer, say=say)
         references = (
             reference_answers(merged, tokenizer, prompts, plan.check_tokens) if plan.check_tokens else []
         )
