@@ -234,6 +234,31 @@ def batches(
     length before being cut into batches, whose order is then shuffled: batches hold similar lengths
     (less padding) and stay random. Without `shuffle` the order is kept.
     """
+    groups = _batch_rows(
+        examples,
+        batch_size=batch_size,
+        max_length=max_length,
+        packing=packing,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        group_by_length=group_by_length,
+    )
+    return [collate(group, pad_token_id=pad_token_id) for group in groups]
+
+
+def _batch_rows(
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    max_length: int,
+    packing: bool,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    group_by_length: bool = True,
+) -> list[list[TokenizedExample | PackedSequence]]:
+    """The rows of each batch of `batches`, before collation."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
     rng = random.Random(f"{seed}:{epoch}")
@@ -259,7 +284,7 @@ def batches(
     else:
         rows = [examples[i] for i in order]
         groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    return [collate(group, pad_token_id=pad_token_id) for group in groups]
+    return groups
 
 
 def packing_gain(examples: Sequence[TokenizedExample], *, batch_size: int, max_length: int) -> float:
@@ -267,21 +292,21 @@ def packing_gain(examples: Sequence[TokenizedExample], *, batch_size: int, max_l
     epoch of `examples` in batches of `batch_size`: 0.3 means packing computes 30% fewer positions, a
     negative value that it computes more (rows too long to share a sequence gain nothing from it and are
     padded further). Positions are what a step's matrix products cost; packing's mask adds to that, so it
-    pays for itself only when this is clearly above zero."""
+    pays for itself only when this is clearly above zero. Counted from the batches' rows (`collate` pads
+    each batch to its longest row), without building their tensors."""
     if not examples:
         return 0.0
 
     def positions(packing: bool) -> int:
-        epoch = batches(
+        groups = _batch_rows(
             examples,
             batch_size=batch_size,
-            pad_token_id=0,
             max_length=max_length,
             packing=packing,
             shuffle=True,
             seed=0,
             epoch=0,
         )
-        return sum(batch["input_ids"].numel() for batch in epoch)
+        return sum(len(group) * max(len(row) for row in group) for group in groups)
 
     return 1.0 - positions(True) / positions(False)
