@@ -204,8 +204,9 @@ def measure(
                 measured[key] = Measured(
                     key, variant.size_bytes / 1e6, 1000 / speed, figures.top1_agreement, figures.mean_kl
                 )
-    results.update(same_weights(runtimes, merged, references))
-    results.update(rounding_floor(merged, adapter, references))
+    rounded = relogit(f16_weights(merged), references)  # PyTorch on the f16-rounded merged weights
+    results.update(same_weights(runtimes, rounded, references))
+    results.update(rounding_floor(rounded, adapter, references))
     results["verdicts"] = [
         verdict(name, budget, m).as_dict() for name, budget in profiles.items() for m in measured.values()
     ]
@@ -235,7 +236,7 @@ def measure(
 
 
 def same_weights(
-    runtimes: dict[str, Callable[..., EdgeRuntime]], merged: Any, references: list[Reference]
+    runtimes: dict[str, Callable[..., EdgeRuntime]], rounded: list[Reference], references: list[Reference]
 ) -> dict[str, float]:
     """The lossless GGUF figures with llama.cpp's KV cache in f32: the f16 file against PyTorch holding
     the same f16-rounded weights, and (the issue's lora figure) the lora on the f16 base against the
@@ -244,7 +245,6 @@ def same_weights(
     merged_f16 = runtimes["f16"](kv_cache="f32")
     lora = runtimes["lora"](kv_cache="f32")
     try:
-        rounded = relogit(f16_weights(merged), references)
         figures["f16_max_abs_logit_diff_same_weights"] = agreement(merged_f16, rounded).max_abs_logit_diff
         merged_logits = [Reference(r.ids, r.start, merged_f16.logits(r.ids)) for r in references]
         lora_figures = agreement(lora, merged_logits)
@@ -256,17 +256,17 @@ def same_weights(
     return figures
 
 
-def rounding_floor(merged: Any, adapter: Path, references: list[Reference]) -> dict[str, float]:
-    """What storing the weights in f16 does by itself, in PyTorch's fp32 arithmetic: the merged model against
-    its f16-rounded copy (under the f16 file's figure in any runtime), and the f16 base with the fp32 LoRA
-    merged in against the f16-rounded merge (under the lora file's figure against the merged f16)."""
+def rounding_floor(rounded: list[Reference], adapter: Path, references: list[Reference]) -> dict[str, float]:
+    """What storing the weights in f16 does by itself, in PyTorch's fp32 arithmetic: the merged model
+    against its f16-rounded copy (`rounded`; under the f16 file's figure in any runtime), and the f16 base
+    with the fp32 LoRA merged in against the f16-rounded merge (under the lora file's figure against the
+    merged f16)."""
     from lorafleet.adapters import load_adapter
     from lorafleet.models import load_base
 
     def worst(ours: list[Reference], theirs: list[Reference]) -> float:
         return max(float(abs(a.logits - b.logits).max()) for a, b in zip(ours, theirs, strict=True))
 
-    rounded = relogit(f16_weights(merged), references)
     base, _ = load_base("default", device="cpu", dtype="float32")
     lora_on_f16 = relogit(f16_weights(load_adapter(base, adapter)).merge_and_unload(), references)
     return {
