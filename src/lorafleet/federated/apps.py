@@ -52,28 +52,36 @@ def server_app(
 
 
 def client_app(train: Callable[[Any, Any], Any] | None = None) -> Any:
-    """A ClientApp answering `train` messages with `answer` (tests pass another `train` to misbehave)."""
+    """A ClientApp answering `train` messages with `answer` (tests pass another `train` to misbehave);
+    SecAgg+ rounds go through `secure.secure_mod`."""
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    from lorafleet.federated.secure import secure_mod
+
+    app = ClientApp(mods=[secure_mod])
     app.train()(train or answer)
     return app
 
 
 def answer(message: Any, context: Any) -> Any:
-    """Train on this client's rows from the round's global LoRA; reply with the LoRA, row count and loss."""
+    """Train on this client's rows from the round's global LoRA; reply with the LoRA, row count and loss
+    (under SecAgg+: the update, for `secaggplus_mod` to mask)."""
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     from lorafleet.federated.client import train_locally
+    from lorafleet.federated.secure import is_secure, masked_answer, round_inputs
 
-    settings = message.content["round"]
+    if is_secure(message):
+        settings, global_state = round_inputs(message)
+    else:
+        settings = dict(message.content["round"])
+        global_state = {
+            key: tensor.float() for key, tensor in message.content["lora"].to_torch_state_dict().items()
+        }
     recipe = parse_config(json.loads(str(settings["recipe"])), source="the server's recipe")
     path = client_data_path(recipe, dict(context.node_config))
     local = _local_model(recipe)
     rows = _client_rows(recipe, path, local.tokenizer)
-    global_state = {
-        key: tensor.float() for key, tensor in message.content["lora"].to_torch_state_dict().items()
-    }
     update = train_locally(
         local,
         rows,
@@ -83,8 +91,11 @@ def answer(message: Any, context: Any) -> Any:
         proximal_mu=float(settings["proximal-mu"]),
         seed=recipe.training.seed + 7919 * int(settings["round"]) + context.node_id % 7919,
     )
-    metrics = MetricRecord({"num-examples": update.examples, "train-loss": update.loss})
-    content = RecordDict({"lora": ArrayRecord(torch_state_dict=update.state), "metrics": metrics})
+    if is_secure(message):
+        content = masked_answer(update.state, global_state, update.examples, update.loss, recipe.federated)
+    else:
+        metrics = MetricRecord({"num-examples": update.examples, "train-loss": update.loss})
+        content = RecordDict({"lora": ArrayRecord(torch_state_dict=update.state), "metrics": metrics})
     return Message(content, reply_to=message)
 
 
@@ -117,12 +128,17 @@ def _local_model(recipe: FinetuneConfig) -> Any:
     from lorafleet.federated.client import LocalModel
 
     key = json.dumps(
-        [recipe.model.model_dump(mode="json"), recipe.lora.model_dump(mode="json"), recipe.training.seed]
+        [
+            recipe.model.model_dump(mode="json"),
+            recipe.lora.model_dump(mode="json"),
+            recipe.training.seed,
+            recipe.training.mixed_precision,
+        ]
     )
     if key not in _LOCAL_MODELS:
         _LOCAL_MODELS.clear()  # one base per process
         _CLIENT_ROWS.clear()
-        _LOCAL_MODELS[key] = LocalModel.load(recipe)
+        _LOCAL_MODELS[key] = LocalModel.load(recipe, trains=True)
     return _LOCAL_MODELS[key]
 
 

@@ -38,18 +38,29 @@ class LocalModel:
     trainable: list[torch.nn.Parameter]
 
     @classmethod
-    def load(cls, config: FinetuneConfig) -> LocalModel:
+    def load(cls, config: FinetuneConfig, *, trains: bool = False) -> LocalModel:
+        """The recipe's base with its LoRA. A client's (`trains`) steps run in the recipe's precision as
+        `lorafleet train` would (`training.mixed_precision`; on a bf16 CPU the frozen base is held in
+        bf16); the server's copy only scores, in the base's own dtype."""
         from lorafleet.adapters import attach
         from lorafleet.models import load_base
         from lorafleet.models.devices import choose_device
-        from lorafleet.training.precision import accelerator_for
+        from lorafleet.training.precision import (
+            accelerator_for,
+            bf16_frozen_weights,
+            mixed_precision,
+            trains_base_in_bf16,
+        )
 
         device = choose_device(config.model.device)
-        accelerator = accelerator_for(device, "no")
+        precision = mixed_precision(config, device)
+        accelerator = accelerator_for(device, precision)
         torch.manual_seed(config.training.seed)  # every process draws the same initial A (it is overwritten)
         base, tokenizer = load_base(
             config.model.name, device=str(accelerator.device), dtype=config.model.dtype
         )
+        if trains and trains_base_in_bf16(config, device, precision):
+            bf16_frozen_weights(base)
         model = attach(base, config.lora, gradient_checkpointing=config.training.gradient_checkpointing)
         trainable = [p for p in model.parameters() if p.requires_grad]
         return cls(config, model, tokenizer, accelerator, trainable)

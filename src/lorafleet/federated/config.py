@@ -8,6 +8,10 @@ every answer (finite, update norm ≤ `max_update_norm`), aggregates the accepte
 - `fedprox`: the same mean, but each client adds μ/2 ‖w − w_global‖² to its loss (`proximal_mu`), which
              keeps clients with very different rows (non-IID) from drifting apart.
 
+With `secure_aggregation`, the round goes through Flower's SecAgg+ protocol: each client sends its update
+masked so that only the sum over the round is revealed to the server (`federated.secure`). The server
+can then check only the aggregate, not each client; under privacy each client clips its own update.
+
 With `privacy`, client-level differential privacy (DP-FedAvg): clients are sampled independently with
 probability `fraction` (Poisson sampling, what the accountant assumes), each update Δₖ = wₖ − w_global is
 clipped to norm C, and the new global is w_global + (Σₖ clip(Δₖ) + N(0, σ²C²·I)) / (fraction × clients).
@@ -61,6 +65,53 @@ class PrivacyConfig(BaseModel):
         return self
 
 
+class SecureAggregationConfig(BaseModel):
+    """Secure aggregation through Flower's SecAgg+: the server learns only the sum of the round's updates.
+
+    Each sampled client sends its update Δₖ = wₖ − w_global quantized to integers and masked with random
+    vectors that cancel in the sum; a client that drops out mid-round has its masks rebuilt from the secret
+    shares its neighbours hold (Shamir). Values of Δ outside ±clipping_range are refused by the client (its
+    round fails, the protocol carries on without it), so nothing is silently clipped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shares: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of the round's sampled clients among which each client's secrets are split "
+        "(its SecAgg+ neighbours); 1: all of them.",
+    )
+    threshold: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="Share of a client's secret shares needed to rebuild it: a dropped client's masks are "
+        "removed while this many of its neighbours answer; fewer colluding than this learn nothing.",
+    )
+    clipping_range: float = Field(
+        1.0,
+        gt=0.0,
+        le=1e4,
+        description="Every value of a client's update must lie within ±clipping_range (it is quantized "
+        "over that range).",
+    )
+    quantization_range: int = Field(
+        2**22,
+        ge=2**8,
+        le=2**24,
+        description="Integer levels over [-clipping_range, clipping_range]: the quantization step is "
+        "2·clipping_range / quantization_range.",
+    )
+    max_weight: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="A client's update is weighted by its row count, capped at this (the protocol masks "
+        "weight/max_weight); under privacy every client weighs 1.",
+    )
+
+
 class FederatedConfig(BaseModel):
     """The rounds, sampling, local training, aggregation and privacy of a federated run."""
 
@@ -112,6 +163,11 @@ class FederatedConfig(BaseModel):
         "(0: none).",
     )
     privacy: PrivacyConfig | None = Field(None, description="Client-level DP; none: no noise, no ε.")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None,
+        description="SecAgg+ (Flower's): the server sees only the sum of a round's updates, never one "
+        "client's; none: clients send their LoRA tensors in the clear.",
+    )
 
     @model_validator(mode="after")
     def _check_fields(self) -> FederatedConfig:
@@ -121,6 +177,11 @@ class FederatedConfig(BaseModel):
             )
         if self.min_clients > self.clients:
             raise ValueError(f"min_clients ({self.min_clients}) exceeds clients ({self.clients})")
+        if self.secure_aggregation is not None and self.privacy is None and self.min_clients < 2:
+            raise ValueError(
+                "secure_aggregation needs min_clients of at least 2: a sum over one client is that "
+                "client's update"
+            )
         return self
 
     def expected_clients(self) -> float:

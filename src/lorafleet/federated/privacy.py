@@ -51,7 +51,26 @@ def private_mean(
     for update in updates:
         for key, tensor in clip(update, clip_norm).items():
             total[key] += tensor
-    noise = gaussian_noise(like, noise_multiplier * clip_norm, generator)
+    return noised_mean(
+        total,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        expected_clients=expected_clients,
+        generator=generator,
+    )
+
+
+def noised_mean(
+    total: State,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_clients: float,
+    generator: torch.Generator,
+) -> State:
+    """(total + N(0, σ²C²)) / (q·N), where `total` is a sum of updates each clipped to C (by the server,
+    or by each client under secure aggregation, where the server sees only the sum)."""
+    noise = gaussian_noise(total, noise_multiplier * clip_norm, generator)
     return {key: (total[key] + noise[key]) / expected_clients for key in total}
 
 

@@ -3,6 +3,8 @@
     answers ──► refuse: errors, wrong tensors, NaN/inf, ‖Δ‖ > max_update_norm ──► accepted
     without privacy: w = weighted FedAvg of the accepted states (row counts), if ≥ min_clients accepted
     with privacy:    w = w_global + (Σ clip_C(Δₖ) + N(0, σ²C²)) / (q·N)          (`privacy`)
+    under secure aggregation the server sees only Δ̄ (`aggregate_secure_round`): each client checks and
+    clips its own update, and the server checks the aggregate
     the aggregate's own update w − w_global must pass the same check, else the round is not applied
 
 A refused client is logged with its reason and left out; the round completes with the others. Under
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lorafleet.federated.config import FederatedConfig
-from lorafleet.federated.privacy import private_mean
-from lorafleet.federated.updates import State, add, delta, norm, refusal, weighted_mean
+from lorafleet.federated.privacy import noised_mean, private_mean
+from lorafleet.federated.secure import SecureRound
+from lorafleet.federated.updates import State, add, delta, norm, refusal, scaled, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,62 @@ def aggregate_round(
             expected_clients=federated.expected_clients(),
             generator=generator,
         )
-        new_state = add(global_state, mean)
-    elif len(states) < federated.min_clients:
+        return _applied(outcome, global_state, add(global_state, mean), federated)
+    if len(states) < federated.min_clients:
         outcome.note = f"{len(states)} accepted answers, fewer than min_clients {federated.min_clients}"
         return outcome
-    else:
-        new_state = weighted_mean(states, weights)
+    return _applied(outcome, global_state, weighted_mean(states, weights), federated)
+
+
+def aggregate_secure_round(
+    global_state: State,
+    secure: SecureRound,
+    federated: FederatedConfig,
+    *,
+    noise_multiplier: float | None = None,
+    generator: torch.Generator | None = None,
+) -> RoundOutcome:
+    """The global state after a SecAgg+ round (`secure.secure_round`), from the mean update it revealed.
+
+    Each client checked (and under privacy clipped) its own update; the server sees only the weighted mean
+    of the K clients that completed the round. Under privacy every client weighs 1, so K × the mean is
+    the sum of clipped updates, to which the noise is added as in `aggregate_round`."""
+    outcome = RoundOutcome(
+        state=global_state, applied=False, accepted=list(secure.contributors), refused=dict(secure.dropped)
+    )
+    privacy = federated.privacy
+    if privacy is not None:
+        if noise_multiplier is None or generator is None:
+            raise ValueError("a private round needs its noise multiplier and a generator")
+        total = (
+            scaled(secure.mean, float(len(secure.contributors)))
+            if secure.mean is not None
+            else {key: torch.zeros_like(tensor) for key, tensor in global_state.items()}
+        )
+        mean = noised_mean(
+            total,
+            clip_norm=privacy.clip_norm,
+            noise_multiplier=noise_multiplier,
+            expected_clients=federated.expected_clients(),
+            generator=generator,
+        )
+        return _applied(outcome, global_state, add(global_state, mean), federated)
+    if secure.mean is None:
+        outcome.note = secure.note
+        return outcome
+    if len(secure.contributors) < federated.min_clients:
+        outcome.note = (
+            f"{len(secure.contributors)} clients completed the round, fewer than min_clients "
+            f"{federated.min_clients}"
+        )
+        return outcome
+    return _applied(outcome, global_state, add(global_state, secure.mean), federated)
+
+
+def _applied(
+    outcome: RoundOutcome, global_state: State, new_state: State, federated: FederatedConfig
+) -> RoundOutcome:
+    """`outcome` with `new_state` applied, unless its update w − w_global fails the checks."""
     applied = delta(new_state, global_state)
     reason = refusal(applied, max_norm=federated.max_update_norm)
     if reason is not None:

@@ -4,8 +4,9 @@
             (from the ε budget, `privacy.noise_for_budget`); wait until `federated.clients` clients are up
     rounds  for r = 1..R: stop if ε after r would exceed the budget; sample clients (Poisson under privacy,
             else fraction × clients of them); send the global LoRA tensors; collect answers until
-            `round_timeout`; aggregate (`rounds.aggregate_round`); score the validation rows; write the
-            ledger entry
+            `round_timeout`; aggregate (`rounds.aggregate_round`), or run the round through SecAgg+
+            (`secure.secure_round`, `rounds.aggregate_secure_round`); score the validation rows; write
+            the ledger entry
     finish  score the held-out rows (`eval.metric` on `eval.test_path`), save the adapter with lineage
             `federated` (clients, rounds, ε, δ) and write `federated.json` beside the ledger
 
@@ -30,7 +31,8 @@ from lorafleet.errors import AlreadyExistsError, LorafleetError
 from lorafleet.federated.client import LocalModel
 from lorafleet.federated.ledger import LEDGER_FILE, Ledger, LedgerEntry
 from lorafleet.federated.privacy import epsilon_spent, noise_for_budget
-from lorafleet.federated.rounds import ClientAnswer, aggregate_round
+from lorafleet.federated.rounds import ClientAnswer, aggregate_round, aggregate_secure_round
+from lorafleet.federated.secure import last_line, secure_round
 from lorafleet.federated.updates import State
 from lorafleet.training.config import FinetuneConfig
 
@@ -92,8 +94,18 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
             epsilon = after
         nodes = list(grid.get_node_ids())
         sampled = _sample(sampler, nodes, config)
-        answers, bytes_down, bytes_up = _exchange(grid, sampled, global_state, config, round_number)
-        outcome = aggregate_round(global_state, answers, federated, noise_multiplier=sigma, generator=noise)
+        settings = _round_settings(config, round_number)
+        if federated.secure_aggregation is not None:
+            secure = secure_round(grid, sampled, global_state, settings, federated, round_number)
+            bytes_down, bytes_up = secure.bytes_down, secure.bytes_up
+            outcome = aggregate_secure_round(
+                global_state, secure, federated, noise_multiplier=sigma, generator=noise
+            )
+        else:
+            answers, bytes_down, bytes_up = _exchange(grid, sampled, global_state, settings, config)
+            outcome = aggregate_round(
+                global_state, answers, federated, noise_multiplier=sigma, generator=noise
+            )
         global_state = outcome.state
         loss = _validation_loss(local, global_state, validation, config) if validation else None
         entry = LedgerEntry(
@@ -188,8 +200,20 @@ def _sample(sampler: random.Random, nodes: list[int], config: FinetuneConfig) ->
     return sampler.sample(sorted(nodes), count)
 
 
+def _round_settings(config: FinetuneConfig, round_number: int) -> dict[str, Any]:
+    """What a client needs besides the LoRA: the recipe (as JSON) and the round's training settings."""
+    federated = config.federated
+    return {
+        "recipe": json.dumps(config.model_dump(mode="json", exclude_unset=True)),
+        "round": round_number,
+        "local-steps": federated.local_steps,
+        "learning-rate": config.training.learning_rate,
+        "proximal-mu": federated.proximal_mu if federated.strategy == "fedprox" else 0.0,
+    }
+
+
 def _exchange(
-    grid: Any, sampled: list[int], global_state: State, config: FinetuneConfig, round_number: int
+    grid: Any, sampled: list[int], global_state: State, settings: dict[str, Any], config: FinetuneConfig
 ) -> tuple[list[ClientAnswer], int, int]:
     """Send the global LoRA to `sampled`, collect their answers: (answers, bytes down, bytes up)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -198,17 +222,12 @@ def _exchange(
         return [], 0, 0
     federated = config.federated
     arrays = ArrayRecord(torch_state_dict=global_state)
-    settings = ConfigRecord(
-        {
-            "recipe": json.dumps(config.model_dump(mode="json", exclude_unset=True)),
-            "round": round_number,
-            "local-steps": federated.local_steps,
-            "learning-rate": config.training.learning_rate,
-            "proximal-mu": federated.proximal_mu if federated.strategy == "fedprox" else 0.0,
-        }
-    )
     messages = [
-        Message(RecordDict({"lora": arrays, "round": settings}), dst_node_id=node, message_type=TRAIN_MESSAGE)
+        Message(
+            RecordDict({"lora": arrays, "round": ConfigRecord(settings)}),
+            dst_node_id=node,
+            message_type=TRAIN_MESSAGE,
+        )
         for node in sampled
     ]
     replies = list(grid.send_and_receive(messages, timeout=federated.round_timeout))
@@ -217,7 +236,7 @@ def _exchange(
         node = reply.metadata.src_node_id
         answered.add(node)
         if reply.has_error():
-            answers.append(ClientAnswer(str(node), error=f"client failed: {_last_line(reply.error.reason)}"))
+            answers.append(ClientAnswer(str(node), error=f"client failed: {last_line(reply.error.reason)}"))
             continue
         try:
             lora = reply.content["lora"]
@@ -328,8 +347,3 @@ def _describe_round(entry: LedgerEntry, rounds: int) -> str:
         parts.append(f"ε {entry.epsilon:.3f}")
     parts.append(f"{(entry.bytes_down + entry.bytes_up) / 1e6:.1f} MB, {entry.wall_seconds:.1f} s")
     return ", ".join(parts)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else text)[:300]

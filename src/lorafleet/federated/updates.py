@@ -31,6 +31,11 @@ def add(state: State, update: State) -> State:
     return {key: state[key] + update[key] for key in state}
 
 
+def scaled(update: State, factor: float) -> State:
+    """factor · update, tensor by tensor."""
+    return {key: tensor * factor for key, tensor in update.items()}
+
+
 def norm(update: State) -> float:
     """‖Δ‖: the L2 norm over every tensor of `update` together."""
     total = sum(float(tensor.double().pow(2).sum()) for tensor in update.values())
