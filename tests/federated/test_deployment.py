@@ -1,8 +1,10 @@
 """Deployment: `lorafleet fl server` and two `lorafleet fl client` processes on 127.0.0.1 (Flower's SuperLink
-and SuperNodes) train the tiny model's adapter, and the server registers it as a federated version."""
+and SuperNodes) train the tiny model's adapter, in the clear or through SecAgg+, and the server registers
+it as a federated version."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +20,9 @@ LORAFLEET = [sys.executable, "-c", "from lorafleet.cli.app import main; main()"]
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("secure", ["", ", secure_aggregation: {threshold: 0.6}"], ids=["plain", "secagg"])
 def test_a_server_and_two_client_processes_register_a_federated_version(
-    tiny_dir: Path, split: Path, tmp_path: Path, lorafleet_home: Path
+    tiny_dir: Path, split: Path, tmp_path: Path, lorafleet_home: Path, secure: str
 ) -> None:
     registry = Registry()
     registry.tenants.create("acme")
@@ -30,7 +33,7 @@ def test_a_server_and_two_client_processes_register_a_federated_version(
         f"data: {{path: unused.jsonl, validation_path: {split / 'test.jsonl'}, max_length: 512}}\n"
         "lora: {r: 4, target_modules: [q_proj, v_proj]}\n"
         "training: {batch_size: 4, learning_rate: 1.0e-2}\n"
-        "federated: {clients: 2, rounds: 2, fraction: 1.0, local_steps: 2, validation_rows: 4}\n"
+        f"federated: {{clients: 2, rounds: 2, fraction: 1.0, local_steps: 2, validation_rows: 4{secure}}}\n"
         f"output: {{name: fed-deployed, run_dir: {tmp_path / 'run'}}}\n"
     )
     port = free_port()
@@ -89,6 +92,9 @@ def test_a_server_and_two_client_processes_register_a_federated_version(
     )
     assert "2 rounds, 2 clients" in server.stdout
     assert "registered fed-deployed@1 (lineage federated)" in server.stdout
+    ledger = [json.loads(line) for line in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert [len(entry["accepted"]) for entry in ledger] == [2, 2]  # under SecAgg+: both completed it
+    assert all(entry["applied"] for entry in ledger)
 
     registry = Registry()
     tenant = registry.tenants.get("acme")
