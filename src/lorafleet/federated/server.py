@@ -2,11 +2,11 @@
 
     setup   load the base with a fresh LoRA (the initial global state), the server's validation rows, σ
             (from the ε budget, `privacy.noise_for_budget`); wait until `federated.clients` clients are up
-    rounds  for r = 1..R: stop if ε after r would exceed the budget; sample clients (Poisson under privacy,
-            else fraction × clients of them); send the global LoRA tensors; collect answers until
-            `round_timeout`; aggregate (`rounds.aggregate_round`), or run the round through SecAgg+
-            (`secure.secure_round`, `rounds.aggregate_secure_round`); score the validation rows; write
-            the ledger entry
+    rounds  for r = 1..R: stop if ε after r would exceed the budget; sample clients (`ClientSampler`:
+            Poisson under privacy, else fraction × clients of them, each once per pass); send the global
+            LoRA tensors; collect answers until `round_timeout`; aggregate (`rounds.aggregate_round`), or
+            run the round through SecAgg+ (`secure.secure_round`, `rounds.aggregate_secure_round`); score
+            the validation rows; write the ledger entry
     finish  score the held-out rows (`eval.metric` on `eval.test_path`), save the adapter with lineage
             `federated` (clients, rounds, ε, δ) and write `federated.json` beside the ledger
 
@@ -29,6 +29,7 @@ import torch
 
 from lorafleet.errors import AlreadyExistsError, LorafleetError
 from lorafleet.federated.client import LocalModel
+from lorafleet.federated.config import FederatedConfig
 from lorafleet.federated.ledger import LEDGER_FILE, Ledger, LedgerEntry
 from lorafleet.federated.privacy import epsilon_spent, noise_for_budget
 from lorafleet.federated.rounds import ClientAnswer, aggregate_round, aggregate_secure_round
@@ -72,7 +73,7 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
     validation = _validation_rows(config, local.tokenizer)
     nodes = _wait_for_clients(grid, federated.clients, timeout=federated.round_timeout, log=log)
     ledger = Ledger(run_dir / LEDGER_FILE)
-    sampler = random.SystemRandom() if privacy is not None else random.Random(config.training.seed)
+    sampler = ClientSampler(federated, seed=config.training.seed)
     noise = torch.Generator().manual_seed(secrets.randbits(63))  # DP noise must not be predictable
     epsilon, stopped = 0.0 if privacy is not None else None, None
     log(_describe(config, sigma, len(nodes)))
@@ -93,7 +94,7 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
                 break
             epsilon = after
         nodes = list(grid.get_node_ids())
-        sampled = _sample(sampler, nodes, config)
+        sampled = sampler.sample(nodes)
         settings = _round_settings(config, round_number)
         if federated.secure_aggregation is not None:
             secure = secure_round(grid, sampled, global_state, settings, federated, round_number)
@@ -191,13 +192,32 @@ def _wait_for_clients(grid: Any, count: int, *, timeout: float, log: Callable[[s
     return nodes
 
 
-def _sample(sampler: random.Random, nodes: list[int], config: FinetuneConfig) -> list[int]:
-    """Poisson sampling at rate q under privacy (what the accountant assumes), else ⌈q·N⌉ clients."""
-    federated = config.federated
-    if federated.privacy is not None:
-        return [node for node in nodes if sampler.random() < federated.fraction]
-    count = min(len(nodes), max(federated.min_clients, round(federated.fraction * len(nodes))))
-    return sampler.sample(sorted(nodes), count)
+class ClientSampler:
+    """Who takes part in each round.
+
+    Under privacy every client independently with probability q = fraction (Poisson sampling, what the
+    accountant assumes), from the system's random source. Otherwise round(q·N) clients (at least
+    min_clients) drawn without replacement across rounds: every client takes part once before any takes
+    part twice, so with non-IID clients no client's rows sit out for long (seeded by training.seed)."""
+
+    def __init__(self, federated: FederatedConfig, *, seed: int) -> None:
+        self.federated = federated
+        self.random = random.SystemRandom() if federated.privacy is not None else random.Random(seed)
+        self.waiting: list[int] = []  # this pass's clients not yet sampled
+
+    def sample(self, nodes: list[int]) -> list[int]:
+        federated = self.federated
+        if federated.privacy is not None:
+            return [node for node in nodes if self.random.random() < federated.fraction]
+        count = min(len(nodes), max(federated.min_clients, round(federated.fraction * len(nodes))))
+        self.waiting = [node for node in self.waiting if node in nodes]  # a client may have left
+        chosen: list[int] = []
+        while len(chosen) < count:
+            if not self.waiting:  # a new pass over the clients not chosen for this round
+                self.waiting = [node for node in sorted(nodes) if node not in chosen]
+                self.random.shuffle(self.waiting)
+            chosen.append(self.waiting.pop())
+        return chosen
 
 
 def _round_settings(config: FinetuneConfig, round_number: int) -> dict[str, Any]:
