@@ -58,6 +58,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
             "replay_share": args.replay_share,
+            "replay_mode": args.replay_mode,
             "ewc_lambda": args.ewc_lambda,
             "fisher_rows": args.fisher_rows,
             "orthogonal_lambda": args.orthogonal_lambda,
@@ -93,6 +94,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--replay-share", type=float, default=0.25)
+    parser.add_argument(
+        "--replay-mode", choices=["share", "added"], default="share", help="continual.replay_mode (share)."
+    )
     parser.add_argument("--ewc-lambda", type=float, default=1e6)
     parser.add_argument(
         "--fisher-rows", type=int, default=64, help="Rows the parent's Fisher is estimated on."
@@ -146,6 +150,7 @@ def _continual(strategy: str, parent: Path, seen: list[Path], args: argparse.Nam
     if strategy == "replay":
         overrides += [
             f"continual.replay_share={args.replay_share}",
+            f"continual.replay_mode={args.replay_mode}",
             f"continual.replay_paths={json.dumps([str(p) for p in seen])}",
         ]
     elif strategy == "ewc":

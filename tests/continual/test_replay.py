@@ -81,6 +81,19 @@ def test_two_pools_each_get_their_share_of_every_step() -> None:
     assert len(general) == 6 and max(general.values()) - min(general.values()) <= 1
 
 
+def test_added_replay_rows_come_on_top_of_a_full_step_of_new_rows() -> None:
+    pools = [Pool("replay", OLD, 0.25, 1000, added=True), Pool("rehearsal", GENERAL, 0.125)]
+    steps = mix_replay(NEW, pools, batch_size=8, seed=0)
+
+    for step in steps[:-1]:
+        assert Counter(kind for kind, _ in step) == {"new": 7, "old": 2, "general": 1}  # 10 rows
+    assert [kind for kind, _ in steps[-1]] == ["new"]  # 50 = 7 × 7 + 1: round(2/7) = round(1/7) = 0 mixed
+    assert sorted(row for step in steps for row in step if row[0] == "new") == NEW
+    assert len(steps) == 8 == steps_per_epoch(len(NEW), pools, 8)
+    share = [Pool("replay", OLD, 0.9, 1000, added=True)]
+    assert len(mix_replay(NEW, share, batch_size=4, seed=0)[0]) == 4 + 4  # no share of the step to exceed
+
+
 def test_shares_that_round_to_nothing_or_everything_are_refused() -> None:
     with pytest.raises(ConfigError, match="rounds to 0 rows"):
         mix(share=0.05, batch_size=8)

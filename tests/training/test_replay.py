@@ -91,6 +91,19 @@ def test_replay_batches_cut_steps_into_micro_batches_and_cap_the_parent_rows() -
     assert sum(replayed) == sum(t >= 1000 for t in first_tokens)
 
 
+def test_added_replay_rows_make_larger_micro_batches_and_keep_accumulation_per_step() -> None:
+    new, old = rows(24, 0), rows(50, 1000)
+    pool = Pool("replay", old, 0.5, added=True)
+
+    micro, mixed = replay_batches(new, [pool], batch_size=2, accumulation=2, pad_token_id=0, seed=0, epoch=0)
+
+    # 4 new rows per step and 2 old ones on top: 6 steps of 2 micro-batches of 3 rows.
+    assert len(micro) == 12 and all(b["input_ids"].shape == (3, 3) for b in micro)
+    assert [mixed[i][0] + mixed[i + 1][0] for i in range(0, 12, 2)] == [2] * 6
+    first_tokens = [int(t) for batch in micro for t in batch["input_ids"][:, 0]]
+    assert sorted(t for t in first_tokens if t < 1000) == list(range(24))
+
+
 def test_replay_rows_are_tokenized_like_the_training_rows(old_file: Path) -> None:
     data = DataConfig(path="unused.jsonl", max_length=64, validation_fraction=0.2)
     continual = ContinualConfig(strategy="replay", replay_paths=[str(old_file), str(old_file)])

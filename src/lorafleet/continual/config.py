@@ -4,7 +4,8 @@ Strategies (the math is in the module of each):
 
 - `none`:       train the child on the new rows only.
 - `replay`:     a `replay_share` of every optimizer step's rows comes from the parent's own training rows,
-                at most `replay_max_rows` of them (`continual.replay`).
+                at most `replay_max_rows` of them (`continual.replay`); with `replay_mode: added` they
+                come on top of a full step of new rows instead of taking a share of it.
 - `ewc`:        add λ/2 Σᵢ Fᵢ(θᵢ − θ*ᵢ)² to the loss, F the parent's diagonal Fisher estimated on
                 `fisher_rows` of its rows, θ* the parent's LoRA weights (`continual.ewc`).
 - `orthogonal`: O-LoRA: freeze the parent, train a new rank-`orthogonal_r` adapter with
@@ -35,6 +36,7 @@ Strategy = Literal["none", "replay", "ewc", "orthogonal"]
 _READ_BY: dict[str, tuple[str, ...]] = {
     "replay_share": ("replay",),
     "replay_max_rows": ("replay",),
+    "replay_mode": ("replay",),
     "replay_paths": ("replay", "ewc"),  # the parent's rows: replayed, or the Fisher's rows
     "ewc_lambda": ("ewc",),
     "fisher_rows": ("ewc",),
@@ -59,6 +61,12 @@ class ContinualConfig(BaseModel):
         lt=1.0,
         description="replay: fraction of each optimizer step's rows drawn from the parent's rows "
         "(round(share × rows per step) of them).",
+    )
+    replay_mode: Literal["share", "added"] = Field(
+        "share",
+        description="replay: share (the parent's rows take replay_share of each step's rows, so a step "
+        "holds fewer new rows) or added (round(replay_share × rows per step) parent rows come on top of a "
+        "full step of new rows: each step learns as many new rows as without replay, at more compute).",
     )
     replay_max_rows: int = Field(
         10_000, ge=1, le=10**8, description="replay: at most this many distinct parent rows are replayed."

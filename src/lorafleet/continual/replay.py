@@ -7,9 +7,10 @@ Two kinds of earlier rows are mixed in, each a `Pool` with its own share: the pa
 
     kᵢ = round(ρᵢ·b) rows of pool i  and  b − Σkᵢ new rows,
 
-so the new rows of an epoch fill ⌈N_new / (b − Σkᵢ)⌉ steps and each new row appears exactly once. The
-last step, holding n < b − Σkᵢ new rows, gets round(kᵢ·n / (b − Σkᵢ)) rows of pool i, keeping its shares
-close to the ρᵢ.
+so the new rows of an epoch fill ⌈N_new / (b − Σkᵢ)⌉ steps and each new row appears exactly once. An
+`added` pool (`continual.replay_mode: added`) does not take its kᵢ rows from the b: they come on top, so a
+step holds b − Σ(kᵢ of the other pools) new rows and more than b rows in all. The last step, holding
+n new rows, fewer than a full step's, gets round(kᵢ·n / full) rows of pool i, keeping its shares close.
 
 Each pool is first capped: a seeded sample of at most `max_rows` of its rows (the same sample every
 epoch). A pool is drawn in a shuffled order, reshuffled each time it runs out, so its rows repeat as
@@ -43,6 +44,7 @@ class Pool(Generic[Row]):
     rows: Sequence[Row]
     share: float
     max_rows: int | None = None
+    added: bool = False  # its rows come on top of the step's b rows instead of taking a share of them
 
     @property
     def field(self) -> str:
@@ -56,7 +58,8 @@ def mixed_pools(
     parent), and the base's answers `rehearsal` when `rehearsal_share` > 0; empty when it mixes nothing."""
     pools: list[Pool[Row]] = []
     if continual.strategy == "replay" and parent:
-        pools.append(Pool("replay", replay, continual.replay_share, continual.replay_max_rows))
+        added = continual.replay_mode == "added"
+        pools.append(Pool("replay", replay, continual.replay_share, continual.replay_max_rows, added))
     if continual.rehearsal_share > 0:
         pools.append(Pool("rehearsal", rehearsal, continual.rehearsal_share))
     return pools
@@ -84,8 +87,8 @@ def rows_per_step(pools: Sequence[Pool[Row]], batch_size: int) -> list[int]:
                 field=pool.field,
             )
         counts.append(k)
-    if sum(counts) >= batch_size:
-        shares = " + ".join(f"{p.field} {p.share}" for p in pools)
+    if sum(k for pool, k in zip(pools, counts, strict=True) if not pool.added) >= batch_size:
+        shares = " + ".join(f"{p.field} {p.share}" for p in pools if not p.added)
         raise ConfigError(
             f"{pools[-1].field}: {shares} of {batch_size} rows per step rounds to {sum(counts)} mixed-in "
             "rows, leaving no new rows; lower the share, or use more rows per step",
@@ -102,7 +105,8 @@ def mix_replay(
     seed: int,
     epoch: int = 0,
 ) -> list[list[Row]]:
-    """One epoch of optimizer steps: each a list of `batch_size` rows, round(shareᵢ·batch_size) from pool i.
+    """One epoch of optimizer steps: each a list of `batch_size` rows (more with an added pool),
+    round(shareᵢ·batch_size) from pool i.
 
     Every new row appears once; pool i's rows come from a seeded sample of at most its `max_rows`.
     Rows are placed in each step shuffled, so micro-batches cut from a step get pool rows too.
@@ -118,7 +122,7 @@ def mix_replay(
     order = list(range(len(new_rows)))
     rng.shuffle(order)
 
-    per_step = batch_size - sum(counts)  # new rows per full step
+    per_step = new_per_step(pools, batch_size)
     steps: list[list[Row]] = []
     for start in range(0, len(order), per_step):
         chunk = order[start : start + per_step]
@@ -150,4 +154,10 @@ def _cycle_shuffled(indices: list[int], rng: random.Random) -> Iterator[int]:
 
 def steps_per_epoch(new_rows: int, pools: Sequence[Pool[Row]], batch_size: int) -> int:
     """Optimizer steps of one `mix_replay` epoch over `new_rows` new rows."""
-    return math.ceil(new_rows / (batch_size - sum(rows_per_step(pools, batch_size))))
+    return math.ceil(new_rows / new_per_step(pools, batch_size))
+
+
+def new_per_step(pools: Sequence[Pool[Row]], batch_size: int) -> int:
+    """New rows in a full step of `batch_size` rows: what the pools that take a share of it leave."""
+    counts = rows_per_step(pools, batch_size)
+    return batch_size - sum(k for pool, k in zip(pools, counts, strict=True) if not pool.added)

@@ -5,11 +5,13 @@ rows are: `data:` settings, none held out) and the base's answers to general pro
 (`training.rehearsal`). `continual.mix_replay` decides each step's rows: with b = batch_size ×
 gradient_accumulation_steps rows per step, round(share · b) come from each pool (the parent's drawn from
 a seeded sample of at most `replay_max_rows`). Each step's rows are cut into its micro-batches of
-`batch_size` (the last step may have fewer).
+`batch_size` (the last step may have fewer); a step with more rows than batch_size × accumulation (replay
+rows added on top, `continual.replay_mode: added`) into `gradient_accumulation_steps` larger ones.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -54,8 +56,9 @@ def replay_batches(
     micro: list[Batch] = []
     mixed: list[list[int]] = []
     for step in steps:
-        for start in range(0, len(step), batch_size):
-            rows = step[start : start + batch_size]
+        size = max(batch_size, math.ceil(len(step) / accumulation))  # `accumulation` micro-batches per step
+        for start in range(0, len(step), size):
+            rows = step[start : start + size]
             micro.append(collate(rows, pad_token_id=pad_token_id))
             counts = [0] * len(pools)
             for row in rows:
