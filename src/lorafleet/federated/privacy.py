@@ -47,17 +47,22 @@ def private_mean(
 ) -> State:
     """(Σ clip(Δₖ) + N(0, σ²C²)) / (q·N): the noised mean update of a round; noise is added even with no
     update, so the output never reveals how many clients were sampled."""
-    total = {key: torch.zeros_like(tensor, dtype=torch.float32) for key, tensor in like.items()}
-    for update in updates:
-        for key, tensor in clip(update, clip_norm).items():
-            total[key] += tensor
     return noised_mean(
-        total,
+        clipped_sum(updates, like, clip_norm),
         clip_norm=clip_norm,
         noise_multiplier=noise_multiplier,
         expected_clients=expected_clients,
         generator=generator,
     )
+
+
+def clipped_sum(updates: list[State], like: State, clip_norm: float) -> State:
+    """Σ clip_C(Δₖ), tensor by tensor (zeros shaped like `like` when there are no updates)."""
+    total = {key: torch.zeros_like(tensor, dtype=torch.float32) for key, tensor in like.items()}
+    for update in updates:
+        for key, tensor in clip(update, clip_norm).items():
+            total[key] += tensor
+    return total
 
 
 def noised_mean(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lorafleet.federated.config import FederatedConfig
-from lorafleet.federated.privacy import noised_mean, private_mean
+from lorafleet.federated.privacy import clipped_sum, noised_mean
 from lorafleet.federated.secure import SecureRound
 from lorafleet.federated.updates import State, add, delta, norm, refusal, scaled, weighted_mean
 
@@ -79,19 +79,9 @@ def aggregate_round(
         states.append(answer.state)
         weights.append(float(answer.examples))
 
-    privacy = federated.privacy
-    if privacy is not None:
-        if noise_multiplier is None or generator is None:
-            raise ValueError("a private round needs its noise multiplier and a generator")
-        mean = private_mean(
-            updates,
-            global_state,
-            clip_norm=privacy.clip_norm,
-            noise_multiplier=noise_multiplier,
-            expected_clients=federated.expected_clients(),
-            generator=generator,
-        )
-        return _applied(outcome, global_state, add(global_state, mean), federated)
+    if federated.privacy is not None:
+        total = clipped_sum(updates, global_state, federated.privacy.clip_norm)
+        return _private_step(outcome, global_state, total, federated, noise_multiplier, generator)
     if len(states) < federated.min_clients:
         outcome.note = f"{len(states)} accepted answers, fewer than min_clients {federated.min_clients}"
         return outcome
@@ -114,23 +104,13 @@ def aggregate_secure_round(
     outcome = RoundOutcome(
         state=global_state, applied=False, accepted=list(secure.contributors), refused=dict(secure.dropped)
     )
-    privacy = federated.privacy
-    if privacy is not None:
-        if noise_multiplier is None or generator is None:
-            raise ValueError("a private round needs its noise multiplier and a generator")
+    if federated.privacy is not None:
         total = (
             scaled(secure.mean, float(len(secure.contributors)))
             if secure.mean is not None
-            else {key: torch.zeros_like(tensor) for key, tensor in global_state.items()}
+            else clipped_sum([], global_state, federated.privacy.clip_norm)
         )
-        mean = noised_mean(
-            total,
-            clip_norm=privacy.clip_norm,
-            noise_multiplier=noise_multiplier,
-            expected_clients=federated.expected_clients(),
-            generator=generator,
-        )
-        return _applied(outcome, global_state, add(global_state, mean), federated)
+        return _private_step(outcome, global_state, total, federated, noise_multiplier, generator)
     if secure.mean is None:
         outcome.note = secure.note
         return outcome
@@ -141,6 +121,29 @@ def aggregate_secure_round(
         )
         return outcome
     return _applied(outcome, global_state, add(global_state, secure.mean), federated)
+
+
+def _private_step(
+    outcome: RoundOutcome,
+    global_state: State,
+    total: State,
+    federated: FederatedConfig,
+    noise_multiplier: float | None,
+    generator: torch.Generator | None,
+) -> RoundOutcome:
+    """`outcome` with w_global + (total + N(0, σ²C²)) / (q·N) applied, `total` being a sum of updates
+    each clipped to C."""
+    assert federated.privacy is not None
+    if noise_multiplier is None or generator is None:
+        raise ValueError("a private round needs its noise multiplier and a generator")
+    mean = noised_mean(
+        total,
+        clip_norm=federated.privacy.clip_norm,
+        noise_multiplier=noise_multiplier,
+        expected_clients=federated.expected_clients(),
+        generator=generator,
+    )
+    return _applied(outcome, global_state, add(global_state, mean), federated)
 
 
 def _applied(
