@@ -71,7 +71,8 @@ def answer(message: Any, context: Any) -> Any:
     from lorafleet.federated.client import train_locally
     from lorafleet.federated.secure import is_secure, masked_answer, round_inputs
 
-    if is_secure(message):
+    secure = is_secure(message)
+    if secure:
         settings, global_state = round_inputs(message)
     else:
         settings = dict(message.content["round"])
@@ -88,10 +89,12 @@ def answer(message: Any, context: Any) -> Any:
         global_state,
         steps=int(settings["local-steps"]),
         learning_rate=float(settings["learning-rate"]),
+        first_step=(int(settings["round"]) - 1) * int(settings["local-steps"]),
+        total_steps=int(settings["rounds"]) * int(settings["local-steps"]),
         proximal_mu=float(settings["proximal-mu"]),
         seed=recipe.training.seed + 7919 * int(settings["round"]) + context.node_id % 7919,
     )
-    if is_secure(message):
+    if secure:
         content = masked_answer(update.state, global_state, update.examples, update.loss, recipe.federated)
     else:
         metrics = MetricRecord({"num-examples": update.examples, "train-loss": update.loss})

@@ -4,7 +4,8 @@ client's own rows with lorafleet's training step, and hand back only the LoRA te
 The base model with its LoRA is loaded once per process and shared by every client the process plays
 (a simulation runs several in one process): each round starts by loading the global tensors into it, so
 nothing of one client's training reaches another. Each client keeps its own tokenized rows and its place
-in them, so consecutive rounds see new rows. The optimizer (AdamW) starts fresh every round, as in FedAvg.
+in them, so consecutive rounds see new rows. The optimizer (AdamW) starts fresh every round, as in
+FedAvg; its learning rate follows the recipe's schedule over the whole run's rounds × local steps.
 """
 
 from __future__ import annotations
@@ -138,19 +139,25 @@ def train_locally(
     *,
     steps: int,
     learning_rate: float,
+    first_step: int = 0,
+    total_steps: int | None = None,
     proximal_mu: float = 0.0,
     seed: int = 0,
 ) -> LocalUpdate:
-    """`steps` optimizer steps from `global_state` on `rows` (FedProx when μ > 0); the LoRA state after."""
+    """`steps` optimizer steps from `global_state` on `rows` (FedProx when μ > 0); the LoRA state after.
+
+    The learning rate follows the recipe's `training.lr_scheduler` over the run's `total_steps`
+    sequential steps (rounds × local steps; default: these `steps` alone) from `first_step`, where the
+    rounds before this one left off: a federation warms up and decays as `lorafleet train` would."""
     from lorafleet.federated.proximal import proximal_penalty
-    from lorafleet.training.loop import optimizer_step
+    from lorafleet.training.loop import learning_rate_schedule, optimizer_step
 
     local.load_state(global_state)
     torch.manual_seed(seed)  # dropout draws of this client's round
     optimizer = torch.optim.AdamW(
         local.trainable, lr=learning_rate, weight_decay=local.config.training.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scheduler = learning_rate_schedule(local.config, optimizer, total_steps or steps, first_step=first_step)
     penalty = proximal_penalty(local.trainable, proximal_mu) if proximal_mu > 0 else None
     losses = []
     for _ in range(steps):

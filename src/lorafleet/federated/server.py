@@ -226,6 +226,7 @@ def _round_settings(config: FinetuneConfig, round_number: int) -> dict[str, Any]
     return {
         "recipe": json.dumps(config.model_dump(mode="json", exclude_unset=True)),
         "round": round_number,
+        "rounds": federated.rounds,
         "local-steps": federated.local_steps,
         "learning-rate": config.training.learning_rate,
         "proximal-mu": federated.proximal_mu if federated.strategy == "fedprox" else 0.0,

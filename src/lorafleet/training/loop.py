@@ -185,7 +185,7 @@ def train(
         weight_decay=config.training.weight_decay,
         fused=accelerator.device.type == "cuda" or None,
     )
-    scheduler = _scheduler(config, optimizer, total_steps)
+    scheduler = learning_rate_schedule(config, optimizer, total_steps)
     peft_model, optimizer, scheduler = accelerator.prepare(peft_model, optimizer, scheduler)
 
     if main:
@@ -598,14 +598,23 @@ def _replace_earlier_run(run_dir: Path, *, resume: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _scheduler(config: FinetuneConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+def learning_rate_schedule(
+    config: FinetuneConfig, optimizer: torch.optim.Optimizer, total_steps: int, *, first_step: int = 0
+) -> Any:
+    """The recipe's `training.lr_scheduler` (with `warmup_ratio` of `total_steps` warming up) over
+    `total_steps` steps, starting at step `first_step` (a federated client's round starts where the
+    rounds before it left off)."""
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(
         config.training.lr_scheduler, config.training.lr_scheduler
     )
     warmup = round(config.training.warmup_ratio * total_steps)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    if first_step == 0:
+        return schedule
+    factor = schedule.lr_lambdas[0]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(first_step + step))
 
 
 def _apply_liger(
