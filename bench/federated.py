@@ -1,7 +1,7 @@
 """Federated LoRA on the default model: centralized, local-only, FedAvg, and DP-FedAvg at ε = 8 and ε = 1,
 with the same total local optimizer steps in every setting.
 
-    python bench/federated.py [--quick] [--clients 10] [--fraction 0.3] [--rounds 4] [--local-steps 3]
+    python bench/federated.py [--quick] [--clients 10] [--fraction 0.3] [--rounds 6] [--local-steps 2]
 
 The support tickets are split non-IID across the clients (`lorafleet data example --federated N`: each
 client sees two ticket types and writes every date in one style) with a common held-out set. A federated
@@ -13,6 +13,7 @@ local steps: T = R·m·k optimizer steps in all, and every other setting gets th
     local_only    each client alone trains its share of T (T/N steps, as many as it takes in the federation)
                   on its own rows; the score is the mean over clients, each scored on the common held-out set
     fedavg        `lorafleet federate`: Flower's simulation engine, weighted FedAvg, no noise
+    fedavg_secagg the same through Flower's SecAgg+ (`federated.secure_aggregation`): what masking costs
     dp_eps8/1     DP-FedAvg (Poisson sampling at rate fraction, clip C, σ from Opacus' RDP accountant for the
                   target ε at δ = 1e-5 over R rounds)
 
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 
 SYSTEM_PROMPT = "You turn support tickets into JSON records."
-SETTINGS = ("base", "centralized", "local_only", "fedavg", "dp_eps8", "dp_eps1")
+SETTINGS = ("base", "centralized", "local_only", "fedavg", "fedavg_secagg", "dp_eps8", "dp_eps1")
 VALIDATION_ROWS = 16
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,6 +58,7 @@ def main() -> None:
             "total_local_steps": total_steps,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
+            "precision": args.precision,
             "clip_norm": args.clip_norm,
             "delta": 1e-5,
             "scored_rows": args.scored_rows,
@@ -72,6 +74,7 @@ def main() -> None:
         "centralized": lambda: _centralized(data, folder, total_steps, args),
         "local_only": lambda: _local_only(data, folder, total_steps, args),
         "fedavg": lambda: _federated("fedavg", data, args, epsilon=None),
+        "fedavg_secagg": lambda: _federated("fedavg_secagg", data, args, epsilon=None, secure=True),
         "dp_eps8": lambda: _federated("dp_eps8", data, args, epsilon=8.0),
         "dp_eps1": lambda: _federated("dp_eps1", data, args, epsilon=1.0),
     }
@@ -95,16 +98,17 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="A smoke check: 4 clients, 2 rounds, 8 rows.")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--fraction", type=float, default=0.3, help="Clients sampled per round (0.3).")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--local-steps", type=int, default=3, help="Optimizer steps per sampled client (3).")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-steps", type=int, default=2, help="Optimizer steps per sampled client (2).")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--clip-norm", type=float, default=0.01, help="DP: C, each update's norm bound.")
+    parser.add_argument("--precision", default="auto", help="training.mixed_precision everywhere (auto).")
     parser.add_argument("--train-rows", type=int, default=1000, help="Rows over all clients (1000).")
     parser.add_argument("--scored-rows", type=int, default=40, help="Held-out rows scored per adapter (40).")
     parser.add_argument(
         "--settings",
-        default="fedavg,dp_eps8,dp_eps1,centralized,local_only,base",
+        default="fedavg,fedavg_secagg,dp_eps8,dp_eps1,centralized,local_only,base",
         help="Comma-separated settings, run in this order (the federated ones first: the newest code).",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -150,6 +154,7 @@ def _recipe(name: str, args: argparse.Namespace) -> list[str]:
         f"training.batch_size={args.batch_size}",
         f"training.learning_rate={args.learning_rate}",
         f"training.seed={args.seed}",
+        f"training.mixed_precision={args.precision}",
         "training.checkpoint_steps=0",
         "eval.metric=none",
         "eval.compare_base=false",
@@ -203,7 +208,7 @@ def _local_only(data: dict[str, Any], folder: Path, steps: int, args: argparse.N
 
 
 def _federated(
-    name: str, data: dict[str, Any], args: argparse.Namespace, *, epsilon: float | None
+    name: str, data: dict[str, Any], args: argparse.Namespace, *, epsilon: float | None, secure: bool = False
 ) -> dict[str, Any]:
     from lorafleet.federated.simulation import federate
     from lorafleet.training import load_config
@@ -216,9 +221,11 @@ def _federated(
         f"federated.fraction={args.fraction}",
         f"federated.rounds={args.rounds}",
         f"federated.local_steps={args.local_steps}",
-        "federated.min_clients=1",
+        f"federated.min_clients={2 if secure else 1}",
         f"federated.validation_rows={VALIDATION_ROWS}",
     ]
+    if secure:
+        overrides.append("federated.secure_aggregation.threshold=0.6")
     if epsilon is not None:
         overrides += [f"federated.privacy.epsilon={epsilon}", f"federated.privacy.clip_norm={args.clip_norm}"]
     config = load_config("configs/default.yaml", overrides)
