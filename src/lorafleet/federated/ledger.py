@@ -1,8 +1,9 @@
 """The run's ledger: one JSON line per round, written as the round ends, so a stopped run keeps its record.
 
 Each entry holds the round, the clients sampled, accepted and refused (with the reason), the bytes of
-LoRA tensors sent each way, the ε spent so far (null without privacy), the validation loss after the
-round (null without validation rows), whether the update was applied, and the round's wall time.
+LoRA tensors sent each way (under SecAgg+: of every protocol message, masked updates and keys), the ε
+spent so far (null without privacy), the validation loss after the round (null without validation
+rows), whether the update was applied, and the round's wall time.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class LedgerEntry:
     accepted: list[str]
     refused: dict[str, str]
     applied: bool
-    bytes_down: int  # server → clients: the global LoRA tensors, once per sampled client
-    bytes_up: int  # clients → server: the LoRA tensors of every answer received
+    bytes_down: int  # server → clients: the global LoRA once per sampled client (SecAgg+: every message)
+    bytes_up: int  # clients → server: the LoRA of every answer received (SecAgg+: masked updates, keys)
     epsilon: float | None
     validation_loss: float | None
     update_norm: float | None
