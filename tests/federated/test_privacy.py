@@ -8,7 +8,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from lorafleet.federated.config import FederatedConfig, PrivacyConfig
-from lorafleet.federated.privacy import clip, epsilon_spent, noise_for_budget, private_mean
+from lorafleet.federated.privacy import clip, clipped_sum, epsilon_spent, noise_for_budget
 from lorafleet.federated.rounds import ClientAnswer, aggregate_round
 from lorafleet.federated.updates import norm
 
@@ -61,13 +61,9 @@ def test_clipping_bounds_every_clients_contribution() -> None:
     small = updates[0]
     torch.testing.assert_close(clip(small, clip_norm)["a"], small["a"])  # under C: unchanged
     like = {key: torch.zeros_like(t) for key, t in updates[0].items()}
-    noiseless = {"clip_norm": clip_norm, "noise_multiplier": 0.0, "expected_clients": 1.0}
-    generator = torch.Generator().manual_seed(0)
-    everyone = private_mean(updates, like, generator=generator, **noiseless)
+    everyone = clipped_sum(updates, like, clip_norm)
     for left_out in range(len(updates)):  # the sensitivity: one client moves the sum by at most C
-        others = private_mean(
-            updates[:left_out] + updates[left_out + 1 :], like, generator=generator, **noiseless
-        )
+        others = clipped_sum(updates[:left_out] + updates[left_out + 1 :], like, clip_norm)
         assert norm({k: everyone[k] - others[k] for k in everyone}) <= clip_norm * (1 + 1e-6)
 
 

@@ -36,26 +36,6 @@ def gaussian_noise(like: State, std: float, generator: torch.Generator) -> State
     }
 
 
-def private_mean(
-    updates: list[State],
-    like: State,
-    *,
-    clip_norm: float,
-    noise_multiplier: float,
-    expected_clients: float,
-    generator: torch.Generator,
-) -> State:
-    """(Σ clip(Δₖ) + N(0, σ²C²)) / (q·N): the noised mean update of a round; noise is added even with no
-    update, so the output never reveals how many clients were sampled."""
-    return noised_mean(
-        clipped_sum(updates, like, clip_norm),
-        clip_norm=clip_norm,
-        noise_multiplier=noise_multiplier,
-        expected_clients=expected_clients,
-        generator=generator,
-    )
-
-
 def clipped_sum(updates: list[State], like: State, clip_norm: float) -> State:
     """Σ clip_C(Δₖ), tensor by tensor (zeros shaped like `like` when there are no updates)."""
     total = {key: torch.zeros_like(tensor, dtype=torch.float32) for key, tensor in like.items()}
