@@ -87,12 +87,14 @@ def rows_per_step(pools: Sequence[Pool[Row]], batch_size: int) -> list[int]:
                 field=pool.field,
             )
         counts.append(k)
-    if sum(k for pool, k in zip(pools, counts, strict=True) if not pool.added) >= batch_size:
-        shares = " + ".join(f"{p.field} {p.share}" for p in pools if not p.added)
+    new = _new_per_full_step(pools, counts, batch_size)
+    if new <= 0:
+        shared = [p for p in pools if not p.added]  # new <= 0 needs at least one of them
+        shares = " + ".join(f"{p.field} {p.share}" for p in shared)
         raise ConfigError(
-            f"{pools[-1].field}: {shares} of {batch_size} rows per step rounds to {sum(counts)} mixed-in "
-            "rows, leaving no new rows; lower the share, or use more rows per step",
-            field=pools[-1].field,
+            f"{shared[-1].field}: {shares} of {batch_size} rows per step rounds to {batch_size - new} "
+            "mixed-in rows, leaving no new rows; lower the share, or use more rows per step",
+            field=shared[-1].field,
         )
     return counts
 
@@ -122,7 +124,7 @@ def mix_replay(
     order = list(range(len(new_rows)))
     rng.shuffle(order)
 
-    per_step = new_per_step(pools, batch_size)
+    per_step = _new_per_full_step(pools, counts, batch_size)
     steps: list[list[Row]] = []
     for start in range(0, len(order), per_step):
         chunk = order[start : start + per_step]
@@ -154,10 +156,10 @@ def _cycle_shuffled(indices: list[int], rng: random.Random) -> Iterator[int]:
 
 def steps_per_epoch(new_rows: int, pools: Sequence[Pool[Row]], batch_size: int) -> int:
     """Optimizer steps of one `mix_replay` epoch over `new_rows` new rows."""
-    return math.ceil(new_rows / new_per_step(pools, batch_size))
+    return math.ceil(new_rows / _new_per_full_step(pools, rows_per_step(pools, batch_size), batch_size))
 
 
-def new_per_step(pools: Sequence[Pool[Row]], batch_size: int) -> int:
-    """New rows in a full step of `batch_size` rows: what the pools that take a share of it leave."""
-    counts = rows_per_step(pools, batch_size)
+def _new_per_full_step(pools: Sequence[Pool[Row]], counts: list[int], batch_size: int) -> int:
+    """New rows in a full step: b − Σkᵢ over the pools that take a share of it (an added pool's kᵢ rows
+    come on top)."""
     return batch_size - sum(k for pool, k in zip(pools, counts, strict=True) if not pool.added)
