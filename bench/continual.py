@@ -93,9 +93,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--no-joint", dest="joint", action="store_false", help="Skip joint training.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--replay-share", type=float, default=0.25)
     parser.add_argument(
-        "--replay-mode", choices=["share", "added"], default="share", help="continual.replay_mode (share)."
+        "--replay-share", type=float, default=0.5, help="continual.replay_share of replay (0.5)."
+    )
+    parser.add_argument(
+        "--replay-mode",
+        choices=["share", "added"],
+        default="added",
+        help="continual.replay_mode of replay (added: the replayed rows on top of a full step of new ones).",
     )
     parser.add_argument("--ewc-lambda", type=float, default=1e6)
     parser.add_argument(

@@ -85,6 +85,30 @@ def test_bf16_on_a_cpu_with_bf16_instructions_trains_close_to_fp32(recipe: Recip
     torch.testing.assert_close(half_losses, full_losses, rtol=0.02, atol=0)
 
 
+def test_eager_and_sdpa_attention_train_the_same_adapter(
+    recipe: RecipeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernels: list[str] = []
+    forward = training_loop.causal_lm_loss
+
+    def spy_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        kernels.append(model.get_base_model().config._attn_implementation)
+        return forward(model, batch)
+
+    monkeypatch.setattr(training_loop, "causal_lm_loss", spy_step)
+    common = ("training.mixed_precision=no", "lora.init=random")
+    auto, _ = run(recipe(*common, "output.name=auto"))  # data.max_length 64 on a CPU: eager
+    sdpa, _ = run(recipe(*common, "output.name=sdpa", "training.attention=sdpa"))
+    longer, _ = run(recipe(*common, "output.name=long", "data.max_length=1024"))  # auto: the model's own
+
+    assert auto is not None and sdpa is not None and longer is not None
+    assert kernels == ["eager"] * 4 + ["sdpa"] * 8
+    _, eager_state, _ = read_adapter(auto.adapter_dir)
+    _, sdpa_state, _ = read_adapter(sdpa.adapter_dir)
+    for key in eager_state:
+        torch.testing.assert_close(eager_state[key], sdpa_state[key], atol=1e-5, rtol=0)
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
 def test_auto_precision_on_a_bf16_cpu_trains_a_bf16_base_and_scores_the_exact_fp32_one(
     recipe: RecipeFactory, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -51,6 +51,7 @@ class LocalModel:
             bf16_frozen_weights,
             mixed_precision,
             trains_base_in_bf16,
+            use_attention,
         )
 
         device = choose_device(config.model.device)
@@ -60,6 +61,8 @@ class LocalModel:
         base, tokenizer = load_base(
             config.model.name, device=str(accelerator.device), dtype=config.model.dtype
         )
+        if trains:
+            use_attention(base, config, device)
         if trains and trains_base_in_bf16(config, device, precision):
             bf16_frozen_weights(base)
         model = attach(base, config.lora, gradient_checkpointing=config.training.gradient_checkpointing)

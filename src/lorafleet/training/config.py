@@ -25,6 +25,8 @@ from lorafleet.home import lorafleet_home, validate_name
 from lorafleet.training.metrics import TASK_METRICS
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+# rows up to this many tokens train faster on a CPU with eager attention than with sdpa (`training.attention`)
+EAGER_CPU_MAX_LENGTH = 512
 # YAML 1.1 (PyYAML) reads "1e-4" as a string: it wants a dot ("1.0e-4"). Overrides accept both.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -98,6 +100,12 @@ class TrainingConfig(BaseModel):
         "fp32); fp32 on other CPUs. no: fp32 everywhere.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="The attention kernel of the steps. auto: eager on a CPU when rows are at most "
+        f"{EAGER_CPU_MAX_LENGTH} tokens (data.max_length), where torch's CPU flash-attention kernel, its "
+        "backward above all, is slower than eager's two matmuls; elsewhere the model's own (sdpa).",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation, shuffling and dropout.")
     checkpoint_steps: int = Field(
         100, ge=0, le=10**8, description="Write a resumable checkpoint every N steps (0: only on Ctrl-C)."

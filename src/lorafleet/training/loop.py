@@ -78,6 +78,7 @@ from lorafleet.training.precision import (
     mixed_precision,
     restore_weights,
     trains_base_in_bf16,
+    use_attention,
 )
 from lorafleet.training.progress import TrainingProgress
 from lorafleet.training.rehearsal import rehearsal_rows
@@ -156,6 +157,7 @@ def train(
             show_progress=show_progress and main,
         )
     _apply_liger(config, model, accelerator.device, say)
+    use_attention(model, config, device)
     frozen = bf16_frozen_weights(model) if trains_base_in_bf16(config, device, precision) else {}
     peft_model, subspace = _attach(config, model, lora, parent, say)
     penalty = subspace.penalty if subspace is not None else None

@@ -1,4 +1,5 @@
-"""Which precision a run trains in, and the frozen base held in bf16 while a CPU trains in bf16.
+"""Which precision and attention kernel a run trains in, and the frozen base held in bf16 while a CPU
+trains in bf16.
 
     mixed_precision      `training.mixed_precision` resolved on the device: `auto` is bf16 where the
                          hardware computes it natively (a CUDA GPU that supports it, a CPU with
@@ -10,6 +11,10 @@
                          LoRA weights stay fp32 (PEFT upcasts adapters), so AdamW updates fp32 values
     restore_weights      after the steps the base's exact fp32 weights are loaded back, so the adapter
                          is scored (and saved, fingerprinted) against the same base it is served on
+    use_attention        `training.attention` resolved on the device and set on the base: `auto` is
+                         eager on a CPU for rows of at most 512 tokens (the default model, batch 9 of 165
+                         tokens, one step: 18% faster in bf16, 6% in fp32, than sdpa, whose CPU flash
+                         kernel is slow backward; at 1024 tokens sdpa is faster), else the model's own
 
 A base loaded in a dtype the recipe names (`model.dtype`) is left as it is, and so is a quantized one.
 """
@@ -24,7 +29,7 @@ from torch import nn
 
 from lorafleet.adapters.identity import base_identity, remember_identity
 from lorafleet.errors import ConfigError
-from lorafleet.training.config import FinetuneConfig
+from lorafleet.training.config import EAGER_CPU_MAX_LENGTH, FinetuneConfig
 
 
 def mixed_precision(config: FinetuneConfig, device: torch.device) -> str:
@@ -96,3 +101,16 @@ def restore_weights(frozen: FrozenWeights, reload: Callable[[], nn.Module]) -> N
     fresh = dict(reload().named_parameters())
     for name, parameter in frozen.items():
         parameter.data = fresh[name].data
+
+
+def use_attention(model: Any, config: FinetuneConfig, device: torch.device) -> str:
+    """Set the attention kernel `model` (a transformers model) trains with (see the module docstring)
+    and return its name; `auto` off a CPU, or for longer rows, leaves the model's own."""
+    choice = config.training.attention
+    if choice == "auto":
+        short = config.data.max_length <= EAGER_CPU_MAX_LENGTH
+        if device.type != "cpu" or not short:
+            return str(model.config._attn_implementation)
+        choice = "eager"
+    model.set_attn_implementation(choice)
+    return choice
