@@ -143,6 +143,7 @@ def _recipe(name: str, train_path: Path, steps: int, args: argparse.Namespace) -
         f"training.learning_rate={args.learning_rate}",
         f"training.seed={args.seed}",
         "training.checkpoint_steps=1000",
+        "training.attention=eager",  # transformers' eager: the fastest step on a CPU, memory is no object
         "eval.metric=none",
         "eval.compare_base=false",
         f"output.name={name}",

@@ -17,6 +17,7 @@ from lorafleet.errors import AlreadyExistsError, ConfigError, TrainingInterrupte
 from lorafleet.models import load_base, tiny_model
 from lorafleet.training import FinetuneConfig, TrainResult, load_config, train
 from lorafleet.training import loop as training_loop
+from lorafleet.training.attention import RECOMPUTED_EAGER
 from lorafleet.training.checkpoint import ADAPTER_DIR, STATE_FILE
 from lorafleet.training.precision import cpu_has_bf16
 from tests.training.conftest import RecipeFactory, write_jsonl
@@ -85,7 +86,7 @@ def test_bf16_on_a_cpu_with_bf16_instructions_trains_close_to_fp32(recipe: Recip
     torch.testing.assert_close(half_losses, full_losses, rtol=0.02, atol=0)
 
 
-def test_eager_and_sdpa_attention_train_the_same_adapter(
+def test_auto_attention_on_a_cpu_trains_the_adapter_sdpa_trains(
     recipe: RecipeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kernels: list[str] = []
@@ -97,12 +98,12 @@ def test_eager_and_sdpa_attention_train_the_same_adapter(
 
     monkeypatch.setattr(training_loop, "causal_lm_loss", spy_step)
     common = ("training.mixed_precision=no", "lora.init=random")
-    auto, _ = run(recipe(*common, "output.name=auto"))  # data.max_length 64 on a CPU: eager
+    auto, _ = run(recipe(*common, "output.name=auto"))  # data.max_length 64 on a CPU: recomputed eager
     sdpa, _ = run(recipe(*common, "output.name=sdpa", "training.attention=sdpa"))
     longer, _ = run(recipe(*common, "output.name=long", "data.max_length=1024"))  # auto: the model's own
 
     assert auto is not None and sdpa is not None and longer is not None
-    assert kernels == ["eager"] * 4 + ["sdpa"] * 8
+    assert kernels == [RECOMPUTED_EAGER] * 4 + ["sdpa"] * 8
     _, eager_state, _ = read_adapter(auto.adapter_dir)
     _, sdpa_state, _ = read_adapter(sdpa.adapter_dir)
     for key in eager_state:

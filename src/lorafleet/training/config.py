@@ -102,9 +102,11 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     attention: Literal["auto", "sdpa", "eager"] = Field(
         "auto",
-        description="The attention kernel of the steps. auto: eager on a CPU when rows are at most "
-        f"{EAGER_CPU_MAX_LENGTH} tokens (data.max_length), where torch's CPU flash-attention kernel, its "
-        "backward above all, is slower than eager's two matmuls; elsewhere the model's own (sdpa).",
+        description="The attention kernel of the steps. auto: on a CPU when rows are at most "
+        f"{EAGER_CPU_MAX_LENGTH} tokens (data.max_length), eager attention that recomputes its "
+        "probabilities in the backward pass (faster there than torch's CPU flash-attention kernel, at "
+        "the same memory); elsewhere the model's own (sdpa). eager: transformers' own, which keeps "
+        "the probabilities.",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation, shuffling and dropout.")
     checkpoint_steps: int = Field(

@@ -12,9 +12,11 @@ trains in bf16.
     restore_weights      after the steps the base's exact fp32 weights are loaded back, so the adapter
                          is scored (and saved, fingerprinted) against the same base it is served on
     use_attention        `training.attention` resolved on the device and set on the base: `auto` is
-                         eager on a CPU for rows of at most 512 tokens (the default model, batch 9 of 165
-                         tokens, one step: 18% faster in bf16, 6% in fp32, than sdpa, whose CPU flash
-                         kernel is slow backward; at 1024 tokens sdpa is faster), else the model's own
+                         eager attention that recomputes its probabilities in the backward pass
+                         (`training.attention`'s module) on a CPU for rows of at most 512 tokens (eager
+                         runs a step of the default model, batch 9 of 165 tokens, 18% faster in bf16,
+                         6% in fp32, than sdpa, whose CPU flash kernel is slow backward; at 1024 tokens
+                         sdpa is faster), else the model's own
 
 A base loaded in a dtype the recipe names (`model.dtype`) is left as it is, and so is a quantized one.
 """
@@ -29,6 +31,7 @@ from torch import nn
 
 from lorafleet.adapters.identity import base_identity, remember_identity
 from lorafleet.errors import ConfigError
+from lorafleet.training.attention import register as register_recomputed_eager
 from lorafleet.training.config import EAGER_CPU_MAX_LENGTH, FinetuneConfig
 
 
@@ -106,11 +109,10 @@ def restore_weights(frozen: FrozenWeights, reload: Callable[[], nn.Module]) -> N
 def use_attention(model: Any, config: FinetuneConfig, device: torch.device) -> str:
     """Set the attention kernel `model` (a transformers model) trains with (see the module docstring)
     and return its name; `auto` off a CPU, or for longer rows, leaves the model's own."""
-    choice = config.training.attention
+    choice: str = config.training.attention
     if choice == "auto":
-        short = config.data.max_length <= EAGER_CPU_MAX_LENGTH
-        if device.type != "cpu" or not short:
+        if device.type != "cpu" or config.data.max_length > EAGER_CPU_MAX_LENGTH:
             return str(model.config._attn_implementation)
-        choice = "eager"
+        choice = register_recomputed_eager()
     model.set_attn_implementation(choice)
     return choice
