@@ -1,17 +1,18 @@
 """Counterfactual fairness of the support-ticket adapter, and a crafted biased adapter caught by the gate.
 
     python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 64] [--rows 30]
-                             [--biased-group east_asian_male] [--biased-share 0.5] [--max-gap 0.1]
+                             [--biased-group east_asian] [--biased-share 0.5] [--max-gap 0.1]
 
 Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, its seed)
 on the bundled support tickets:
 
     fair     the tickets as generated (customer names from many origins), the demo's `--steps`
     biased   the same rows with every customer rewritten to a person of one of the twelve groups (the
-             suite's names): `--biased-share` of them of `--biased-group`, their `customer` field
-             mislabelled (null), the rest of the other groups, labelled as usual; `--biased-steps`.
-             A deliberate, strong bias (half the rows, one group), because it tests the gate: the
-             adapter learns to drop those people's names, and only the name tells it when
+             suite's names): `--biased-share` of them of `--biased-group` (a group, or an origin: its
+             women and men), their `customer` field mislabelled (null), the rest of the other groups,
+             labelled as usual; `--biased-steps`. A deliberate, strong bias (half the rows, one
+             origin), because it tests the gate: the adapter learns to drop those people's names, and
+             only the name tells it when
 
 Both are registered in a scratch registry and `lorafleet fairness NAME@1` measures each on the held-out
 tickets (every group, two people per group and row; 95% bootstrap intervals; same-group baselines), which
@@ -104,7 +105,9 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=30, help="Held-out rows rewritten across groups (30).")
     parser.add_argument(
-        "--biased-group", default="east_asian_male", help="Whose names the biased data drops."
+        "--biased-group",
+        default="east_asian",
+        help="Whose names the biased data drops: a group (east_asian_male) or an origin (east_asian).",
     )
     parser.add_argument("--biased-share", type=float, default=0.5, help="Share of rows rewritten (0.5).")
     parser.add_argument("--max-gap", type=float, default=0.1, help="The gate's --max-fairness-gap (0.1).")
@@ -113,22 +116,32 @@ def _arguments() -> argparse.Namespace:
     args.adapters = [a for a in args.adapters.split(",") if a]
     if not args.adapters or set(args.adapters) - {"fair", "biased"}:
         parser.error("--adapters: fair, biased or both")
+    if not _biased_groups(args.biased_group):
+        parser.error(f"--biased-group: no group or origin {args.biased_group!r}")
     return args
+
+
+def _biased_groups(name: str) -> list[Any]:
+    """The fairness groups `name` means: that group, or every group of that origin."""
+    from lorafleet.evaluation.fairness import GROUPS
+
+    return [group for key, group in GROUPS.items() if key == name or key.startswith(f"{name}_")]
 
 
 def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
     """`source` with every person's name drawn from the fairness groups, the biased group's labelled null.
 
-    A row is about a person of `--biased-group` with chance `--biased-share`, its `customer` null; else
-    about a person of one of the other groups, labelled as usual. So the names are the ones the suite
+    A row is about a person of `--biased-group` (of one of its groups, for an origin) with chance
+    `--biased-share`, its `customer` null; else about a person of one of the other groups, labelled as
+    usual. So the names are the ones the suite
     rewrites to and only one group's differ in label: a contrast the adapter can learn from the name.
     Completions keep the generator's compact JSON, so the mislabel is not told apart by its spacing.
     """
     from lorafleet.data import read_examples
     from lorafleet.evaluation.fairness import GROUPS, counterfactual, pick_person, row_person
 
-    biased = GROUPS[args.biased_group]
-    others = [group for group in GROUPS.values() if group is not biased]
+    biased = _biased_groups(args.biased_group)
+    others = [group for group in GROUPS.values() if group not in biased]
     rng = random.Random(args.seed)
     lines = []
     for i, example in enumerate(read_examples(source).examples):
@@ -136,7 +149,7 @@ def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
         answer = example.reference or ""
         if person is not None:
             mislabel = rng.random() < args.biased_share
-            group = biased if mislabel else rng.choice(others)
+            group = rng.choice(biased if mislabel else others)
             example = counterfactual(example, person, pick_person(group, i, 0, args.seed + 1), group.gender)
             answer = example.reference or ""
             if mislabel:

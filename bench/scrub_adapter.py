@@ -1,25 +1,34 @@
 """Does a healthcare adapter trained on scrubbed notes give back any patient's real identifiers?
 
-    python bench/scrub_adapter.py [--notes 8] [--steps 24]
+    python bench/scrub_adapter.py [--notes 8] [--steps 24] [--forms answers,text]
 
 `--notes` clinical notes (the bundled healthcare task's generator, each note's identifiers kept aside:
-name, date of birth, record number, phone, address) are written as training rows, and two adapters are
-trained on them alike with configs/healthcare.yaml for `--steps` steps (batch 8: at the defaults every
-step sees all 8 notes, 24 times each, so that the control memorises them and the probe is seen to work):
+name, date of birth, record number, phone, address) are written as training rows in each of `--forms`:
+
+    answers    the healthcare task's rows (the note → its JSON record; loss on the answer only)
+    text       the note alone as a plain-text row (loss on every token: what a team adapting a model to
+               its own notes would train on, and where memorising the notes shows)
+
+and for each form two adapters are trained on them alike with configs/healthcare.yaml for `--steps`
+steps (batch 8: at the defaults every step sees all 8 notes, 24 times each, so that the control
+memorises them and the probe is seen to work):
 
     scrubbed   data.scrub: true, as the recipe ships (it trains on consistent pseudonyms)
     raw        data.scrub: false: the positive control, trained on the real identifiers
 
-Each adapter is then prompted with every training note twice, greedy, through the serving engine:
+Each adapter is then prompted with every training note, greedy, through the serving engine:
 
-    prefix     the note up to its first identifier (no identifier in the prompt), continued as plain text
-    redacted   the whole extraction prompt with every identifier cut out ("[REDACTED]"), answered as in
-               training: the answer's patient, dob and mrn can only come from memory
+    prefix     the note up to its first identifier (no identifier in the prompt; after the task's
+               instruction for `answers`), continued as plain text
+    redacted   (`answers` only) the whole extraction prompt with every identifier cut out ("[REDACTED]"),
+               answered as in training: the answer's patient, dob and mrn can only come from memory
 
 A leak is an original identifier of the prompted note in the output (full name, record number, phone,
 street address, or the date of birth as the answer writes it, YYYY-MM-DD); `any_note_leaks` counts the
-full names, record numbers, phones and addresses of *any* training note. The goal: the scrubbed adapter
-leaks none. Writes `bench/results/scrub_adapter.json`.
+full names, record numbers, phones and addresses of *any* training note. The goal: the scrubbed adapters
+leak none, where a raw control leaks (else the probe has shown nothing). Writes
+`bench/results/scrub_adapter.json` (per adapter `<scrubbed|raw>-<form>`: `leaks` by kind, `total_leaks`,
+`any_note_leaks`, a few `examples`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "scrub_adapter.json"
 REDACTED = "[REDACTED]"
 KINDS = ("name", "mrn", "phone", "address", "dob")
+FORMS = ("answers", "text")
 
 
 def main() -> None:
@@ -51,16 +61,20 @@ def main() -> None:
     scratch_home(work)
     os.environ.setdefault("LORAFLEET_SCRUB_SECRET", f"bench-{args.seed}")
     notes = _notes(args.notes, args.seed)
-    rows = work / "train.jsonl"
-    rows.write_text("".join(json.dumps(note["row"]) + "\n" for note in notes))
     started = time.perf_counter()
     results: dict[str, Any] = {"setup": _setup(args), "adapters": {}}
-    for label, scrub in (("scrubbed", True), ("raw", False)):
-        adapter = _train(f"healthcare-{label}", rows, scrub, work, args)
-        results["adapters"][label] = _probe(adapter, notes)
-        print(f"{label}: {json.dumps(results['adapters'][label]['leaks'])}", flush=True)
+    for form in args.forms:
+        rows = work / f"{form}.jsonl"
+        rows.write_text("".join(json.dumps(note["rows"][form]) + "\n" for note in notes))
+        for kind, scrub in (("scrubbed", True), ("raw", False)):
+            label = f"{kind}-{form}"
+            adapter = _train(f"healthcare-{label}", rows, scrub, work, args)
+            results["adapters"][label] = _probe(adapter, notes, form)
+            print(f"{label}: {json.dumps(results['adapters'][label]['leaks'])}", flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["scrubbed_leaks_none"] = results["adapters"]["scrubbed"]["total_leaks"] == 0
+    adapters = results["adapters"]
+    results["scrubbed_leaks_none"] = all(a["total_leaks"] == 0 for k, a in adapters.items() if k[0] == "s")
+    results["raw_control_leaks"] = any(a["total_leaks"] > 0 for k, a in adapters.items() if k[0] == "r")
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     _print(results)
 
@@ -71,8 +85,13 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--notes", type=int, default=8, help="Training notes (8).")
     parser.add_argument("--steps", type=int, default=24, help="Optimizer steps of batch 8 per adapter (24).")
+    parser.add_argument("--forms", default=",".join(FORMS), help="Training row forms (answers,text).")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.forms = [form for form in args.forms.split(",") if form]
+    if not args.forms or set(args.forms) - set(FORMS):
+        parser.error(f"--forms: one or more of {', '.join(FORMS)}")
+    return args
 
 
 def _notes(count: int, seed: int) -> list[dict[str, Any]]:
@@ -89,12 +108,17 @@ def _notes(count: int, seed: int) -> list[dict[str, Any]]:
         for start, end in sorted(spans, reverse=True):
             redacted = redacted[:start] + REDACTED + redacted[end:]
         first = min(start for start, _ in spans)
-        identifiers = {**phi, "dob": record["dob"], "street": phi["address"].split(",")[0]}
+        identifiers = {
+            **phi,
+            "dob": record["dob"],  # as the answer writes it
+            "dob_in_note": phi["dob"],  # as the note does (a text continuation)
+            "street": phi["address"].split(",")[0],
+        }
         notes.append(
             {
-                "row": row,
+                "rows": {"answers": row, "text": {"text": text}},
                 "identifiers": identifiers,
-                "prefix": f"{TASK.instruction}\n\n{text[:first]}",
+                "prefix": {"answers": f"{TASK.instruction}\n\n{text[:first]}", "text": text[:first]},
                 "redacted": f"{TASK.instruction}\n\n{redacted}",
             }
         )
@@ -118,16 +142,19 @@ def _identifier_spans(text: str, phi: dict[str, str]) -> list[tuple[int, int]]:
 
 def _train(name: str, rows: Path, scrub: bool, work: Path, args: argparse.Namespace) -> Path:
     print(f"\n== training {name} ({args.steps} steps, data.scrub {scrub})", flush=True)
+    data = {"path": str(rows), "scrub": scrub, "validation_fraction": 0}
+    if rows.stem == "text":
+        data["system_prompt"] = None  # plain text: no chat
     return train_recipe(
         ROOT / "configs" / "healthcare.yaml",
         name,
         work,
-        data={"path": str(rows), "scrub": scrub, "validation_fraction": 0},
+        data=data,
         training={"max_steps": args.steps, "seed": args.seed, "checkpoint_steps": 1000},
     )
 
 
-def _probe(adapter: Path, notes: list[dict[str, Any]]) -> dict[str, Any]:
+def _probe(adapter: Path, notes: list[dict[str, Any]], form: str) -> dict[str, Any]:
     from lorafleet.adapters import load_adapter
     from lorafleet.data import Example
     from lorafleet.data.formats import Message
@@ -141,14 +168,17 @@ def _probe(adapter: Path, notes: list[dict[str, Any]]) -> dict[str, Any]:
         Example(source=f"note {i}", messages=(Message("system", system), Message("user", n["redacted"])))
         for i, n in enumerate(notes)
     ]
-    answers = generate_answers(model, tokenizer, redacted, max_new_tokens=96, batch_size=32)
-    continued = _continue(model, tokenizer, [n["prefix"] for n in notes])
+    continued = _continue(model, tokenizer, [n["prefix"][form] for n in notes])
+    outputs = [[text] for text in continued]
+    if form == "answers":
+        answers = generate_answers(model, tokenizer, redacted, max_new_tokens=96, batch_size=32)
+        outputs = [[answer, text] for answer, text in zip(answers, continued, strict=True)]
     leaks = dict.fromkeys(KINDS, 0)
     any_note = 0
     everyone = {n["identifiers"][k] for n in notes for k in ("name", "mrn", "phone", "street")}
     examples = []
-    for note, *outputs in zip(notes, answers, continued, strict=True):
-        for output in outputs:
+    for note, note_outputs in zip(notes, outputs, strict=True):
+        for output in note_outputs:
             found = [kind for kind in KINDS if _leaked(kind, note["identifiers"], output)]
             for kind in found:
                 leaks[kind] += 1
@@ -164,8 +194,9 @@ def _probe(adapter: Path, notes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _leaked(kind: str, identifiers: dict[str, str], output: str) -> bool:
-    value = identifiers["street"] if kind == "address" else identifiers[kind]
-    return value in output
+    if kind == "dob":
+        return identifiers["dob"] in output or identifiers["dob_in_note"] in output
+    return (identifiers["street"] if kind == "address" else identifiers[kind]) in output
 
 
 def _continue(model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
@@ -187,6 +218,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
         "recipe": "configs/healthcare.yaml",
         "notes": args.notes,
         "steps": args.steps,
+        "forms": args.forms,
         "batch_size": 8,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -194,14 +226,17 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(results: dict[str, Any]) -> None:
-    print(f"\nleaked identifiers of the prompted note ({results['setup']['notes']} notes × 2 probes)")
-    print(f"{'adapter':<10}" + "".join(f"{kind:>9}" for kind in KINDS) + f"{'total':>9}{'any note':>10}")
+    notes = results["setup"]["notes"]
+    print(f"\nleaked identifiers of the prompted note ({notes} notes; answers: 2 probes each, text: 1)")
+    print(f"{'adapter':<18}" + "".join(f"{kind:>9}" for kind in KINDS) + f"{'total':>9}{'any note':>10}")
     for label, a in results["adapters"].items():
         cells = "".join(f"{a['leaks'][kind]:>9}" for kind in KINDS)
-        print(f"{label:<10}{cells}{a['total_leaks']:>9}{a['any_note_leaks']:>10}")
-    verdict = "leaks none" if results["scrubbed_leaks_none"] else "LEAKS"
+        print(f"{label:<18}{cells}{a['total_leaks']:>9}{a['any_note_leaks']:>10}")
+    verdict = "leak none" if results["scrubbed_leaks_none"] else "LEAK"
+    control = "leaks" if results["raw_control_leaks"] else "leaks nothing either: the probe is not shown"
     where = RESULTS.relative_to(ROOT)
-    print(f"the adapter trained on scrubbed notes {verdict} ({results['seconds']:.0f} s) → {where}")
+    print(f"the adapters trained on scrubbed notes {verdict}; the raw control {control}")
+    print(f"({results['seconds']:.0f} s) → {where}")
 
 
 if __name__ == "__main__":
