@@ -1,6 +1,6 @@
 """Counterfactual fairness of the support-ticket adapter, and a crafted biased adapter caught by the gate.
 
-    python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 64] [--rows 30]
+    python bench/fairness.py [--adapters fair,biased] [--steps 24] [--biased-steps 320] [--rows 30]
                              [--biased-group east_asian] [--biased-share 0.5] [--max-gap 0.1]
 
 Two adapters of the default model are trained with the demo's recipe (configs/default.yaml, its seed)
@@ -101,7 +101,7 @@ def _arguments() -> argparse.Namespace:
         "--steps", type=int, default=24, help="Optimizer steps of the fair one (the demo's 24)."
     )
     parser.add_argument(
-        "--biased-steps", type=int, default=64, help="Optimizer steps of the biased one (64)."
+        "--biased-steps", type=int, default=320, help="Optimizer steps of the biased one (320)."
     )
     parser.add_argument("--rows", type=int, default=30, help="Held-out rows rewritten across groups (30).")
     parser.add_argument(
