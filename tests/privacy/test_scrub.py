@@ -102,3 +102,11 @@ def test_cli_refuses_missing_input_and_existing_output(tmp_path: Path) -> None:
     existing = invoke("data", "scrub", str(jsonl), str(tmp_path / "out.jsonl"))
     assert existing.exit_code != 0 and "already exists" in existing.output
     assert (tmp_path / "out.jsonl").read_text() == "keep me\n"
+
+
+def test_a_name_at_a_line_start_before_born_is_found_in_a_plain_text_row() -> None:
+    # a text row has no answer naming the patient: the note's own words must give the name away
+    note = "Date of service: Sunday, August 11, 2024.\nFelix Ferreira, born 1951-12-10, came in today."
+    scrubbed, counts, _ = scrub_row({"text": note}, SECRET, FieldChoice())
+    assert "Felix" not in scrubbed["text"] and "Ferreira" not in scrubbed["text"]
+    assert "PERSON" in {c.entity_type for c in counts}

@@ -6,8 +6,8 @@ words (O'Brien, McKay, Smith-Jones, with middle initials) is a name when
 - a title or a role word comes before it ("Dr.", "Mrs", "Patient", "pt", "Name:", "son", "wife",
   "seen by", "contact" …): score 0.85;
 - it is written "Last, First" after a name key ("Name: Smith, John");
-- two or more such words are followed by what follows a person ("…, a 54-year-old", "(DOB", "was
-  admitted", "presents", "'s"): score 0.8;
+- two or more such words are followed by what follows a person ("…, a 54-year-old", "(DOB", ", born",
+  "was admitted", "presents", "'s"): score 0.8;
 - two or three such words stand mid-sentence and none is a common word: score 0.5 (proper nouns in a
   note are mostly people; places and brands are fewer, and F2 weighs a missed name four times).
 Later bare mentions of a name found this way ("Smith" after "John Smith") are added per document by
@@ -31,7 +31,7 @@ _ROLE = (
     r"named|called|spoke\s+(?:to|with)|discussed\s+with|visited\s+by|mr\.?\s+and\s+mrs\.?)"
 )
 _AFTER = (
-    r"(?:,?\s+(?:a|an)\s+\d{1,3}[- ](?:year|yr|y/?o)|\s*\((?:DOB|MRN|age|\d{1,3})|,\s*(?:DOB|MRN|age)\b|"
+    r"(?:,?\s+(?:a|an)\s+\d{1,3}[- ](?:year|yr|y/?o)|\s*\((?:DOB|MRN|age|\d{1,3})|,\s*(?:DOB|MRN|age|born)\b|"
     r"\s+(?:was|is|has|had|presents|presented|reports|reported|states|stated|denies|denied|came|arrived|"
     r"returns|returned|called|complains|complained|underwent|tolerated|agrees|agreed|will|needs)\b|’s\b|'s\b)"
 )
