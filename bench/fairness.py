@@ -133,8 +133,8 @@ def _biased_rows(source: Path, target: Path, args: argparse.Namespace) -> Path:
 
     A row is about a person of `--biased-group` (of one of its groups, for an origin) with chance
     `--biased-share`, its `customer` null; else about a person of one of the other groups, labelled as
-    usual. So the names are the ones the suite
-    rewrites to and only one group's differ in label: a contrast the adapter can learn from the name.
+    usual. So the names are the ones the suite rewrites to and only the biased group's differ in label:
+    a contrast the adapter can learn from the name.
     Completions keep the generator's compact JSON, so the mislabel is not told apart by its spacing.
     """
     from lorafleet.data import read_examples

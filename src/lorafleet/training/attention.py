@@ -6,8 +6,9 @@ softmax) runs a step of the default model 18% faster than torch's CPU flash kern
 backward is slow. But eager keeps each layer's attention probabilities for the backward pass, in fp32
 and again in the model's dtype (B·heads·T² values each, 560 MB more peak memory on the default recipe).
 `recomputed_eager` computes the same attention and recomputes the probabilities in the backward pass
-from the query, key and value it keeps anyway (`torch.utils.checkpoint`): eager's speed at sdpa's
-memory. It is registered with transformers under `RECOMPUTED_EAGER` and takes eager's additive masks.
+from the query, key and value it keeps anyway (`torch.utils.checkpoint`): on the default recipe 451
+tokens/s at 2.85 GB peak RSS, against eager's 497 at 3.56 GB and sdpa's 364 at 3.01 GB. It is
+registered with transformers under `RECOMPUTED_EAGER` and takes eager's additive masks.
 """
 
 from __future__ import annotations
