@@ -27,6 +27,7 @@ from lorafleet.adapters.quantize import quantize_nf4
 from lorafleet.cli.estimate import estimate
 from lorafleet.errors import ConfigError
 from lorafleet.models import DEFAULT_MODEL_ID, tiny_model
+from lorafleet.training import loss
 from lorafleet.training.estimate import (
     ALIASES,
     KNOWN_MODELS,
@@ -225,6 +226,42 @@ def test_eager_attention_activations_match_what_autograd_saves() -> None:
     assert estimated.activations == pytest.approx(measured_activations(model, tokens), rel=0.03)
 
 
+def test_past_the_threshold_the_loss_keeps_the_head_input_and_one_slice_of_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lorafleet's sliced loss (`training/loss.py`): what autograd saves, plus one slice's logits, fp32 copy
+    and gradient."""
+    model, _ = tiny_model("llama", hidden_size=128, intermediate_size=384, num_layers=4, dtype=torch.bfloat16)
+    model = attach(model, LoraSettings(r=8, target_modules="all-linear"), None)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 16 * vocab)
+    tokens = torch.randint(0, 256, (2, 64))
+    batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.train()
+        loss.causal_lm_loss(model, batch)
+    estimated = estimate_memory(
+        ModelShape.from_config(model.config),
+        method="lora",
+        batch_size=2,
+        seq_length=64,
+        lora_r=8,
+        lora_targets="all-linear",
+    ).activations
+    one_slice = 16 * vocab * (2 + 4 + 4)
+
+    assert estimated - one_slice == pytest.approx(sum(saved.values()), rel=0.03)
+
+
 def test_gradient_checkpointing_keeps_one_input_per_layer() -> None:
     for method in METHODS:
         kept = estimate_memory(LLAMA_2_7B, method=method, gradient_checkpointing=False).activations
@@ -235,10 +272,11 @@ def test_gradient_checkpointing_keeps_one_input_per_layer() -> None:
 
 def test_activations_grow_with_batch_and_eager_attention_with_the_square_of_length() -> None:
     one = estimate_memory(LLAMA_2_7B, method="lora", batch_size=1).activations
-    four = estimate_memory(LLAMA_2_7B, method="lora", batch_size=4).activations
+    short = estimate_memory(LLAMA_2_7B, method="lora", batch_size=1, seq_length=256).activations
+    four = estimate_memory(LLAMA_2_7B, method="lora", batch_size=4, seq_length=256).activations
     eager = estimate_memory(LLAMA_2_7B, method="lora", attention="eager").activations
 
-    assert four == 4 * one
+    assert four == 4 * short  # 1024 tokens × 32000: under the loss's slicing threshold
     # eager keeps the (4 + e)·a·s softmax scores per token and layer instead of SDPA's 4·a log-sum-exp
     assert eager - one == 32 * 2048 * 32 * ((4 + 2) * 2048 - 4)
 

@@ -37,7 +37,9 @@ transformers model in the tests; GPT-2-style layers are approximated by the same
                                        its r-wide hidden (4·r)
 
 times b·s tokens and L layers, plus the final norm, the head input, and the logits at the loss:
-b·s·V·(e + 4 + 4) (the logits, their fp32 copy kept by cross-entropy, its fp32 gradient). With
+b·s·V·(e + 4 + 4) (the logits, their fp32 copy kept by cross-entropy, its fp32 gradient). Past
+`loss.CHUNK_ELEMENTS` logits lorafleet's loss runs the head in slices (`training/loss.py`): the head's
+input (e·h per token) is kept instead, and one slice's logits exist at a time. With
 gradient checkpointing each layer keeps only its input (e·h per token) and one layer is recomputed at a
 time. Frozen layers do not keep their inputs, so LoRA activations are close to, not far below, full
 fine-tuning's. The whole estimate is ±20%: it leaves out the CUDA context (≈0.5 GB), the allocator's
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from lorafleet.errors import ConfigError, validated
+from lorafleet.training import loss
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -356,8 +359,9 @@ def estimate_memory(
     recomputed = layer if gradient_checkpointing else 0  # and rebuilds one layer at a time in the backward
     layers = shape.num_layers * per_layer + recomputed
     final_norm = _norm_activations(shape, e, trained=method == "full")
-    head_input = e * h if method == "full" else 0
-    logits = shape.vocab_size * (e + 4 + 4)
+    sliced = tokens * shape.vocab_size > loss.CHUNK_ELEMENTS  # lorafleet's loss then slices the head
+    logit_rows = loss.CHUNK_ELEMENTS // shape.vocab_size if sliced else tokens
+    head_input = e * h if method == "full" or sliced else 0
     return MemoryEstimate(
         method=method,
         gradient_checkpointing=gradient_checkpointing,
@@ -368,7 +372,7 @@ def estimate_memory(
         adapter=adapter_params * ADAPTER_BYTES,
         gradients=trainable * grad_bytes,
         optimizer=trainable * OPTIMIZER_BYTES[optimizer],
-        activations=tokens * (layers + final_norm + head_input + logits),
+        activations=tokens * (layers + final_norm + head_input) + logit_rows * shape.vocab_size * (e + 4 + 4),
     )
 
 
