@@ -24,6 +24,10 @@ Rounds are interleaved (lorafleet, HF, HF bf16, TRL, lorafleet, ...), so a busy 
 the ratios use the median of the rounds and are against `hf_trainer` (and `trl_sft`). Run:
 `.venv/bin/python bench/train_throughput.py` (flags: --steps, --rounds, --only, see --help). Prints a
 table and writes bench/results/train_throughput.json.
+
+On a machine with a GPU, `--gpu` runs the one-GPU comparison instead (`bench/train_gpu.py`: lorafleet
+against PEFT and PEFT + bitsandbytes, with and without Liger, on a random Llama-3.2-1B-shaped model) and
+writes it under `gpu` in the same file.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import TrainerCallback
 
+import train_gpu
 from serve_load import machine_info
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
@@ -259,13 +264,19 @@ def print_table(summary: dict[str, dict[str, Any]], title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per step")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (12; --gpu: 8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (8; --gpu: 4)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the trainers")
     parser.add_argument("--rows", type=int, default=1000, help="generated training tickets")
     parser.add_argument("--last", type=int, default=4, help="steps averaged into the final loss")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS), help="trainers to run")
+    train_gpu.add_arguments(parser)
     args = parser.parse_args()
+    if args.gpu:
+        args.steps, args.batch_size = args.steps or 8, args.batch_size or 4
+        train_gpu.main(args, RESULTS)
+        return
+    args.steps, args.batch_size = args.steps or 12, args.batch_size or 8
 
     from lorafleet.data.support_tickets import write_example_dataset
     from lorafleet.models.bundled import pull_model
@@ -310,6 +321,8 @@ def main() -> None:
                 results["tokens_per_s_ratio_vs_trl"] = (
                     ours["tokens_per_s"] / summary["trl_sft"]["tokens_per_s"]
                 )
+    if RESULTS.is_file() and "gpu" in (previous := json.loads(RESULTS.read_text())):
+        results["gpu"] = previous["gpu"]  # the GPU comparison's own run (`--gpu`), kept
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")
