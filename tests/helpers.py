@@ -1,10 +1,12 @@
-"""Helpers shared by test modules: running the CLI, checking its one-line errors, writing JSONL."""
+"""Helpers shared by test modules: running the CLI, checking its one-line errors, writing JSONL, counting
+what autograd saves."""
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,23 @@ from lorafleet.adapters import LoraSettings, attach, save_adapter
 from lorafleet.cli.app import app
 
 AdapterFactory = Callable[..., Path]  # save_random_adapter's signature, as the make_adapter fixture
+
+
+@contextmanager
+def saved_for_backward(model: torch.nn.Module) -> Iterator[dict[int, int]]:
+    """Bytes of the tensors autograd saves for backward inside the block, by storage (each counted once;
+    `model`'s parameters left out): `sum(saved.values())` after it."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved
 
 
 def invoke(*args: str, input: str | None = None) -> Result:

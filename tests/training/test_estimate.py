@@ -37,6 +37,7 @@ from lorafleet.training.estimate import (
     model_shape,
     nf4_bits_per_weight,
 )
+from tests.helpers import saved_for_backward
 
 LLAMA_2_7B = ModelShape(
     vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32
@@ -164,16 +165,7 @@ def test_training_state_per_trained_parameter() -> None:
 def measured_activations(model: torch.nn.Module, tokens: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves in a training forward pass, plus the returned logits and their
     fp32 gradient (the estimate's `b·s·V·(e + 4)` beyond the fp32 copy that cross-entropy saves)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with saved_for_backward(model) as saved:
         logits = model.train()(input_ids=tokens, labels=tokens).logits
     return sum(saved.values()) + logits.numel() * (logits.element_size() + 4)
 
@@ -237,16 +229,7 @@ def test_past_the_threshold_the_loss_keeps_the_head_input_and_one_slice_of_logit
     monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 16 * vocab)
     tokens = torch.randint(0, 256, (2, 64))
     batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with saved_for_backward(model) as saved:
         model.train()
         loss.causal_lm_loss(model, batch)
     estimated = estimate_memory(

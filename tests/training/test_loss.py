@@ -11,6 +11,7 @@ from lorafleet.data.tokenize import TokenizedExample
 from lorafleet.models.tiny import tiny_model
 from lorafleet.training import loss as loss_module
 from lorafleet.training.loss import causal_lm_loss
+from tests.helpers import saved_for_backward
 
 
 def _rows() -> list[TokenizedExample]:
@@ -120,17 +121,9 @@ def test_the_sliced_loss_keeps_no_logits_for_backward(monkeypatch: pytest.Monkey
     vocab = model.get_output_embeddings().weight.shape[0]
 
     def saved_bytes() -> int:
-        saved = 0
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            nonlocal saved
-            if not isinstance(tensor, torch.nn.Parameter):
-                saved += tensor.numel() * tensor.element_size()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with saved_for_backward(model) as saved:
             causal_lm_loss(model, batch)
-        return saved
+        return sum(saved.values())
 
     plain = saved_bytes()
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 4 * vocab)
