@@ -66,19 +66,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpu", action="store_true", help="run the GPU comparison instead of the CPU one")
     group.add_argument("--shape", choices=tuple(SHAPES), default="llama-1b", help="model shape (llama-1b)")
     group.add_argument("--seq", type=int, default=2048, help="tokens per row (2048)")
-    group.add_argument("--warmup", type=int, default=3, help="steps left out of tokens/s (3)")
+    group.add_argument("--warmup", type=int, default=3, help="steps left out of tokens/s (3, at least 1)")
     group.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="runs, in order")
     group.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: check the bench")
+    group.add_argument(
+        "--tokenizer", help="a directory holding the tokenizer (default: the bundled model's, converted once)"
+    )
 
 
-def write_model(shape: str, folder: Path) -> Path:
-    """A random `shape` Llama in bf16 with the bundled model's tokenizer, saved to `folder`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lorafleet.models import load_tokenizer
+def load_tokenizer(source: str | None) -> Any:
+    """The tokenizer of directory `source`, or of the bundled model (converted on first use)."""
+    from lorafleet.models import load_tokenizer as load
     from lorafleet.models.bundled import pull_model
 
-    tokenizer = load_tokenizer(str(pull_model("default")))
+    return load(source or str(pull_model("default")))
+
+
+def write_model(shape: str, folder: Path, tokenizer: Any) -> Path:
+    """A random `shape` Llama in bf16 with `tokenizer`, saved to `folder`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         **SHAPES[shape],
         max_position_embeddings=4096,
@@ -95,13 +102,10 @@ def write_model(shape: str, folder: Path) -> Path:
     return folder
 
 
-def write_rows(folder: Path, rows: int, seq: int) -> Path:
+def write_rows(folder: Path, rows: int, seq: int, tokenizer: Any) -> Path:
     """`rows` plain-text rows of at least `seq` tokens each, support tickets joined, as train.jsonl."""
     from lorafleet.data.support_tickets import write_example_dataset
-    from lorafleet.models import load_tokenizer
-    from lorafleet.models.bundled import pull_model
 
-    tokenizer = load_tokenizer(str(pull_model("default")))
     train, _ = write_example_dataset(folder / "tickets", train_rows=1000, test_rows=1)
     tickets = [json.loads(line) for line in train.read_text().splitlines()]
     texts = [f"{t['prompt']}\n{t['completion']}" for t in tickets]
@@ -260,11 +264,14 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device here (use --device cpu --shape tiny to check the bench)")
+    if args.warmup < 1 or args.steps < 1:
+        raise SystemExit(f"--warmup and --steps must be at least 1 (got {args.warmup} and {args.steps})")
     figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="train-gpu-") as tmp:
         work = Path(tmp)
-        model_dir = write_model(args.shape, work / "model")
-        data = write_rows(work / "data", (args.warmup + args.steps) * args.batch_size, args.seq)
+        tokenizer = load_tokenizer(args.tokenizer)
+        model_dir = write_model(args.shape, work / "model", tokenizer)
+        data = write_rows(work / "data", (args.warmup + args.steps) * args.batch_size, args.seq, tokenizer)
         for name in args.runs:
             config = recipe(args, model_dir, data, work, qlora=name.endswith("-qlora"))
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:

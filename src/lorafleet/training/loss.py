@@ -34,11 +34,8 @@ from lorafleet.data.tokenize import IGNORE_INDEX
 
 # logits (labelled tokens × vocabulary) above which the head runs in slices of this many
 CHUNK_ELEMENTS = 2**25
-_LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "logits_scaling",
-)  # config fields applied after the head
+# config fields of models that transform the head's output into the logits (Gemma 2, Cohere, Granite)
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
