@@ -59,6 +59,7 @@ SHAPES: dict[str, dict[str, int]] = {
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RUNS = ("lorafleet-lora", "peft-lora", "peft-liger-lora", "lorafleet-qlora", "peft-qlora", "peft-liger-qlora")
 LEARNING_RATE = 1e-4
+GPU_ARGS = ("shape", "seq", "batch_size", "steps", "warmup", "runs", "device")  # kept with the results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_tokenizer(source: str | None) -> Any:
-    """The tokenizer of directory `source`, or of the bundled model (converted on first use)."""
-    from lorafleet.models import load_tokenizer as load
+    """The tokenizer of directory `source` (tokenizer files only will do), or of the bundled model
+    (converted on first use)."""
+    from transformers import AutoTokenizer
+
     from lorafleet.models.bundled import pull_model
 
-    return load(source or str(pull_model("default")))
+    return AutoTokenizer.from_pretrained(source or str(pull_model("default")))
 
 
 def write_model(shape: str, folder: Path, tokenizer: Any) -> Path:
@@ -298,7 +301,7 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "args": {key: value for key, value in vars(args).items() if key != "gpu"},
+        "args": {key: vars(args)[key] for key in GPU_ARGS},
         "runs": figures,
     }
     table = Table(title=f"{args.shape}, LoRA r16 all-linear, {args.batch_size} × {args.seq}, checkpointing")
