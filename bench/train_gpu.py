@@ -3,7 +3,8 @@
 `python bench/train_throughput.py --gpu` runs it (flags: --shape, --steps, --warmup, --runs). The model is
 random, Llama-3.2-1B-shaped (no weights needed), as `../shared/reference/peft_gpu_baseline.py` measures the
 peers; every run trains the same LoRA (r16, α32, dropout 0 on all seven projections) with gradient
-checkpointing, AdamW at lr 1e-4, on the same `--batch-size` × `--seq` rows in the same order:
+checkpointing, AdamW at lr 1e-4 (lorafleet with its recipe's warm-up and cosine decay), on the same
+`--batch-size` × `--seq` rows in the same order:
 
     rows       support tickets joined into plain-text rows of `--seq` tokens (the bundled tokenizer; its ids
                are a subset of the shape's vocabulary), loss on every token: lorafleet's tokenization of
