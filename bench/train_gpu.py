@@ -59,6 +59,7 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RUNS = ("lorafleet-lora", "peft-lora", "peft-liger-lora", "lorafleet-qlora", "peft-qlora", "peft-liger-qlora")
+METHODS = ("lora", "qlora")  # each run's name ends in its method
 LEARNING_RATE = 1e-4
 GPU_ARGS = ("shape", "seq", "batch_size", "steps", "warmup", "runs", "device")  # kept with the results
 
@@ -127,7 +128,7 @@ def write_rows(folder: Path, rows: int, seq: int, tokenizer: Any) -> Path:
     return path
 
 
-def recipe(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, qlora: bool) -> dict[str, Any]:
+def recipe(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, method: str) -> dict[str, Any]:
     """The default recipe turned into the reference's setting."""
     import yaml
 
@@ -137,7 +138,7 @@ def recipe(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, ql
     values = yaml.safe_load(RECIPE.read_text())
     values["model"] = {"name": str(model_dir), "device": args.device}
     values["lora"] |= {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS}
-    values["quantization"] = {"method": "nf4" if qlora else "none"}
+    values["quantization"] = {"method": "nf4" if method == "qlora" else "none"}
     values["data"] = {
         "path": str(data),
         "format": "text",
@@ -276,13 +277,14 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
         tokenizer = load_tokenizer(args.tokenizer)
         model_dir = write_model(args.shape, work / "model", tokenizer)
         data = write_rows(work / "data", (args.warmup + args.steps) * args.batch_size, args.seq, tokenizer)
+        configs = {method: recipe(args, model_dir, data, work, method) for method in METHODS}
+        rows = [row["input_ids"] for row in step_rows(configs["lora"])]  # the data is the methods' same
         for name in args.runs:
-            config = recipe(args, model_dir, data, work, qlora=name.endswith("-qlora"))
+            method = name.rsplit("-", 1)[1]
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 if name.startswith("lorafleet"):
-                    future = pool.submit(run_lorafleet, config, str(work / "home"), args.warmup)
+                    future = pool.submit(run_lorafleet, configs[method], str(work / "home"), args.warmup)
                 else:
-                    rows = [row["input_ids"] for row in step_rows(config)]
                     future = pool.submit(
                         run_peer, name, str(model_dir), rows, args.batch_size, args.warmup, args.device
                     )
@@ -291,7 +293,6 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
                 except Exception as err:  # one failure (a missing extra) must not hide the other runs
                     print(f"{name}: failed: {err!r}"[:400])
                     continue
-            method = "qlora" if name.endswith("-qlora") else "lora"
             result["estimate_mb"] = estimate_mb(model_dir, args, method)
             figures[name] = result
             print(

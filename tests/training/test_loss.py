@@ -108,7 +108,7 @@ def test_loss_and_lora_gradients_in_slices_match_the_models_own(
             torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_a_model_that_caps_its_logits_keeps_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_that_caps_its_logits_keeps_the_plain_path() -> None:
     model, _ = tiny_model()
     assert loss_module._sliceable_head(model) == (model.get_output_embeddings(), model.config.vocab_size)
     model.config.final_logit_softcapping = 30.0

@@ -359,9 +359,8 @@ def estimate_memory(
     recomputed = layer if gradient_checkpointing else 0  # and rebuilds one layer at a time in the backward
     layers = shape.num_layers * per_layer + recomputed
     final_norm = _norm_activations(shape, e, trained=method == "full")
-    sliced = tokens * shape.vocab_size > loss.CHUNK_ELEMENTS  # lorafleet's loss then slices the head
-    logit_rows = loss.CHUNK_ELEMENTS // shape.vocab_size if sliced else tokens
-    head_input = e * h if method == "full" or sliced else 0
+    logit_rows = loss.logit_rows(tokens, shape.vocab_size)  # fewer: lorafleet's loss slices the head
+    head_input = e * h if method == "full" or logit_rows < tokens else 0
     return MemoryEstimate(
         method=method,
         gradient_checkpointing=gradient_checkpointing,

@@ -44,8 +44,9 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     targets = labels[:, 1:]  # (B, T-1): the token predicted at each position 0..T-2
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     labelled = targets != IGNORE_INDEX  # (B, T-1)
+    count = int(labelled.sum())
     sliceable = _sliceable_head(model)
-    if sliceable is not None and int(labelled.sum()) * sliceable[1] > CHUNK_ELEMENTS:
+    if sliceable is not None and logit_rows(count, sliceable[1]) < count:
         return _sliced_loss(model, sliceable, inputs, labelled, targets[labelled])
     if _keeps_by_mask():
         keep = F.pad(labelled, (0, 1))  # (B, T): the last position predicts nothing
@@ -58,7 +59,15 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
         logits = model(**inputs, logits_to_keep=columns, use_cache=False).logits.flatten(0, 1)  # (B·K, V)
         chosen = targets[:, columns].flatten()  # (B·K,)
     loss = F.cross_entropy(logits.float(), chosen, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int(labelled.sum())
+    return loss, count
+
+
+def logit_rows(labelled: int, vocabulary: int) -> int:
+    """How many of a step's `labelled` tokens have their logits computed at once: all of them, or past
+    `CHUNK_ELEMENTS` logits one slice's worth."""
+    if labelled * vocabulary <= CHUNK_ELEMENTS:
+        return labelled
+    return max(1, CHUNK_ELEMENTS // vocabulary)
 
 
 def _sliced_loss(
@@ -73,7 +82,7 @@ def _sliced_loss(
     decoder: Any = _causal(model).base_model  # transformers: the model under the head (LlamaModel, ...)
     hidden = decoder(**inputs, use_cache=False).last_hidden_state  # (B, T, H), after the final norm
     hidden = hidden[:, :-1][labelled]  # (N, H): the positions that predict a label
-    rows = max(1, CHUNK_ELEMENTS // vocabulary)
+    rows = logit_rows(len(chosen), vocabulary)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(chosen), rows):
         piece = slice(start, start + rows)
