@@ -10,6 +10,10 @@ local steps: T = R·m·k optimizer steps in all, and every other setting gets th
 
     base          the bundled model, untrained (for reference)
     centralized   one adapter trained T steps on the union of the clients' rows (the upper bound)
+    centralized_sequential
+                  the same for R·k steps only: as many sequential steps as the federation's model takes
+                  (its m clients' steps of a round run side by side), to tell what the federation loses to
+                  averaging and skewed clients from what it loses to taking m times fewer steps in a row
     local_only    each client alone trains its share of T (T/N steps, as many as it takes in the federation)
                   on its own rows; the score is the mean over clients, each scored on the common held-out set
     fedavg        `lorafleet federate`: Flower's simulation engine, weighted FedAvg, no noise
@@ -37,7 +41,16 @@ from typing import Any
 import torch
 
 SYSTEM_PROMPT = "You turn support tickets into JSON records."
-SETTINGS = ("base", "centralized", "local_only", "fedavg", "fedavg_secagg", "dp_eps8", "dp_eps1")
+SETTINGS = (
+    "base",
+    "centralized",
+    "centralized_sequential",
+    "local_only",
+    "fedavg",
+    "fedavg_secagg",
+    "dp_eps8",
+    "dp_eps1",
+)
 VALIDATION_ROWS = 16
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,8 +84,9 @@ def main() -> None:
     started = time.perf_counter()
     runs = {
         "base": lambda: _base(data, args),
-        "centralized": lambda: _centralized(data, folder, total_steps, args),
-        "local_only": lambda: _local_only(data, folder, total_steps, args),
+        "centralized": lambda: _centralized(data, total_steps, args),
+        "centralized_sequential": lambda: _centralized(data, args.rounds * args.local_steps, args),
+        "local_only": lambda: _local_only(data, total_steps, args),
         "fedavg": lambda: _federated("fedavg", data, args, epsilon=None),
         "fedavg_secagg": lambda: _federated("fedavg_secagg", data, args, epsilon=None, secure=True),
         "dp_eps8": lambda: _federated("dp_eps8", data, args, epsilon=8.0),
@@ -108,7 +122,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--scored-rows", type=int, default=40, help="Held-out rows scored per adapter (40).")
     parser.add_argument(
         "--settings",
-        default="fedavg,fedavg_secagg,dp_eps8,dp_eps1,centralized,local_only,base",
+        default="fedavg,fedavg_secagg,dp_eps8,dp_eps1,centralized,centralized_sequential,local_only,base",
         help="Comma-separated settings, run in this order (the federated ones first: the newest code).",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -174,8 +188,8 @@ def _base(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _centralized(data: dict[str, Any], folder: Path, steps: int, args: argparse.Namespace) -> dict[str, Any]:
-    adapter = _train_alone("centralized", data["union"], steps, args)
+def _centralized(data: dict[str, Any], steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    adapter = _train_alone(f"centralized-{steps}", data["union"], steps, args)
     return {
         "field_accuracy": _score_adapter(adapter, data, args),
         "epsilon": None,
@@ -184,7 +198,7 @@ def _centralized(data: dict[str, Any], folder: Path, steps: int, args: argparse.
     }
 
 
-def _local_only(data: dict[str, Any], folder: Path, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+def _local_only(data: dict[str, Any], steps: int, args: argparse.Namespace) -> dict[str, Any]:
     """Each client trains its share of the steps alone; the mean (and each) of their scores."""
     shares = [steps // args.clients + (1 if k < steps % args.clients else 0) for k in range(args.clients)]
     from lorafleet.adapters import load_adapter
@@ -278,12 +292,12 @@ def _score(model: torch.nn.Module, tokenizer: Any, path: Path, args: argparse.Na
 def _print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
     rows = {name: results["settings"][name] for name in SETTINGS if name in results["settings"]}
     central = rows.get("centralized", {}).get("field_accuracy")
-    print(f"\n{'setting':<13}{'field acc':>10}{'vs central':>11}{'ε':>8}{'MB':>9}{'wall s':>9}")
+    print(f"\n{'setting':<23}{'field acc':>10}{'vs central':>11}{'ε':>8}{'MB':>9}{'wall s':>9}")
     for name, row in rows.items():
         gap = "" if central is None else f"{100 * (row['field_accuracy'] - central):+.1f}"
         epsilon = "" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
         print(
-            f"{name:<13}{row['field_accuracy']:>10.3f}{gap:>11}{epsilon:>8}{row['mb_communicated']:>9.1f}"
+            f"{name:<23}{row['field_accuracy']:>10.3f}{gap:>11}{epsilon:>8}{row['mb_communicated']:>9.1f}"
             f"{row['wall_s']:>9.0f}"
         )
     print(f"\nwhole bench: {results['seconds'] / 60:.1f} min; results in {_results_path(args)}")
