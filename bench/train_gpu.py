@@ -278,6 +278,7 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
         model_dir = write_model(args.shape, work / "model", tokenizer)
         data = write_rows(work / "data", (args.warmup + args.steps) * args.batch_size, args.seq, tokenizer)
         configs = {method: recipe(args, model_dir, data, work, method) for method in METHODS}
+        estimates = {method: estimate_mb(model_dir, args, method) for method in METHODS}
         rows = [row["input_ids"] for row in step_rows(configs["lora"])]  # the data is the methods' same
         for name in args.runs:
             method = name.rsplit("-", 1)[1]
@@ -293,7 +294,7 @@ def main(args: argparse.Namespace, results_path: Path) -> None:
                 except Exception as err:  # one failure (a missing extra) must not hide the other runs
                     print(f"{name}: failed: {err!r}"[:400])
                     continue
-            result["estimate_mb"] = estimate_mb(model_dir, args, method)
+            result["estimate_mb"] = estimates[method]
             figures[name] = result
             print(
                 f"{name}: {result['tokens_per_s']:.0f} tokens/s, peak {result['peak_mb']:.0f} MB "
