@@ -81,3 +81,7 @@ def test_the_cli_names_the_field_in_one_line(tmp_path: Path) -> None:
     assert_friendly_error(
         invoke("fl", "client", "--data", str(tmp_path / "missing.jsonl")), "--data", "no such file"
     )
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("{}\n")
+    named = invoke("fl", "client", "--data", str(rows), "--name", 'site "a"')
+    assert_friendly_error(named, "--name", "letters")

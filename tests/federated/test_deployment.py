@@ -93,7 +93,8 @@ def test_a_server_and_two_client_processes_register_a_federated_version(
     assert "2 rounds, 2 clients" in server.stdout
     assert "registered fed-deployed@1 (lineage federated)" in server.stdout
     ledger = [json.loads(line) for line in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
-    assert [len(entry["accepted"]) for entry in ledger] == [2, 2]  # under SecAgg+: both completed it
+    accepted = [sorted(entry["accepted"]) for entry in ledger]
+    assert accepted == [["site-0", "site-1"]] * 2  # by --name; under SecAgg+: both completed it
     assert all(entry["applied"] for entry in ledger)
 
     registry = Registry()

@@ -1,10 +1,13 @@
-"""Who takes part in a round: each client once per pass without privacy, Poisson sampling under it."""
+"""Who takes part in a round: each client once per pass without privacy (the same clients for the same seed,
+found by the names they answer the roll-call with), Poisson sampling under it."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from lorafleet.federated.config import FederatedConfig
+from lorafleet.federated.exchange import add_names
 from lorafleet.federated.server import ClientSampler
 
 NODES = list(range(101, 111))  # ten clients
@@ -40,3 +43,25 @@ def test_under_privacy_clients_are_sampled_independently_at_rate_q() -> None:
     sizes = [len(sampler.sample(NODES)) for _ in range(2000)]
     assert abs(sum(sizes) / len(sizes) - 3.0) < 0.15  # q·N in expectation
     assert min(sizes) == 0 and max(sizes) >= 7  # Poisson: any size can come up
+
+
+def test_a_seeded_run_samples_the_same_clients_by_name_whatever_their_node_ids() -> None:
+    def draws(node_ids: list[int], *, by_name: bool) -> list[list[str]]:
+        names: dict[int, str] = {}
+        add_names(node_ids, {node: f"client-{k}" for k, node in enumerate(node_ids)}, names)
+        order = sorted(node_ids, key=names.__getitem__ if by_name else None)
+        sampler = ClientSampler(FederatedConfig(clients=10, fraction=0.3, min_clients=1), seed=3)
+        return [[names[node] for node in sampler.sample(order)] for _ in range(4)]
+
+    generator = random.Random(0)
+    first, second = (generator.sample(range(1, 2**63), 10) for _ in range(2))  # as Flower draws them
+    assert draws(first, by_name=True) == draws(second, by_name=True)
+    assert draws(first, by_name=False) != draws(second, by_name=False)  # in node id order they differ
+
+
+def test_each_client_gets_one_name_else_its_node_id() -> None:
+    names: dict[int, str] = {}
+    add_names([11, 12, 13], {11: "site-b", 12: "site-a"}, names)  # 13 did not answer
+    assert names == {11: "site-b", 12: "site-a", 13: "13"}
+    add_names([14, 15], {14: "site-a", 15: ""}, names)  # joined later: a name already taken, no name
+    assert names[14] == "14" and names[15] == "15"

@@ -68,7 +68,13 @@ def client(
     port: Annotated[
         int, typer.Option(help="This client's own local port (one per client on a machine).")
     ] = 9094,
-    name: Annotated[str | None, typer.Option(help="A name for this client in the server's log.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="This client's name in the server's ledger and log; the seeded sampler draws clients in "
+            "name order, so named clients are sampled alike in every run (default: its node id)."
+        ),
+    ] = None,
 ) -> None:
     """Join a federated run: train on --data whenever the server samples this client, until stopped."""
     from lorafleet.federated.deployment import join

@@ -1,5 +1,6 @@
 """lorafleet's Flower apps: the ServerApp runs `server.run_rounds`, the ClientApp answers each round with
-`client.train_locally` on the client's own rows.
+`client.train_locally` on the client's own rows, and the server's roll-call with the client's name
+(`client_name`).
 
 A client finds its rows in its node config: `data-path` (a SuperNode started by `lorafleet fl client
 --data FILE`), or, simulated, `partition-id` k put into the recipe's data.path (`{client}` → k). The
@@ -13,12 +14,17 @@ from __future__ import annotations
 
 import json
 import traceback
+import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lorafleet.federated.server import ERROR_FILE, SUMMARY_FILE, FederatedResult, run_rounds
-from lorafleet.training.config import FinetuneConfig, load_config, parse_config
+from lorafleet.federated.exchange import NAME_RECORD
+
+if TYPE_CHECKING:  # the rest is imported where it is used: Flower starts a process per message, and a
+    # roll-call answer needs none of torch, transformers or PEFT
+    from lorafleet.federated.server import FederatedResult
+    from lorafleet.training.config import FinetuneConfig
 
 _LOCAL_MODELS: dict[str, Any] = {}  # recipe's model/LoRA → LocalModel, one per process
 _CLIENT_ROWS: dict[tuple[str, str], Any] = {}  # (recipe's data settings, path) → ClientRows
@@ -38,6 +44,8 @@ def server_app(
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
+        from lorafleet.federated.server import ERROR_FILE, run_rounds
+
         recipe = config or recipe_from_run_config(dict(context.run_config))
         try:
             result: FederatedResult | BaseException = run_rounds(grid, recipe, log=log)
@@ -60,7 +68,26 @@ def client_app(train: Callable[[Any, Any], Any] | None = None) -> Any:
 
     app = ClientApp(mods=[secure_mod])
     app.train()(train or answer)
+    app.query()(introduce)
     return app
+
+
+def introduce(message: Any, context: Any) -> Any:
+    """Answer the server's roll-call (`exchange.roll_call`) with this client's name (`client_name`)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    name = ConfigRecord({"name": client_name(dict(context.node_config))})
+    return Message(RecordDict({NAME_RECORD: name}), reply_to=message)
+
+
+def client_name(node_config: dict[str, Any]) -> str:
+    """How the server and its ledger know this client: the node's `name` (`lorafleet fl client --name`),
+    `client-k` for simulated client k, else nothing (the server then uses its node id)."""
+    if "name" in node_config:
+        return str(node_config["name"])
+    if "partition-id" in node_config:
+        return f"client-{int(node_config['partition-id'])}"
+    return ""
 
 
 def answer(message: Any, context: Any) -> Any:
@@ -70,6 +97,7 @@ def answer(message: Any, context: Any) -> Any:
 
     from lorafleet.federated.client import train_locally
     from lorafleet.federated.secure import is_secure, masked_answer, round_inputs
+    from lorafleet.training.config import parse_config
 
     secure = is_secure(message)
     if secure:
@@ -92,7 +120,7 @@ def answer(message: Any, context: Any) -> Any:
         first_step=(int(settings["round"]) - 1) * int(settings["local-steps"]),
         total_steps=int(settings["rounds"]) * int(settings["local-steps"]),
         proximal_mu=float(settings["proximal-mu"]),
-        seed=recipe.training.seed + 7919 * int(settings["round"]) + context.node_id % 7919,
+        seed=recipe.training.seed + 7919 * int(settings["round"]) + zlib.crc32(path.encode()) % 7919,
     )
     if secure:
         content = masked_answer(update.state, global_state, update.examples, update.loss, recipe.federated)
@@ -111,12 +139,16 @@ def client_data_path(recipe: FinetuneConfig, node_config: dict[str, Any]) -> str
 
 def recipe_from_run_config(run_config: dict[str, Any]) -> FinetuneConfig:
     """The recipe a deployed ServerApp runs: the run config's `recipe` file and `overrides` lines."""
+    from lorafleet.training.config import load_config
+
     overrides = [line for line in str(run_config.get("overrides", "")).splitlines() if line.strip()]
     return load_config(str(run_config["recipe"]), overrides)
 
 
 def read_outcome(run_dir: Path) -> dict[str, Any] | str | None:
     """What a ServerApp in another process left in `run_dir`: its summary, its error text, or None yet."""
+    from lorafleet.federated.server import ERROR_FILE, SUMMARY_FILE
+
     error = run_dir / ERROR_FILE
     if error.is_file():
         return error.read_text()

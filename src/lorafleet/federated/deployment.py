@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,10 @@ def join(data: Path, *, server: str, port: int = 9094, name: str | None = None) 
     (exec), so stopping it stops the SuperNode and what it started, with nothing left behind."""
     if not data.is_file():
         raise ConfigError(f"--data {data}: no such file; name this client's rows (.jsonl, .csv, .parquet)")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(
+            f"--name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     node_config = f'data-path="{data.resolve()}"' + (f' name="{name}"' if name else "")
     tool = _tool("flower-supernode")
     argv = [tool, "--insecure", "--superlink", server, "--port", str(port), "--node-config", node_config]

@@ -27,7 +27,7 @@ from lorafleet.federated.updates import State, add, delta, norm, refusal, scaled
 class ClientAnswer:
     """What one sampled client sent back: its LoRA state and row count, or the error it reported."""
 
-    client: str  # a label for the ledger: the client's name or node id
+    client: str  # the client's node id (the ledger writes its name instead)
     state: State | None = None
     examples: int = 0
     error: str | None = None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from lorafleet.federated.config import FederatedConfig, SecureAggregationConfig
+from lorafleet.federated.exchange import send_and_receive
 from lorafleet.federated.privacy import clip
 from lorafleet.federated.updates import State, delta, refusal
 
@@ -209,7 +210,7 @@ class _CountingGrid:
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
         messages = list(messages)
         self.result.bytes_down += sum(message_bytes(message.content) for message in messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(self.grid, messages, timeout=timeout)
         for reply in replies:
             if reply.has_error():
                 node = str(reply.metadata.src_node_id)

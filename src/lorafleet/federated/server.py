@@ -2,11 +2,12 @@
 
     setup   load the base with a fresh LoRA (the initial global state), the server's validation rows, σ
             (from the ε budget, `privacy.noise_for_budget`); wait until `federated.clients` clients are up
-    rounds  for r = 1..R: stop if ε after r would exceed the budget; sample clients (`ClientSampler`:
-            Poisson under privacy, else fraction × clients of them, each once per pass); send the global
+    rounds  for r = 1..R: stop if ε after r would exceed the budget; ask clients not yet known their names
+            (`exchange.roll_call`); sample clients (`ClientSampler`: Poisson under privacy, else
+            fraction × clients of them in name order, each once per pass, seeded); send the global
             LoRA tensors; collect answers until `round_timeout`; aggregate (`rounds.aggregate_round`), or
             run the round through SecAgg+ (`secure.secure_round`, `rounds.aggregate_secure_round`); score
-            the validation rows; write the ledger entry
+            the validation rows; write the ledger entry (clients by name)
     finish  score the held-out rows (`eval.metric` on `eval.test_path`), save the adapter with lineage
             `federated` (clients, rounds, ε, δ) and write `federated.json` beside the ledger
 
@@ -30,6 +31,7 @@ import torch
 from lorafleet.errors import AlreadyExistsError, LorafleetError
 from lorafleet.federated.client import LocalModel
 from lorafleet.federated.config import FederatedConfig
+from lorafleet.federated.exchange import roll_call, send_and_receive
 from lorafleet.federated.ledger import LEDGER_FILE, Ledger, LedgerEntry
 from lorafleet.federated.privacy import epsilon_spent, noise_for_budget
 from lorafleet.federated.rounds import ClientAnswer, aggregate_round, aggregate_secure_round
@@ -72,6 +74,7 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
     global_state = local.state()
     validation = _validation_rows(config, local.tokenizer)
     nodes = _wait_for_clients(grid, federated.clients, timeout=federated.round_timeout, log=log)
+    names: dict[int, str] = {}  # node id → the client's name
     ledger = Ledger(run_dir / LEDGER_FILE)
     sampler = ClientSampler(federated, seed=config.training.seed)
     noise = torch.Generator().manual_seed(secrets.randbits(63))  # DP noise must not be predictable
@@ -94,7 +97,8 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
                 break
             epsilon = after
         nodes = list(grid.get_node_ids())
-        sampled = sampler.sample(nodes)
+        roll_call(grid, nodes, names, timeout=federated.round_timeout)
+        sampled = sampler.sample(sorted(nodes, key=names.__getitem__))
         settings = _round_settings(config, round_number)
         if federated.secure_aggregation is not None:
             secure = secure_round(grid, sampled, global_state, settings, federated, round_number)
@@ -109,11 +113,12 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
             )
         global_state = outcome.state
         loss = _validation_loss(local, global_state, validation, config) if validation else None
+        by_id = {str(node): label for node, label in names.items()}  # the rounds label clients by node id
         entry = LedgerEntry(
             round=round_number,
-            sampled=[str(node) for node in sampled],
-            accepted=outcome.accepted,
-            refused=outcome.refused,
+            sampled=[names[node] for node in sampled],
+            accepted=[by_id.get(client, client) for client in outcome.accepted],
+            refused={by_id.get(client, client): reason for client, reason in outcome.refused.items()},
             applied=outcome.applied,
             bytes_down=bytes_down,
             bytes_up=bytes_up,
@@ -125,7 +130,7 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
         )
         ledger.write(entry)
         log(_describe_round(entry, federated.rounds))
-        for client, reason in outcome.refused.items():
+        for client, reason in entry.refused.items():
             log(f"  refused client {client}: {reason}")
     local.load_state(global_state)
     evaluation = _evaluate(config, local, log)
@@ -198,7 +203,9 @@ class ClientSampler:
     Under privacy every client independently with probability q = fraction (Poisson sampling, what the
     accountant assumes), from the system's random source. Otherwise round(q·N) clients (at least
     min_clients) drawn without replacement across rounds: every client takes part once before any takes
-    part twice, so with non-IID clients no client's rows sit out for long (seeded by training.seed)."""
+    part twice, so with non-IID clients no client's rows sit out for long. That draw is seeded
+    (training.seed) and taken from `nodes` in the order given: the server gives them in name order, so
+    the same seed draws the same clients again."""
 
     def __init__(self, federated: FederatedConfig, *, seed: int) -> None:
         self.federated = federated
@@ -214,7 +221,7 @@ class ClientSampler:
         chosen: list[int] = []
         while len(chosen) < count:
             if not self.waiting:  # a new pass over the clients not chosen for this round
-                self.waiting = [node for node in sorted(nodes) if node not in chosen]
+                self.waiting = [node for node in nodes if node not in chosen]
                 self.random.shuffle(self.waiting)
             chosen.append(self.waiting.pop())
         return chosen
@@ -251,7 +258,7 @@ def _exchange(
         )
         for node in sampled
     ]
-    replies = list(grid.send_and_receive(messages, timeout=federated.round_timeout))
+    replies = send_and_receive(grid, messages, timeout=federated.round_timeout)
     answers, bytes_up, answered = [], 0, set()
     for reply in replies:
         node = reply.metadata.src_node_id
