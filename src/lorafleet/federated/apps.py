@@ -108,7 +108,8 @@ def answer(message: Any, context: Any) -> Any:
             key: tensor.float() for key, tensor in message.content["lora"].to_torch_state_dict().items()
         }
     recipe = parse_config(json.loads(str(settings["recipe"])), source="the server's recipe")
-    path = client_data_path(recipe, dict(context.node_config))
+    node_config = dict(context.node_config)
+    path = client_data_path(recipe, node_config)
     local = _local_model(recipe)
     rows = _client_rows(recipe, path, local.tokenizer)
     update = train_locally(
@@ -120,7 +121,7 @@ def answer(message: Any, context: Any) -> Any:
         first_step=(int(settings["round"]) - 1) * int(settings["local-steps"]),
         total_steps=int(settings["rounds"]) * int(settings["local-steps"]),
         proximal_mu=float(settings["proximal-mu"]),
-        seed=recipe.training.seed + 7919 * int(settings["round"]) + zlib.crc32(path.encode()) % 7919,
+        seed=recipe.training.seed + 7919 * int(settings["round"]) + _client_seed(node_config, path),
     )
     if secure:
         content = masked_answer(update.state, global_state, update.examples, update.loss, recipe.federated)
@@ -128,6 +129,12 @@ def answer(message: Any, context: Any) -> Any:
         metrics = MetricRecord({"num-examples": update.examples, "train-loss": update.loss})
         content = RecordDict({"lora": ArrayRecord(torch_state_dict=update.state), "metrics": metrics})
     return Message(content, reply_to=message)
+
+
+def _client_seed(node_config: dict[str, Any], path: str) -> int:
+    """What sets this client's draws apart from the others' in a round, the same in every run: from its
+    name, else from the path of its rows (never from the node id Flower drew for it)."""
+    return zlib.crc32((client_name(node_config) or path).encode()) % 7919
 
 
 def client_data_path(recipe: FinetuneConfig, node_config: dict[str, Any]) -> str:
