@@ -23,12 +23,12 @@ local steps: T = R·m·k optimizer steps in all, and every other setting gets th
 
 A run repeats for its `--seed` (the rows, their split, the clients each round draws and their draws),
 except SecAgg+'s stochastic rounding (steps of 2·clipping_range / 2²²) and the DP runs' sampling and
-noise, which come from the system's random source by design. Every
-adapter is scored the same way (greedy, `json_fields` field accuracy) on the first `--scored-rows`
-held-out tickets; the server's per-round validation loss uses the last 16 held-out rows. It prints a table
-and writes `bench/results/federated.json` with, per setting, `field_accuracy`, `epsilon`, `mb_communicated`
-(LoRA tensors sent both ways) and `wall_s` (training and scoring). `--quick` is a smoke check (4 clients,
-2 rounds, 8 scored rows; minutes) and writes `federated-quick.json` instead.
+noise, which come from the system's random source by design. Every adapter is scored the same way
+(greedy, `json_fields` field accuracy) on the first `--scored-rows` held-out tickets; the server's
+per-round validation loss uses the last 16 held-out rows. It prints a table and writes
+`bench/results/federated.json` with, per setting, `field_accuracy`, `epsilon`, `mb_communicated` (LoRA
+tensors sent both ways) and `wall_s` (training and scoring). `--quick` is a smoke check (4 clients, 2
+rounds, 8 scored rows; minutes) and writes `federated-quick.json` instead.
 """
 
 from __future__ import annotations

@@ -113,12 +113,11 @@ def run_rounds(grid: Any, config: FinetuneConfig, *, log: Callable[[str], None] 
             )
         global_state = outcome.state
         loss = _validation_loss(local, global_state, validation, config) if validation else None
-        by_id = {str(node): label for node, label in names.items()}  # the rounds label clients by node id
-        entry = LedgerEntry(
+        entry = LedgerEntry(  # a round labels its clients by node id (str), the ledger by name
             round=round_number,
             sampled=[names[node] for node in sampled],
-            accepted=[by_id.get(client, client) for client in outcome.accepted],
-            refused={by_id.get(client, client): reason for client, reason in outcome.refused.items()},
+            accepted=[names[int(client)] for client in outcome.accepted],
+            refused={names[int(client)]: reason for client, reason in outcome.refused.items()},
             applied=outcome.applied,
             bytes_down=bytes_down,
             bytes_up=bytes_up,
